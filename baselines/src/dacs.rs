@@ -1,0 +1,21 @@
+//! DACS as re-implemented in mmseg and used as the DACS baseline by DAFormer,
+//! HRDA and MIC (reference §2.3; MIC `configs/_base_/uda/dacs.py`): EMA
+//! teacher with α 0.99, pseudo-label weight = share of pixels with confidence
+//! ≥ 0.968, ClassMix over the batch-union classes, colour jitter (s 0.2,
+//! p 0.8) and Gaussian blur (p 0.5) after mixing, AdamW with head ×10 lr.
+
+use candle_core::Device;
+use omuda_core::config::RunConfig;
+use omuda_core::train::SelfTraining;
+use omuda_core::Result;
+
+pub struct Dacs;
+
+impl Dacs {
+    /// DACS with the `[uda]` settings of `cfg` (whose defaults are DACS's).
+    pub fn new(cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
+        let mut spec = crate::base_spec("dacs", cfg);
+        spec.uda.self_training = true;
+        crate::build(spec, device)
+    }
+}

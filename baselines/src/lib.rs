@@ -1,0 +1,54 @@
+//! The baseline UDA methods, each a configuration of omuda-core's shared
+//! self-training step (`omuda_core::train::SelfTraining`); none copies it.
+//!
+//! | method | file | what it sets |
+//! |---|---|---|
+//! | source-only | `source_only.rs` | no teacher, no target loss |
+//! | DACS (mmseg re-implementation) | `dacs.rs` | EMA teacher α 0.99, τ 0.968, ClassMix over the batch union, strong augmentation after mixing |
+
+pub mod dacs;
+pub mod source_only;
+
+pub use dacs::Dacs;
+pub use source_only::SourceOnly;
+
+use candle_core::Device;
+use omuda_core::config::RunConfig;
+use omuda_core::train::step::SelfTrainingSpec;
+use omuda_core::train::SelfTraining;
+use omuda_core::{Error, Result};
+
+/// Names accepted by [`build_method`].
+pub const METHOD_NAMES: [&str; 3] = ["source_only", "dacs", "oracle"];
+
+/// The spec every baseline starts from: the run's model, optimizer, schedule
+/// (its length = `train.iters`) and seed.
+pub fn base_spec(name: &str, cfg: &RunConfig) -> SelfTrainingSpec {
+    SelfTrainingSpec {
+        name: name.to_string(),
+        model: cfg.model.clone(),
+        uda: cfg.uda.clone(),
+        optimizer: cfg.optimizer.clone(),
+        schedule: cfg.schedule.poly(cfg.train.iters),
+        seed: cfg.seed,
+    }
+}
+
+/// Build a method by name. `oracle` is source-only training whose labelled
+/// domain is the target (the loader decides which domain it reads).
+pub fn build_method(name: &str, cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
+    match name {
+        "source_only" => SourceOnly::new(cfg, device),
+        "oracle" => SourceOnly::named("oracle", cfg, device),
+        "dacs" => Dacs::new(cfg, device),
+        other => Err(Error::Config {
+            origin: "methods".into(),
+            message: format!("unknown method {other:?}; available: {}", METHOD_NAMES.join(", ")),
+        }),
+    }
+}
+
+/// Construct a [`SelfTraining`] from a spec (shared by the baseline files).
+pub(crate) fn build(spec: SelfTrainingSpec, device: &Device) -> Result<SelfTraining> {
+    SelfTraining::new(spec, device)
+}

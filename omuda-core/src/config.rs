@@ -1,0 +1,206 @@
+//! The run configuration, read from TOML. Unknown keys are errors that name
+//! the key; every field has a default, so a file only states what it changes.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::synth::SynthConfig;
+use crate::nn::ModelConfig;
+use crate::train::optimizer::AdamWConfig;
+use crate::train::schedule::PolySchedule;
+use crate::train::step::UdaConfig;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Methods to train, in order (`source_only`, `dacs`, `oracle`).
+    pub methods: Vec<String>,
+    /// Seed of initialisation, data order and every random draw of training.
+    pub seed: u64,
+    /// Output folder; each method writes into `<out>/<method>/`.
+    pub out: PathBuf,
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub optimizer: AdamWConfig,
+    pub schedule: ScheduleConfig,
+    pub uda: UdaConfig,
+    pub train: TrainConfig,
+    pub eval: EvalConfig,
+}
+
+impl Default for RunConfig {
+    /// The built-in benchmark: source-only then DACS on the synthetic pair.
+    fn default() -> Self {
+        Self {
+            methods: vec!["source_only".into(), "dacs".into()],
+            seed: 0,
+            out: PathBuf::from("runs/synth"),
+            model: ModelConfig::default(),
+            data: DataConfig::default(),
+            optimizer: AdamWConfig::default(),
+            schedule: ScheduleConfig::default(),
+            uda: UdaConfig::default(),
+            train: TrainConfig::default(),
+            eval: EvalConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Only `"synth"` (the built-in pair) for now.
+    pub dataset: String,
+    /// Seed of the generated scenes: the dataset stays the same across run seeds.
+    pub dataset_seed: u64,
+    pub synth: SynthConfig,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { dataset: "synth".into(), dataset_seed: 2024, synth: SynthConfig::default() }
+    }
+}
+
+/// The learning-rate schedule; its length is `train.iters`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    pub lr: f64,
+    pub power: f64,
+    pub min_lr: f64,
+    pub warmup_iters: usize,
+    pub warmup_ratio: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        let p = PolySchedule::default();
+        Self { lr: p.base_lr, power: p.power, min_lr: p.min_lr, warmup_iters: p.warmup_iters, warmup_ratio: p.warmup_ratio }
+    }
+}
+
+impl ScheduleConfig {
+    pub fn poly(&self, max_iters: usize) -> PolySchedule {
+        PolySchedule {
+            base_lr: self.lr,
+            max_iters,
+            power: self.power,
+            min_lr: self.min_lr,
+            warmup_iters: self.warmup_iters,
+            warmup_ratio: self.warmup_ratio,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub iters: usize,
+    pub batch_size: usize,
+    /// Print a log line every this many iterations.
+    pub log_interval: usize,
+    /// Evaluate on target-val every this many iterations (0: only at the end).
+    pub eval_interval: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self { iters: 40_000, batch_size: 2, log_interval: 50, eval_interval: 0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// `"whole"` or `"slide"`.
+    pub mode: String,
+    /// Window (h, w) and stride (h, w) of sliding inference.
+    pub crop: [usize; 2],
+    pub stride: [usize; 2],
+    pub batch_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { mode: "whole".into(), crop: [128, 128], stride: [64, 64], batch_size: 4 }
+    }
+}
+
+impl RunConfig {
+    /// Parse TOML; `origin` names the source in errors (a path or "built-in").
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
+        let cfg: RunConfig =
+            toml::from_str(text).map_err(|e| Error::Config { origin: origin.into(), message: e.to_string() })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::msg(format!("config to TOML: {e}")))
+    }
+
+    /// Checks serde cannot express; each error names the key.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let err = |message: String| Err(Error::Config { origin: origin.into(), message });
+        if self.data.dataset != "synth" {
+            return err(format!("data.dataset = {:?}: only \"synth\" is available", self.data.dataset));
+        }
+        if self.train.iters == 0 {
+            return err("train.iters must be at least 1".into());
+        }
+        if self.train.batch_size == 0 {
+            return err("train.batch_size must be at least 1".into());
+        }
+        if !matches!(self.eval.mode.as_str(), "whole" | "slide") {
+            return err(format!("eval.mode = {:?}: expected \"whole\" or \"slide\"", self.eval.mode));
+        }
+        if self.eval.mode == "slide" && (self.eval.stride.contains(&0) || self.eval.crop.contains(&0)) {
+            return err("eval.crop and eval.stride must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.uda.ema_alpha) {
+            return err(format!("uda.ema_alpha = {}: expected a value in [0, 1]", self.uda.ema_alpha));
+        }
+        if self.methods.is_empty() {
+            return err("methods is empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = RunConfig::from_toml_str("[train]\niters = 5\nitres = 3\n", "test.toml").unwrap_err().to_string();
+        assert!(err.contains("itres"), "{err}");
+        assert!(err.contains("test.toml"), "{err}");
+        let err = RunConfig::from_toml_str("bogus = 1\n", "x").unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let cfg = RunConfig::default();
+        let text = cfg.to_toml().unwrap();
+        let back = RunConfig::from_toml_str(&text, "round-trip").unwrap();
+        assert_eq!(cfg, back);
+    }
+
+    #[test]
+    fn semantic_checks_name_the_key() {
+        let err = RunConfig::from_toml_str("[eval]\nmode = \"tiles\"\n", "x").unwrap_err().to_string();
+        assert!(err.contains("eval.mode"), "{err}");
+        let err = RunConfig::from_toml_str("[train]\niters = 0\n", "x").unwrap_err().to_string();
+        assert!(err.contains("train.iters"), "{err}");
+    }
+}

@@ -1,0 +1,42 @@
+//! Evaluation: confusion-matrix mIoU and inference over whole images or windows.
+
+pub mod inference;
+pub mod miou;
+
+use candle_core::{Device, Tensor};
+
+use crate::config::EvalConfig;
+use crate::data::classes::{CITYSCAPES_CLASSES, IGNORE_INDEX};
+use crate::data::synth::{Domain, SynthConfig};
+use crate::Result;
+use miou::{ConfusionMatrix, MiouReport};
+
+/// Predicted class map (B,H,W) for `images` with `predict` (logits at any
+/// resolution), by whole-image or sliding-window inference as `cfg` says.
+pub fn predict_classes(images: &Tensor, cfg: &EvalConfig, predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>) -> Result<Tensor> {
+    let logits = match cfg.mode.as_str() {
+        "slide" => inference::slide_inference(images, (cfg.crop[0], cfg.crop[1]), (cfg.stride[0], cfg.stride[1]), predict)?,
+        _ => inference::whole_inference(images, predict)?,
+    };
+    Ok(inference::argmax_classes(&logits)?)
+}
+
+/// mIoU of `predict` on the labelled val split of one synthetic domain.
+pub fn evaluate_synth(
+    synth: &SynthConfig,
+    dataset_seed: u64,
+    domain: Domain,
+    cfg: &EvalConfig,
+    device: &Device,
+    predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> Result<MiouReport> {
+    let mut cm = ConfusionMatrix::new(CITYSCAPES_CLASSES.len());
+    let mut n = 0;
+    for item in crate::data::loader::eval_batches(synth, dataset_seed, domain, cfg.batch_size, device) {
+        let (images, labels) = item?;
+        let pred = predict_classes(&images, cfg, predict)?.flatten_all()?.to_vec1::<u32>()?;
+        cm.add(&labels, &pred, IGNORE_INDEX)?;
+        n += images.dim(0)?;
+    }
+    Ok(MiouReport::from_confusion(&cm, &CITYSCAPES_CLASSES, n))
+}

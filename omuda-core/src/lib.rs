@@ -1,0 +1,22 @@
+//! omuda-core: the building blocks of unsupervised domain adaptation for
+//! semantic segmentation on Candle.
+//!
+//! - [`ops`]: differentiable bilinear resize, masked cross-entropy, ClassMix masks
+//!   and mixing, strong augmentation, pseudo-labels.
+//! - [`nn`]: trainable networks (MiT encoder, SegFormer head) and their layers.
+//! - [`data`]: class tables, the built-in synthetic domain pair, batching.
+//! - [`train`]: the `UdaMethod` trait, the shared self-training step and its hook
+//!   points, EMA teacher, AdamW with parameter groups, LR schedules, the trainer loop.
+//! - [`eval`]: confusion-matrix mIoU, whole-image and sliding-window inference.
+//! - [`config`]: the TOML run configuration.
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod io;
+pub mod nn;
+pub mod ops;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,343 @@
+//! Differentiable bilinear resize with PyTorch `align_corners=False` semantics.
+//!
+//! Candle's own `upsample_bilinear2d` has no backward, so it is never used here.
+//! On the CPU the resize is a custom op (separable: along W, then along H; rayon
+//! over the B·C planes) whose backward is a second custom op scattering the
+//! output gradient back onto the four taps of every output pixel. Other devices use
+//! [`resize_bilinear_composed`]: two matmuls with interpolation matrices, which
+//! Candle differentiates itself.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Source index and weights for one output coordinate, PyTorch
+/// `upsample_bilinear2d(align_corners=False)` without `scale_factor`
+/// (`area_pixel_compute_source_index`): `src = (dst + 0.5) * in/out - 0.5`,
+/// clamped at 0. Returns `(i0, i1, l1)`: the output is `(1-l1)·x[i0] + l1·x[i1]`.
+pub(crate) fn source_taps(out_len: usize, in_len: usize) -> Vec<(usize, usize, f64)> {
+    let scale = in_len as f64 / out_len as f64;
+    (0..out_len)
+        .map(|d| {
+            let src = ((d as f64 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(in_len - 1);
+            // PyTorch: `h1p = (h1 < in - 1) ? 1 : 0`, so the last row taps itself.
+            let i1 = (i0 + 1).min(in_len - 1);
+            (i0, i1, src - i0 as f64)
+        })
+        .collect()
+}
+
+/// Resize `x` (B, C, H, W) to (B, C, out_h, out_w), bilinear, `align_corners=False`
+/// (PyTorch `F.interpolate(x, size=(out_h, out_w), mode='bilinear')`), for any
+/// input and output sizes, up or down. Differentiable with respect to `x`.
+///
+/// f32 / f64 on the CPU run the custom kernel; everything else runs
+/// [`resize_bilinear_composed`].
+pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (_, _, h, w) = check_args(x, out_h, out_w)?;
+    if h == out_h && w == out_w {
+        // Same size: PyTorch's taps are then exactly the identity.
+        return Ok(x.clone());
+    }
+    match (x.device(), x.dtype()) {
+        (Device::Cpu, DType::F32 | DType::F64) => {
+            x.contiguous()?.apply_op1(ResizeBilinear { out_h, out_w })
+        }
+        _ => resize_bilinear_composed(x, out_h, out_w),
+    }
+}
+
+/// Device-generic path of [`resize_bilinear`]: two matmuls with (out, in)
+/// interpolation matrices, differentiated by Candle. Same semantics, slower on
+/// the CPU than the custom kernel. Public so tests can compare both paths.
+pub fn resize_bilinear_composed(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (b, c, h, w) = check_args(x, out_h, out_w)?;
+    let n = b * c;
+    let dtype = x.dtype();
+    // wh: (out_h, h), ww: (out_w, w).
+    let wh = interp_matrix(out_h, h, dtype, x.device())?;
+    let ww = interp_matrix(out_w, w, dtype, x.device())?;
+    // Width first, as one (N·h, w) x (w, out_w) product.
+    let ww_t = ww.t()?.contiguous()?;
+    let y = x.contiguous()?.reshape((n * h, w))?.matmul(&ww_t)?;
+    // Height: (out_h, h) x (h, out_w) per plane, the matrix broadcast over N.
+    let y = wh.broadcast_left(n)?.matmul(&y.reshape((n, h, out_w))?)?;
+    y.reshape((b, c, out_h, out_w))
+}
+
+fn check_args(x: &Tensor, out_h: usize, out_w: usize) -> Result<(usize, usize, usize, usize)> {
+    let dims = x.dims4().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "resize_bilinear: x must be (B, C, H, W), got shape {:?}",
+            x.dims()
+        ))
+    })?;
+    let (_, _, h, w) = dims;
+    if h == 0 || w == 0 || out_h == 0 || out_w == 0 {
+        candle_core::bail!(
+            "resize_bilinear: sizes must be non-zero, got x {:?} -> ({out_h}, {out_w})",
+            x.dims()
+        );
+    }
+    Ok(dims)
+}
+
+/// Interpolation matrix (out_len, in_len): row d holds the two tap weights.
+/// Built in f64 on the host so that the f64 path is exact, then cast to `dtype`
+/// before moving to `device` (some devices have no f64).
+fn interp_matrix(out_len: usize, in_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f64; out_len * in_len];
+    for (d, (i0, i1, l1)) in source_taps(out_len, in_len).into_iter().enumerate() {
+        m[d * in_len + i0] += 1.0 - l1;
+        m[d * in_len + i1] += l1;
+    }
+    Tensor::from_vec(m, (out_len, in_len), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)
+}
+
+/// Taps of one axis in the kernel's element type.
+struct Taps<T> {
+    i0: Vec<usize>,
+    i1: Vec<usize>,
+    l0: Vec<T>,
+    l1: Vec<T>,
+}
+
+impl<T: WithDType> Taps<T> {
+    fn new(out_len: usize, in_len: usize) -> Self {
+        let taps = source_taps(out_len, in_len);
+        Self {
+            i0: taps.iter().map(|t| t.0).collect(),
+            i1: taps.iter().map(|t| t.1).collect(),
+            l0: taps.iter().map(|t| T::from_f64(1.0 - t.2)).collect(),
+            l1: taps.iter().map(|t| T::from_f64(t.2)).collect(),
+        }
+    }
+}
+
+/// Contiguous data of a CPU storage as `&[T]`, or an error naming the op.
+fn contiguous_slice<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Forward: (B, C, H, W) -> (B, C, out_h, out_w).
+struct ResizeBilinear {
+    out_h: usize,
+    out_w: usize,
+}
+
+impl ResizeBilinear {
+    /// Separable: each input row that some output row reads is first
+    /// interpolated along W into `rows` (in_h, out_w), then every output row is a
+    /// contiguous blend of two such rows.
+    fn run<T: WithDType>(&self, x: &[T], dims: &[usize]) -> Vec<T> {
+        let (h, w) = (dims[2], dims[3]);
+        let (oh, ow) = (self.out_h, self.out_w);
+        let ty = Taps::<T>::new(oh, h);
+        let tx = Taps::<T>::new(ow, w);
+        let mut used = vec![false; h];
+        for oy in 0..oh {
+            used[ty.i0[oy]] = true;
+            used[ty.i1[oy]] = true;
+        }
+        let mut out = vec![T::zero(); dims[0] * dims[1] * oh * ow];
+        out.par_chunks_mut(oh * ow)
+            .zip(x.par_chunks(h * w))
+            .for_each_init(
+                || vec![T::zero(); h * ow],
+                |rows, (dst, src)| {
+                    for y in (0..h).filter(|&y| used[y]) {
+                        let s = &src[y * w..][..w];
+                        let r = &mut rows[y * ow..][..ow];
+                        for (ox, v) in r.iter_mut().enumerate() {
+                            *v = tx.l0[ox] * s[tx.i0[ox]] + tx.l1[ox] * s[tx.i1[ox]];
+                        }
+                    }
+                    for (oy, d) in dst.chunks_exact_mut(ow).enumerate() {
+                        let r0 = &rows[ty.i0[oy] * ow..][..ow];
+                        let r1 = &rows[ty.i1[oy] * ow..][..ow];
+                        let (l0, l1) = (ty.l0[oy], ty.l1[oy]);
+                        for ((d, &a), &b) in d.iter_mut().zip(r0).zip(r1) {
+                            *d = l0 * a + l1 * b;
+                        }
+                    }
+                },
+            );
+        out
+    }
+}
+
+impl CustomOp1 for ResizeBilinear {
+    fn name(&self) -> &'static str {
+        "resize-bilinear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.dims();
+        let shape = Shape::from((dims[0], dims[1], self.out_h, self.out_w));
+        let out = match storage.dtype() {
+            DType::F32 => {
+                CpuStorage::F32(self.run(contiguous_slice(storage, layout, self.name())?, dims))
+            }
+            DType::F64 => {
+                CpuStorage::F64(self.run(contiguous_slice(storage, layout, self.name())?, dims))
+            }
+            dt => {
+                candle_core::bail!("resize-bilinear: x must be f32 or f64 on the cpu, got {dt:?}")
+            }
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = arg.dims4()?;
+        let grad = grad_res
+            .contiguous()?
+            .apply_op1(ResizeBilinearBwd { in_h: h, in_w: w })?;
+        Ok(Some(grad))
+    }
+}
+
+/// Backward (the adjoint of the forward): output gradient (B, C, out_h, out_w)
+/// -> input gradient (B, C, in_h, in_w). Each plane is owned by one task, so the
+/// scatter-add needs no atomics.
+struct ResizeBilinearBwd {
+    in_h: usize,
+    in_w: usize,
+}
+
+impl ResizeBilinearBwd {
+    /// The forward's two passes transposed, in reverse order: output rows are
+    /// accumulated into `rows` (in_h, out_w) with contiguous axpys, then each
+    /// row is scattered along W onto the input taps.
+    fn run<T: WithDType>(&self, g: &[T], dims: &[usize]) -> Vec<T> {
+        let (oh, ow) = (dims[2], dims[3]);
+        let (h, w) = (self.in_h, self.in_w);
+        let ty = Taps::<T>::new(oh, h);
+        let tx = Taps::<T>::new(ow, w);
+        let mut used = vec![false; h];
+        for oy in 0..oh {
+            used[ty.i0[oy]] = true;
+            used[ty.i1[oy]] = true;
+        }
+        let mut out = vec![T::zero(); dims[0] * dims[1] * h * w];
+        out.par_chunks_mut(h * w)
+            .zip(g.par_chunks(oh * ow))
+            .for_each_init(
+                || vec![T::zero(); h * ow],
+                |rows, (dst, src)| {
+                    rows.iter_mut().for_each(|v| *v = T::zero());
+                    for (oy, gr) in src.chunks_exact(ow).enumerate() {
+                        let (l0, l1) = (ty.l0[oy], ty.l1[oy]);
+                        let r0 = &mut rows[ty.i0[oy] * ow..][..ow];
+                        for (r, &v) in r0.iter_mut().zip(gr) {
+                            *r += l0 * v;
+                        }
+                        let r1 = &mut rows[ty.i1[oy] * ow..][..ow];
+                        for (r, &v) in r1.iter_mut().zip(gr) {
+                            *r += l1 * v;
+                        }
+                    }
+                    for y in (0..h).filter(|&y| used[y]) {
+                        let r = &rows[y * ow..][..ow];
+                        let d = &mut dst[y * w..][..w];
+                        for (ox, &v) in r.iter().enumerate() {
+                            d[tx.i0[ox]] += tx.l0[ox] * v;
+                            d[tx.i1[ox]] += tx.l1[ox] * v;
+                        }
+                    }
+                },
+            );
+        out
+    }
+}
+
+impl CustomOp1 for ResizeBilinearBwd {
+    fn name(&self) -> &'static str {
+        "resize-bilinear-bwd"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.dims();
+        let shape = Shape::from((dims[0], dims[1], self.in_h, self.in_w));
+        let out = match storage.dtype() {
+            DType::F32 => {
+                CpuStorage::F32(self.run(contiguous_slice(storage, layout, self.name())?, dims))
+            }
+            DType::F64 => {
+                CpuStorage::F64(self.run(contiguous_slice(storage, layout, self.name())?, dims))
+            }
+            dt => {
+                candle_core::bail!("resize-bilinear-bwd: gradient must be f32 or f64, got {dt:?}")
+            }
+        };
+        Ok((out, shape))
+    }
+
+    /// The op is linear, so its own backward is the forward resize.
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, oh, ow) = arg.dims4()?;
+        let grad = grad_res.contiguous()?.apply_op1(ResizeBilinear {
+            out_h: oh,
+            out_w: ow,
+        })?;
+        Ok(Some(grad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taps_match_pytorch_formula() {
+        // 2 -> 4 upscale: src = (d + 0.5) / 2 - 0.5 = -0.25 (clamped 0), 0.25, 0.75, 1.25.
+        let t = source_taps(4, 2);
+        assert_eq!(t[0], (0, 1, 0.0));
+        assert_eq!(t[1], (0, 1, 0.25));
+        assert_eq!(t[2], (0, 1, 0.75));
+        // Last source row taps itself (i1 clamped).
+        assert_eq!((t[3].0, t[3].1), (1, 1));
+    }
+
+    #[test]
+    fn non_contiguous_input_matches_contiguous() -> Result<()> {
+        let x = Tensor::arange(0f32, 2. * 3. * 5. * 4., &Device::Cpu)?.reshape((2, 3, 5, 4))?;
+        // (B, C, W, H) viewed as (B, C, H, W): a transposed, non-contiguous tensor.
+        let xt = x.transpose(2, 3)?;
+        assert!(!xt.is_contiguous());
+        let a = resize_bilinear(&xt, 7, 9)?;
+        let b = resize_bilinear(&xt.contiguous()?, 7, 9)?;
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn custom_and_composed_agree_f64() -> Result<()> {
+        let x = Tensor::randn(0f64, 1., (2, 2, 6, 5), &Device::Cpu)?;
+        let a = resize_bilinear(&x, 11, 3)?;
+        let b = resize_bilinear_composed(&x, 11, 3)?;
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "f64 custom vs composed: {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let x = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        let err = resize_bilinear(&x, 2, 2).unwrap_err().to_string();
+        assert!(err.contains("(B, C, H, W)"), "{err}");
+        let x = Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(resize_bilinear(&x, 0, 2).is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! Training: the `UdaMethod` trait, the shared self-training step and its hook
+//! points, EMA teacher, optimizer, LR schedule, checkpoints and the trainer loop.
+
+pub mod batch;
+pub mod ema;
+pub mod hooks;
+pub mod method;
+pub mod objective;
+pub mod optimizer;
+pub mod rng_state;
+pub mod schedule;
+pub mod step;
+pub mod trainer;
+
+pub use batch::UdaBatch;
+pub use hooks::{NamedLoss, StepHook, StepView};
+pub use method::{StepLog, UdaMethod};
+pub use step::{SelfTraining, UdaConfig};

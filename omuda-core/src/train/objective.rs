@@ -1,0 +1,62 @@
+//! How a segmentation network is turned into logits and a loss.
+//!
+//! The shared step and every hook compute their segmentation losses through
+//! one `SegObjective`, so a method that changes how the network is run (e.g.
+//! multi-resolution training) changes it everywhere at once.
+
+use candle_core::{Result, Tensor};
+
+use crate::nn::{ForwardCtx, SegModel};
+use crate::ops::{cross_entropy, resize_bilinear, CeReduction};
+
+pub trait SegObjective: Send + Sync {
+    /// Loss of `model` on `image` (B,3,H,W) against `label` (B,H,W) with optional
+    /// pixel `weight` (B,H,W); also returns the encoder features (with graph).
+    fn loss(
+        &self,
+        model: &dyn SegModel,
+        image: &Tensor,
+        label: &Tensor,
+        weight: Option<&Tensor>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<(Tensor, Vec<Tensor>)>;
+
+    /// Logits at the input resolution (B,K,H,W).
+    fn logits(&self, model: &dyn SegModel, image: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor>;
+}
+
+/// The mmseg single-scale objective: logits bilinearly resized to the label
+/// size, cross-entropy with ignore 255, mean over all pixels (reference §1.2).
+#[derive(Debug, Clone, Copy)]
+pub struct WholeImage {
+    pub reduction: CeReduction,
+}
+
+impl Default for WholeImage {
+    fn default() -> Self {
+        Self { reduction: CeReduction::MeanAll }
+    }
+}
+
+impl SegObjective for WholeImage {
+    fn loss(
+        &self,
+        model: &dyn SegModel,
+        image: &Tensor,
+        label: &Tensor,
+        weight: Option<&Tensor>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let features = model.features(image, ctx)?;
+        let logits = model.decode(&features, ctx)?;
+        let (_, h, w) = label.dims3()?;
+        let logits = resize_bilinear(&logits, h, w)?;
+        let loss = cross_entropy(&logits, label, weight, self.reduction)?;
+        Ok((loss, features))
+    }
+
+    fn logits(&self, model: &dyn SegModel, image: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (_, _, h, w) = image.dims4()?;
+        resize_bilinear(&model.forward(image, ctx)?, h, w)
+    }
+}

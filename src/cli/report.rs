@@ -1,0 +1,29 @@
+//! What a finished training run writes and prints.
+
+use std::path::Path;
+
+use omuda::core::eval::miou::MiouReport;
+use omuda::core::io::write_atomic;
+use omuda::{Error, Result};
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct RunMetrics<'a> {
+    pub method: &'a str,
+    pub seed: u64,
+    pub iters: usize,
+    pub train_seconds: f64,
+    /// mIoU on target-val over training (iteration, mIoU).
+    pub target_curve: &'a [(usize, Option<f64>)],
+    pub target_val: &'a MiouReport,
+    pub source_val: &'a MiouReport,
+}
+
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::file(path, e.to_string()))?;
+    write_atomic(path, text.as_bytes())
+}
+
+pub fn fmt_pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "n/a".into())
+}
