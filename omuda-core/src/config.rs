@@ -171,6 +171,19 @@ impl RunConfig {
         if self.methods.is_empty() {
             return err("methods is empty".into());
         }
+        if let Err(e) = self.data.synth.validate() {
+            return err(format!("data.synth: {e}"));
+        }
+        if let Err(e) = self.uda.strong_aug.validate() {
+            return err(format!("uda.strong_aug: {e}"));
+        }
+        if self.model.num_classes != crate::data::classes::NUM_CLASSES {
+            return err(format!(
+                "model.num_classes = {}: the synthetic pair has {} classes",
+                self.model.num_classes,
+                crate::data::classes::NUM_CLASSES
+            ));
+        }
         Ok(())
     }
 }

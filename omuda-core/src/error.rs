@@ -37,3 +37,14 @@ impl Error {
         Error::File { path: path.into(), message: message.into() }
     }
 }
+
+/// Lets omuda errors cross Candle-typed callbacks (e.g. a predict closure given
+/// to the inference functions) without losing the message.
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(c) => c,
+            other => candle_core::Error::Msg(other.to_string()),
+        }
+    }
+}

@@ -3,13 +3,12 @@
 //! differences, BatchNorm statistics, stochastic layers, full-model gradient
 //! coverage and a short overfit run.
 
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use omuda_core::nn::layers::{
-    add_bias, batch_norm_train_composed, depthwise_conv2d, layer_norm, layer_norm_composed, max_rel_diff, BatchNorm2d,
-    DropPath, Dropout2d, Linear,
+    add_bias, batch_norm_train_composed, depthwise_conv2d, layer_norm, layer_norm_composed,
+    max_rel_diff, BatchNorm2d, DropPath, Dropout2d, Linear,
 };
 use omuda_core::nn::segmentor::build_segmentor;
 use omuda_core::nn::{is_buffer, seeded_var_builder, ForwardCtx, ModelConfig, SegModel};
@@ -53,26 +52,43 @@ fn linear_matches_reference_any_rank() {
     assert_eq!(y.dims(), &[2, 3, 5, 4]);
     let w = lin.weight();
     let b = lin.bias().unwrap();
-    let y_ref = x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap();
+    let y_ref = x
+        .broadcast_matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(b)
+        .unwrap();
     assert_close("linear forward", &y, &y_ref, 1e-5);
 
     let r = randn(&[2, 3, 5, 4]);
     let g = weighted_sum(&y, &r).backward().unwrap();
     let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
     for (name, t) in [("x", x.as_tensor()), ("weight", w), ("bias", b)] {
-        assert_close(&format!("linear grad {name}"), g.get(t).unwrap(), g_ref.get(t).unwrap(), 1e-5);
+        assert_close(
+            &format!("linear grad {name}"),
+            g.get(t).unwrap(),
+            g_ref.get(t).unwrap(),
+            1e-5,
+        );
     }
 
     // Channels-first application equals the token-wise one.
     let xc = var(&[2, 6, 3, 5]);
     let yc = lin.forward_channels_first(&xc).unwrap();
-    let yt = lin.forward(&xc.permute((0, 2, 3, 1)).unwrap()).unwrap().permute((0, 3, 1, 2)).unwrap();
+    let yt = lin
+        .forward(&xc.permute((0, 2, 3, 1)).unwrap())
+        .unwrap()
+        .permute((0, 3, 1, 2))
+        .unwrap();
     assert_close("linear channels-first", &yc, &yt, 1e-5);
 }
 
 #[test]
 fn add_bias_matches_broadcast_add() {
-    for (shape, axis) in [(vec![7usize, 5], 1usize), (vec![2, 5, 3, 4], 1), (vec![3, 2, 5], 2)] {
+    for (shape, axis) in [
+        (vec![7usize, 5], 1usize),
+        (vec![2, 5, 3, 4], 1),
+        (vec![3, 2, 5], 2),
+    ] {
         let x = var(&shape);
         let b = var(&[shape[axis]]);
         let y = add_bias(&x, &b, axis).unwrap();
@@ -83,8 +99,18 @@ fn add_bias_matches_broadcast_add() {
         let r = randn(&shape);
         let g = weighted_sum(&y, &r).backward().unwrap();
         let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-        assert_close("add_bias grad x", g.get(&x).unwrap(), g_ref.get(&x).unwrap(), 1e-6);
-        assert_close("add_bias grad b", g.get(&b).unwrap(), g_ref.get(&b).unwrap(), 1e-5);
+        assert_close(
+            "add_bias grad x",
+            g.get(&x).unwrap(),
+            g_ref.get(&x).unwrap(),
+            1e-6,
+        );
+        assert_close(
+            "add_bias grad b",
+            g.get(&b).unwrap(),
+            g_ref.get(&b).unwrap(),
+            1e-5,
+        );
     }
     assert!(add_bias(&randn(&[2, 3]), &randn(&[2]), 1).is_err());
 }
@@ -105,39 +131,73 @@ fn layer_norm_fused_matches_composed() {
     let g = weighted_sum(&y, &r).backward().unwrap();
     let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
     for (name, t) in [("x", &x), ("weight", &w), ("bias", &b)] {
-        let got = g.get(t).unwrap_or_else(|| panic!("layer_norm: no gradient for {name}"));
-        assert_close(&format!("layer_norm grad {name}"), got, g_ref.get(t).unwrap(), 1e-4);
+        let got = g
+            .get(t)
+            .unwrap_or_else(|| panic!("layer_norm: no gradient for {name}"));
+        assert_close(
+            &format!("layer_norm grad {name}"),
+            got,
+            g_ref.get(t).unwrap(),
+            1e-4,
+        );
     }
     // Non-contiguous input (a transposed view) goes through the same op.
     let xt = randn(&[24, 6]).t().unwrap();
     let yt = layer_norm(&xt, &w, &b, 1e-5).unwrap();
-    assert_close("layer_norm strided", &yt, &layer_norm_composed(&xt, &w, &b, 1e-5).unwrap(), 1e-5);
+    assert_close(
+        "layer_norm strided",
+        &yt,
+        &layer_norm_composed(&xt, &w, &b, 1e-5).unwrap(),
+        1e-5,
+    );
 }
 
 /// Central finite differences (in f64, composed path) against the fused op's gradients.
 #[test]
 fn layer_norm_finite_differences() {
     let (rows, c, eps) = (3usize, 5usize, 1e-5);
-    let xv: Vec<f64> = (0..rows * c).map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.3).collect();
+    let xv: Vec<f64> = (0..rows * c)
+        .map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.3)
+        .collect();
     let wv: Vec<f64> = (0..c).map(|i| 0.5 + 0.2 * i as f64).collect();
     let bv: Vec<f64> = (0..c).map(|i| 0.1 * i as f64 - 0.2).collect();
-    let rv: Vec<f64> = (0..rows * c).map(|i| ((i * 5 % 7) as f64 - 3.0) * 0.25).collect();
+    let rv: Vec<f64> = (0..rows * c)
+        .map(|i| ((i * 5 % 7) as f64 - 3.0) * 0.25)
+        .collect();
     let r64 = Tensor::from_vec(rv.clone(), (rows, c), &CPU).unwrap();
     let loss = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
         let x = Tensor::from_vec(x.to_vec(), (rows, c), &CPU).unwrap();
         let w = Tensor::from_vec(w.to_vec(), c, &CPU).unwrap();
         let b = Tensor::from_vec(b.to_vec(), c, &CPU).unwrap();
-        weighted_sum(&layer_norm_composed(&x, &w, &b, eps).unwrap(), &r64).to_scalar::<f64>().unwrap()
+        weighted_sum(&layer_norm_composed(&x, &w, &b, eps).unwrap(), &r64)
+            .to_scalar::<f64>()
+            .unwrap()
     };
-    let f32v = |v: &[f64], s: &[usize]| Var::from_tensor(&Tensor::from_vec(v.to_vec(), s, &CPU).unwrap().to_dtype(DType::F32).unwrap()).unwrap();
+    let f32v = |v: &[f64], s: &[usize]| {
+        Var::from_tensor(
+            &Tensor::from_vec(v.to_vec(), s, &CPU)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap(),
+        )
+        .unwrap()
+    };
     let (x, w, b) = (f32v(&xv, &[rows, c]), f32v(&wv, &[c]), f32v(&bv, &[c]));
     let r32 = r64.to_dtype(DType::F32).unwrap();
-    let g = weighted_sum(&layer_norm(&x, &w, &b, eps).unwrap(), &r32).backward().unwrap();
+    let g = weighted_sum(&layer_norm(&x, &w, &b, eps).unwrap(), &r32)
+        .backward()
+        .unwrap();
     let h = 1e-6;
     let mut worst = 0f64;
     for which in 0..3 {
         let base = [&xv, &wv, &bv][which];
-        let analytic = g.get([&x, &w, &b][which]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let analytic = g
+            .get([&x, &w, &b][which])
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for i in 0..base.len() {
             let mut p = [xv.clone(), wv.clone(), bv.clone()];
             let mut m = p.clone();
@@ -148,7 +208,10 @@ fn layer_norm_finite_differences() {
             worst = worst.max(err);
         }
     }
-    assert!(worst < 1e-4, "layer_norm: finite differences disagree by {worst}");
+    assert!(
+        worst < 1e-4,
+        "layer_norm: finite differences disagree by {worst}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -174,8 +237,18 @@ fn depthwise_matches_grouped_conv() {
         let r = randn(y.dims());
         let g = weighted_sum(&y, &r).backward().unwrap();
         let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-        assert_close(&format!("{tag} grad x"), g.get(&x).unwrap(), g_ref.get(&x).unwrap(), 1e-5);
-        assert_close(&format!("{tag} grad w"), g.get(&wt).unwrap(), g_ref.get(&wt).unwrap(), 1e-5);
+        assert_close(
+            &format!("{tag} grad x"),
+            g.get(&x).unwrap(),
+            g_ref.get(&x).unwrap(),
+            1e-5,
+        );
+        assert_close(
+            &format!("{tag} grad w"),
+            g.get(&wt).unwrap(),
+            g_ref.get(&wt).unwrap(),
+            1e-5,
+        );
     }
     // Kernel larger than the padded input: clear error.
     assert!(depthwise_conv2d(&randn(&[1, 2, 2, 2]), &randn(&[2, 1, 5, 5]), 0, 1).is_err());
@@ -190,8 +263,15 @@ fn batch_norm_train_matches_composed_and_updates_running_stats() {
     let mut varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
     let bn = BatchNorm2d::new(3, vb.pp("bn")).unwrap();
-    varmap.set_one("bn.weight", Tensor::new(&[1.5f32, -0.5, 2.0], &CPU).unwrap()).unwrap();
-    varmap.set_one("bn.bias", Tensor::new(&[0.1f32, 0.2, -0.3], &CPU).unwrap()).unwrap();
+    varmap
+        .set_one(
+            "bn.weight",
+            Tensor::new(&[1.5f32, -0.5, 2.0], &CPU).unwrap(),
+        )
+        .unwrap();
+    varmap
+        .set_one("bn.bias", Tensor::new(&[0.1f32, 0.2, -0.3], &CPU).unwrap())
+        .unwrap();
     let get = |n: &str| varmap.data().lock().unwrap()[n].as_tensor().clone();
     let (w, b) = (get("bn.weight"), get("bn.bias"));
 
@@ -204,12 +284,22 @@ fn batch_norm_train_matches_composed_and_updates_running_stats() {
     let g = weighted_sum(&y, &r).backward().unwrap();
     let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
     for (name, t) in [("x", x.as_tensor()), ("weight", &w), ("bias", &b)] {
-        let got = g.get(t).unwrap_or_else(|| panic!("batch_norm: no gradient for {name}"));
-        assert_close(&format!("batch_norm grad {name}"), got, g_ref.get(t).unwrap(), 1e-4);
+        let got = g
+            .get(t)
+            .unwrap_or_else(|| panic!("batch_norm: no gradient for {name}"));
+        assert_close(
+            &format!("batch_norm grad {name}"),
+            got,
+            g_ref.get(t).unwrap(),
+            1e-4,
+        );
     }
     // Running statistics are state: no gradient.
     assert!(g.get(&get("bn.running_mean")).is_none());
-    assert_eq!(get("bn.num_batches_tracked").to_scalar::<f32>().unwrap(), 1.0);
+    assert_eq!(
+        get("bn.num_batches_tracked").to_scalar::<f32>().unwrap(),
+        1.0
+    );
 }
 
 #[test]
@@ -219,7 +309,11 @@ fn batch_norm_running_stats_by_hand() {
     let bn = BatchNorm2d::new(2, vb.pp("bn")).unwrap();
     // Channel 0 holds 1..=4 (mean 2.5, biased var 1.25, unbiased 5/3),
     // channel 1 holds 10, 10, 10, 14 (mean 11, biased var 3, unbiased 4); B=2, 1x2 maps.
-    let x = Tensor::new(&[[[[1f32, 2.]], [[10., 10.]]], [[[3., 4.]], [[10., 14.]]]], &CPU).unwrap();
+    let x = Tensor::new(
+        &[[[[1f32, 2.]], [[10., 10.]]], [[[3., 4.]], [[10., 14.]]]],
+        &CPU,
+    )
+    .unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let y = bn.forward(&x, &mut ForwardCtx::train(&mut rng)).unwrap();
     let rm = bn.running_mean().to_vec1::<f32>().unwrap();
@@ -233,9 +327,15 @@ fn batch_norm_running_stats_by_hand() {
     }
     // Normalised with the biased variance: channel 0, value 1 → (1 − 2.5)/sqrt(1.25 + 1e-5).
     let y0 = y.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
-    assert!((y0 - (-1.5 / (1.25f32 + 1e-5).sqrt())).abs() < 1e-5, "y0 = {y0}");
+    assert!(
+        (y0 - (-1.5 / (1.25f32 + 1e-5).sqrt())).abs() < 1e-5,
+        "y0 = {y0}"
+    );
     // The stored VarMap entries are the ones updated.
-    let stored = varmap.data().lock().unwrap()["bn.running_var"].as_tensor().to_vec1::<f32>().unwrap();
+    let stored = varmap.data().lock().unwrap()["bn.running_var"]
+        .as_tensor()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(stored, rv);
 
     // Second step accumulates.
@@ -248,11 +348,16 @@ fn batch_norm_running_stats_by_hand() {
     let ye = bn.forward(&x, &mut ForwardCtx::eval(&mut rng)).unwrap();
     let rv2 = bn.running_var().to_vec1::<f32>().unwrap();
     let ye0 = ye.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
-    assert!((ye0 - (1.0 - rm2[0]) / (rv2[0] + 1e-5).sqrt()).abs() < 1e-5, "eval y0 = {ye0}");
+    assert!(
+        (ye0 - (1.0 - rm2[0]) / (rv2[0] + 1e-5).sqrt()).abs() < 1e-5,
+        "eval y0 = {ye0}"
+    );
     assert_eq!(bn.num_batches_tracked().to_scalar::<f32>().unwrap(), 2.0);
 
     // A single value per channel cannot be normalised in train mode.
-    assert!(bn.forward(&randn(&[1, 2, 1, 1]), &mut ForwardCtx::train(&mut rng)).is_err());
+    assert!(bn
+        .forward(&randn(&[1, 2, 1, 1]), &mut ForwardCtx::train(&mut rng))
+        .is_err());
 }
 
 #[test]
@@ -266,7 +371,13 @@ fn batch_norm_eval_gradients_reach_affine_params() {
     let g = y.sum_all().unwrap().backward().unwrap();
     let d = varmap.data().lock().unwrap();
     assert!(g.get(d["weight"].as_tensor()).is_some());
-    assert_eq!(g.get(d["bias"].as_tensor()).unwrap().to_vec1::<f32>().unwrap(), vec![18.0; 4]);
+    assert_eq!(
+        g.get(d["bias"].as_tensor())
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+        vec![18.0; 4]
+    );
     assert!(g.get(d["running_var"].as_tensor()).is_none());
 }
 
@@ -287,7 +398,10 @@ fn drop_path_statistics_and_determinism() {
     let keep = 1.0 / 0.7;
     // Whole samples are kept (scaled) or dropped.
     for s in v.chunks(6) {
-        assert!(s.iter().all(|&a| a == s[0]) && (s[0] == 0.0 || (s[0] - keep).abs() < 1e-6), "{s:?}");
+        assert!(
+            s.iter().all(|&a| a == s[0]) && (s[0] == 0.0 || (s[0] - keep).abs() < 1e-6),
+            "{s:?}"
+        );
     }
     let kept = v.chunks(6).filter(|s| s[0] != 0.0).count() as f64 / 4000.0;
     assert!((kept - 0.7).abs() < 0.03, "kept fraction {kept}");
@@ -298,7 +412,15 @@ fn drop_path_statistics_and_determinism() {
     assert_ne!(run(8).flatten_all().unwrap().to_vec1::<f32>().unwrap(), v);
     // Gradient goes through the mask.
     let g = y.sum_all().unwrap().backward().unwrap();
-    assert_eq!(g.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), v);
+    assert_eq!(
+        g.get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+        v
+    );
     // Inactive without `stochastic`.
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let ye = dp.forward(&x, &mut ForwardCtx::teacher(&mut rng)).unwrap();
@@ -312,11 +434,18 @@ fn dropout2d_statistics_and_determinism() {
     let x = Tensor::ones((50, 80, 2, 3), DType::F32, &CPU).unwrap();
     let run = |seed: u64| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        dr.forward(&x, &mut ForwardCtx::train(&mut rng)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        dr.forward(&x, &mut ForwardCtx::train(&mut rng))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
     };
     let v = run(3);
     for ch in v.chunks(6) {
-        assert!(ch.iter().all(|&a| a == ch[0]) && (ch[0] == 0.0 || (ch[0] - 1.0 / 0.75).abs() < 1e-6));
+        assert!(
+            ch.iter().all(|&a| a == ch[0]) && (ch[0] == 0.0 || (ch[0] - 1.0 / 0.75).abs() < 1e-6)
+        );
     }
     let kept = v.chunks(6).filter(|s| s[0] != 0.0).count() as f64 / 4000.0;
     assert!((kept - 0.75).abs() < 0.03, "kept fraction {kept}");
@@ -334,13 +463,24 @@ fn dropout2d_statistics_and_determinism() {
 fn build(name: &str, num_classes: usize) -> (VarMap, Box<dyn SegModel>) {
     let varmap = VarMap::new();
     let vb = seeded_var_builder(&varmap, 0, DType::F32, &CPU);
-    let cfg = ModelConfig { name: name.into(), num_classes, ..ModelConfig::default() };
+    let cfg = ModelConfig {
+        name: name.into(),
+        num_classes,
+        ..ModelConfig::default()
+    };
     let model = build_segmentor(&cfg, vb).unwrap();
     (varmap, model)
 }
 
 fn param_count(varmap: &VarMap) -> usize {
-    varmap.data().lock().unwrap().iter().filter(|(n, _)| !is_buffer(n)).map(|(_, v)| v.elem_count()).sum()
+    varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| !is_buffer(n))
+        .map(|(_, v)| v.elem_count())
+        .sum()
 }
 
 #[test]
@@ -351,7 +491,15 @@ fn segformer_tiny_shapes_and_every_parameter_gets_a_gradient() {
     let mut ctx = ForwardCtx::train(&mut rng);
     let feats = model.features(&x, &mut ctx).unwrap();
     let shapes: Vec<_> = feats.iter().map(|f| f.dims().to_vec()).collect();
-    assert_eq!(shapes, vec![vec![2, 16, 16, 32], vec![2, 32, 8, 16], vec![2, 64, 4, 8], vec![2, 128, 2, 4]]);
+    assert_eq!(
+        shapes,
+        vec![
+            vec![2, 16, 16, 32],
+            vec![2, 32, 8, 16],
+            vec![2, 64, 4, 8],
+            vec![2, 128, 2, 4]
+        ]
+    );
     let logits = model.decode(&feats, &mut ctx).unwrap();
     assert_eq!(logits.dims(), &[2, 19, 16, 32]);
     assert_eq!(model.num_classes(), 19);
@@ -364,14 +512,24 @@ fn segformer_tiny_shapes_and_every_parameter_gets_a_gradient() {
     for (name, v) in data.iter().filter(|(n, _)| !is_buffer(n)) {
         let norm = grads
             .get(v.as_tensor())
-            .map(|g| g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+            .map(|g| {
+                g.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
             .unwrap_or(0.0);
         if !(norm > 0.0 && norm.is_finite()) {
             missing.push(format!("{name} ({norm})"));
         }
         checked += 1;
     }
-    assert!(missing.is_empty(), "parameters without a gradient: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "parameters without a gradient: {missing:?}"
+    );
     assert!(checked > 50, "only {checked} parameters checked");
     assert!(data.contains_key("decode_head.batch_norm.running_mean"));
 }
@@ -380,29 +538,57 @@ fn segformer_tiny_shapes_and_every_parameter_gets_a_gradient() {
 fn build_segmentor_rejects_unknown_names() {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
-    let cfg = ModelConfig { name: "deeplab".into(), ..ModelConfig::default() };
-    let err = build_segmentor(&cfg, vb).err().expect("unknown name accepted").to_string();
-    assert!(err.contains("segformer_mitb0") && err.contains("segformer_tiny"), "{err}");
+    let cfg = ModelConfig {
+        name: "deeplab".into(),
+        ..ModelConfig::default()
+    };
+    let err = build_segmentor(&cfg, vb)
+        .err()
+        .expect("unknown name accepted")
+        .to_string();
+    assert!(
+        err.contains("segformer_mitb0") && err.contains("segformer_tiny"),
+        "{err}"
+    );
 }
 
 #[test]
 fn parameter_counts() {
     let (vm, _) = build("segformer_mitb0", 19);
     let b0 = param_count(&vm);
-    let enc: usize =
-        vm.data().lock().unwrap().iter().filter(|(n, _)| n.starts_with("segformer.") && !is_buffer(n)).map(|(_, v)| v.elem_count()).sum();
+    let enc: usize = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| n.starts_with("segformer.") && !is_buffer(n))
+        .map(|(_, v)| v.elem_count())
+        .sum();
     let (vt, _) = build("segformer_tiny", 19);
     let tiny = param_count(&vt);
     println!("segformer_mitb0 (19 classes): {b0} parameters ({enc} encoder, {} head); segformer_tiny: {tiny}", b0 - enc);
-    assert!((3_600_000..3_800_000).contains(&b0), "b0 parameter count {b0}");
-    assert!((3_310_000..3_330_000).contains(&enc), "b0 encoder parameter count {enc}");
-    assert!((400_000..500_000).contains(&tiny), "tiny parameter count {tiny}");
+    assert!(
+        (3_600_000..3_800_000).contains(&b0),
+        "b0 parameter count {b0}"
+    );
+    assert!(
+        (3_310_000..3_330_000).contains(&enc),
+        "b0 encoder parameter count {enc}"
+    );
+    assert!(
+        (400_000..500_000).contains(&tiny),
+        "tiny parameter count {tiny}"
+    );
 }
 
 /// Cross-entropy of (B, K, h, w) logits against (B, h, w) labels.
 fn seg_ce(logits: &Tensor, labels: &Tensor) -> Tensor {
     let (b, k, h, w) = logits.dims4().unwrap();
-    let flat = logits.permute((0, 2, 3, 1)).unwrap().reshape((b * h * w, k)).unwrap();
+    let flat = logits
+        .permute((0, 2, 3, 1))
+        .unwrap()
+        .reshape((b * h * w, k))
+        .unwrap();
     candle_nn::loss::cross_entropy(&flat, &labels.flatten_all().unwrap()).unwrap()
 }
 
@@ -411,10 +597,23 @@ fn segformer_tiny_overfits_one_batch() {
     let (varmap, model) = build("segformer_tiny", 5);
     let x = randn(&[2, 3, 64, 64]);
     // Labels: blocky class layout at the logits' resolution (16x16).
-    let labels: Vec<u32> = (0..2 * 16 * 16).map(|i| (((i / 16) % 16) / 4 + (i % 16) / 8 + i / 256) as u32 % 5).collect();
+    let labels: Vec<u32> = (0..2 * 16 * 16)
+        .map(|i| (((i / 16) % 16) / 4 + (i % 16) / 8 + i / 256) as u32 % 5)
+        .collect();
     let labels = Tensor::from_vec(labels, (2, 16, 16), &CPU).unwrap();
-    let params: Vec<Var> = varmap.data().lock().unwrap().iter().filter(|(n, _)| !is_buffer(n)).map(|(_, v)| v.clone()).collect();
-    let cfg = candle_nn::ParamsAdamW { lr: 2e-3, weight_decay: 0.0, ..Default::default() };
+    let params: Vec<Var> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| !is_buffer(n))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let cfg = candle_nn::ParamsAdamW {
+        lr: 2e-3,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
     let mut opt = candle_nn::AdamW::new(params, cfg).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut losses = Vec::new();
@@ -427,35 +626,10 @@ fn segformer_tiny_overfits_one_batch() {
     println!("overfit losses: {losses:?}");
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     assert!(losses.iter().all(|l| l.is_finite()));
-    assert!(last < 0.5 * first, "loss did not drop enough: {first} -> {last}");
-}
-
-/// Forward / backward timing (release build): `cargo test --release -p omuda-core
-/// --test nn_gradients -- --ignored --nocapture timing`.
-#[test]
-#[ignore]
-fn timing_forward_backward() {
-    for (name, shape) in [("segformer_tiny", [2usize, 3, 128, 256]), ("segformer_mitb0", [2, 3, 256, 256])] {
-        let (_vm, model) = build(name, 19);
-        let x = randn(&shape);
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let (mut tf, mut tb) = (Vec::new(), Vec::new());
-        for _ in 0..6 {
-            let t0 = Instant::now();
-            let logits = model.forward(&x, &mut ForwardCtx::train(&mut rng)).unwrap();
-            let loss = logits.sqr().unwrap().mean_all().unwrap();
-            let t1 = Instant::now();
-            let g = loss.backward().unwrap();
-            let t2 = Instant::now();
-            assert!(loss.to_scalar::<f32>().unwrap().is_finite());
-            assert!(g.get_ids().count() > 100, "gradients missing");
-            tf.push((t1 - t0).as_secs_f64() * 1e3);
-            tb.push((t2 - t1).as_secs_f64() * 1e3);
-        }
-        tf.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        tb.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        println!("{name} {shape:?}: forward {:.0} ms, backward {:.0} ms (median of 6)", tf[3], tb[3]);
-    }
+    assert!(
+        last < 0.5 * first,
+        "loss did not drop enough: {first} -> {last}"
+    );
 }
 
 #[test]
@@ -468,8 +642,21 @@ fn softmax_fused_matches_composed() {
     let r = randn(x.dims());
     let g = weighted_sum(&y, &r).backward().unwrap();
     let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-    assert_close("softmax grad", g.get(&x).unwrap(), g_ref.get(&x).unwrap(), 1e-4);
-    let n = g.get(&x).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_close(
+        "softmax grad",
+        g.get(&x).unwrap(),
+        g_ref.get(&x).unwrap(),
+        1e-4,
+    );
+    let n = g
+        .get(&x)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(n > 0.0);
 }
 
@@ -478,7 +665,9 @@ fn conv2d_im2col_matches_candle_conv() {
     use omuda_core::nn::layers::{conv2d, ConvCfg};
     // (B, C, O, H, W, k, stride, padding, dilation)
     for &(bs, c, o, h, w, k, s, p, d) in &[
-        (2usize, 3usize, 4usize, 17usize, 14usize, 7usize, 4usize, 3usize, 1usize),
+        (
+            2usize, 3usize, 4usize, 17usize, 14usize, 7usize, 4usize, 3usize, 1usize,
+        ),
         (2, 4, 5, 9, 8, 3, 2, 1, 1),
         (1, 3, 2, 16, 8, 8, 8, 0, 1),
         (2, 2, 3, 7, 9, 3, 1, 2, 2),
@@ -486,28 +675,61 @@ fn conv2d_im2col_matches_candle_conv() {
     ] {
         let x = var(&[bs, c, h, w]);
         let wt = var(&[o, c, k, k]);
-        let cfg = ConvCfg { stride: s, padding: p, dilation: d };
+        let cfg = ConvCfg {
+            stride: s,
+            padding: p,
+            dilation: d,
+        };
         let y = conv2d(&x, &wt, cfg).unwrap();
         // Candle's conv2d backward returns a wrongly sized input gradient when
         // (n + 2p − span) is not a multiple of the stride; the reference therefore
         // zero-extends the input to a multiple and crops the extra output.
         let span = d * (k - 1) + 1;
         let extra = |n: usize| (s - (n + 2 * p - span) % s) % s;
-        let xe = x.pad_with_zeros(2, 0, extra(h)).unwrap().pad_with_zeros(3, 0, extra(w)).unwrap();
+        let xe = x
+            .pad_with_zeros(2, 0, extra(h))
+            .unwrap()
+            .pad_with_zeros(3, 0, extra(w))
+            .unwrap();
         let (ho, wo) = ((h + 2 * p - span) / s + 1, (w + 2 * p - span) / s + 1);
-        let y_ref = xe.conv2d(&wt, p, s, d, 1).unwrap().narrow(2, 0, ho).unwrap().narrow(3, 0, wo).unwrap();
+        let y_ref = xe
+            .conv2d(&wt, p, s, d, 1)
+            .unwrap()
+            .narrow(2, 0, ho)
+            .unwrap()
+            .narrow(3, 0, wo)
+            .unwrap();
         let tag = format!("conv2d {h}x{w} k{k} s{s} p{p} d{d}");
         assert_close(&format!("{tag} forward"), &y, &y_ref, 1e-5);
         let r = randn(y.dims());
         let g = weighted_sum(&y, &r).backward().unwrap();
         let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-        assert_close(&format!("{tag} grad x"), g.get(&x).unwrap(), g_ref.get(&x).unwrap(), 1e-5);
-        assert_close(&format!("{tag} grad w"), g.get(&wt).unwrap(), g_ref.get(&wt).unwrap(), 1e-5);
+        assert_close(
+            &format!("{tag} grad x"),
+            g.get(&x).unwrap(),
+            g_ref.get(&x).unwrap(),
+            1e-5,
+        );
+        assert_close(
+            &format!("{tag} grad w"),
+            g.get(&wt).unwrap(),
+            g_ref.get(&wt).unwrap(),
+            1e-5,
+        );
     }
     // A constant input (an image) gets no gradient, the weight does.
     let img = randn(&[1, 3, 8, 8]);
     let wt = var(&[2, 3, 3, 3]);
-    let y = conv2d(&img, &wt, ConvCfg { stride: 2, padding: 1, dilation: 1 }).unwrap();
+    let y = conv2d(
+        &img,
+        &wt,
+        ConvCfg {
+            stride: 2,
+            padding: 1,
+            dilation: 1,
+        },
+    )
+    .unwrap();
     let g = y.sum_all().unwrap().backward().unwrap();
     assert!(g.get(&img).is_none() && g.get(&wt).is_some());
 }
@@ -521,91 +743,14 @@ fn segformer_tiny_backward_on_odd_input_size() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let logits = model.forward(&x, &mut ForwardCtx::train(&mut rng)).unwrap();
     assert_eq!(logits.dims(), &[2, 4, 18, 13]);
-    let g = logits.sqr().unwrap().mean_all().unwrap().backward().unwrap();
-    assert_eq!(g.get(&x).unwrap().dims(), &[2, 3, 70, 50]);
-}
-
-/// Median wall time in ms of `f` over `n` runs.
-fn median_ms(n: usize, mut f: impl FnMut()) -> f64 {
-    let mut t: Vec<f64> = (0..n)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[n / 2]
-}
-
-/// Per-component timing of MiT-b0 at (2, 3, 256, 256) (release, ignored):
-/// `cargo test --release -p omuda-core --test nn_gradients -- --ignored --nocapture components`.
-#[test]
-#[ignore]
-fn timing_components() {
-    let fb = |name: &str, x: &Var, f: &dyn Fn(&Tensor) -> Tensor| {
-        let tf = median_ms(5, || {
-            f(x);
-        });
-        let tfb = median_ms(5, || {
-            let g = f(x).sum_all().unwrap().backward().unwrap();
-            assert!(g.get(x).is_some());
-        });
-        println!("{name:<40} fwd {tf:7.1} ms   fwd+bwd {tfb:7.1} ms");
-    };
-    fb("gelu_erf (2,128,64,64)", &var(&[2, 128, 64, 64]), &|x| x.gelu_erf().unwrap());
-    fb("softmax (2,1,4096,64)", &var(&[2, 1, 4096, 64]), &|x| candle_nn::ops::softmax(x, D::Minus1).unwrap());
-    fb("transpose+contiguous (2,4096,128)", &var(&[2, 4096, 128]), &|x| x.transpose(1, 2).unwrap().contiguous().unwrap());
-    for s in [8usize, 16, 32] {
-        fb(&format!("resize (2,256,{s},{s})->64"), &var(&[2, 256, s, s]), &|x| omuda_core::ops::resize_bilinear(x, 64, 64).unwrap());
-    }
-    let w = var(&[128, 1, 3, 3]);
-    fb("depthwise 3x3 (2,128,64,64)", &var(&[2, 128, 64, 64]), &|x| depthwise_conv2d(x, &w, 1, 1).unwrap());
-    let lw = var(&[32]);
-    fb("layer_norm (2,4096,32)", &var(&[2, 4096, 32]), &|x| layer_norm(x, &lw, &lw, 1e-6).unwrap());
-
-    let wf = var(&[256, 1024]);
-    fb("1x1 matmul (2,1024,64,64)->256", &var(&[2, 1024, 4096]), &|x| wf.broadcast_left(2).unwrap().matmul(x).unwrap());
-    fb("relu (2,256,64,64)", &var(&[2, 256, 64, 64]), &|x| x.relu().unwrap());
-    let vm = VarMap::new();
-    let bn = BatchNorm2d::new(256, VarBuilder::from_varmap(&vm, DType::F32, &CPU)).unwrap();
-    fb("batch_norm train (2,256,64,64)", &var(&[2, 256, 64, 64]), &|x| {
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        bn.forward(x, &mut ForwardCtx::train(&mut rng)).unwrap()
-    });
-    let parts: Vec<Tensor> = (0..4).map(|_| randn(&[2, 256, 64, 64])).collect();
-    fb("cat 4x(2,256,64,64) + x", &var(&[2, 256, 64, 64]), &|x| {
-        let mut p = parts.clone();
-        p[0] = x.clone();
-        Tensor::cat(&p, 1).unwrap()
-    });
-    let (_vm, model) = build("segformer_mitb0", 19);
-    let x = randn(&[2, 3, 256, 256]);
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let enc_f = median_ms(3, || {
-        model.features(&x, &mut ForwardCtx::train(&mut rng)).unwrap();
-    });
-    let enc_fb = median_ms(3, || {
-        let f = model.features(&x, &mut ForwardCtx::train(&mut rng)).unwrap();
-        let loss = f.iter().map(|t| t.sum_all().unwrap()).reduce(|a, b| (a + b).unwrap()).unwrap();
-        loss.backward().unwrap();
-    });
-    println!("{:<40} fwd {enc_f:7.1} ms   fwd+bwd {enc_fb:7.1} ms", "b0 encoder");
-    let feats: Vec<Var> = model
-        .features(&x, &mut ForwardCtx::train(&mut rng))
+    let g = logits
+        .sqr()
         .unwrap()
-        .iter()
-        .map(|t| Var::from_tensor(&t.detach()).unwrap())
-        .collect();
-    let ft: Vec<Tensor> = feats.iter().map(|v| v.as_tensor().clone()).collect();
-    let head_f = median_ms(3, || {
-        model.decode(&ft, &mut ForwardCtx::train(&mut rng)).unwrap();
-    });
-    let head_fb = median_ms(3, || {
-        let y = model.decode(&ft, &mut ForwardCtx::train(&mut rng)).unwrap();
-        y.sum_all().unwrap().backward().unwrap();
-    });
-    println!("{:<40} fwd {head_f:7.1} ms   fwd+bwd {head_fb:7.1} ms", "b0 head");
+        .mean_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_eq!(g.get(&x).unwrap().dims(), &[2, 3, 70, 50]);
 }
 
 #[test]
@@ -616,17 +761,30 @@ fn gelu_and_relu_fused_match_candle() {
     // (Exact zeros are left out: there Candle's relu passes the gradient, PyTorch's
     // and ours do not; checked separately below.)
     let extra = Tensor::new(&[-12f32, -8.0, -5.0, -1e-3, 1e-3, 5.0, 8.0, 12.0], &CPU).unwrap();
-    let x = Var::from_tensor(&Tensor::cat(&[base.flatten_all().unwrap(), extra], 0).unwrap()).unwrap();
+    let x =
+        Var::from_tensor(&Tensor::cat(&[base.flatten_all().unwrap(), extra], 0).unwrap()).unwrap();
     let r = randn(x.dims());
     for (name, y, y_ref) in [
         ("gelu", gelu(&x).unwrap(), x.gelu_erf().unwrap()),
         ("relu", relu(&x).unwrap(), x.relu().unwrap()),
     ] {
-        let d = (&y - &y_ref).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (&y - &y_ref)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 2e-6, "{name} forward differs by {d}");
         let g = weighted_sum(&y, &r).backward().unwrap();
         let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-        let gd = (g.get(&x).unwrap() - g_ref.get(&x).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        let gd = (g.get(&x).unwrap() - g_ref.get(&x).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         let gd = gd.to_scalar::<f32>().unwrap();
         assert!(gd < 1e-5, "{name} gradient differs by {gd}");
     }
@@ -659,7 +817,11 @@ fn segformer_head_fused_order_matches_literal_hf_order() {
     // Dropout2d stays active, with the same seed (same mask) in both orders.
     let run = |fused: bool| {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
-        let mut ctx = ForwardCtx { stochastic: true, bn_train: false, rng: &mut rng };
+        let mut ctx = ForwardCtx {
+            stochastic: true,
+            bn_train: false,
+            rng: &mut rng,
+        };
         if fused {
             head.forward(&ft, &mut ctx).unwrap()
         } else {
@@ -669,7 +831,9 @@ fn segformer_head_fused_order_matches_literal_hf_order() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let yt = head.forward(&ft, &mut ForwardCtx::train(&mut rng)).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let yt_ref = head.forward_unfused(&ft, &mut ForwardCtx::train(&mut rng)).unwrap();
+    let yt_ref = head
+        .forward_unfused(&ft, &mut ForwardCtx::train(&mut rng))
+        .unwrap();
     assert_close("head forward (train-mode BatchNorm)", &yt, &yt_ref, 1e-4);
     let (y, y_ref) = (run(true), run(false));
     assert_eq!(y.dims(), &[2, 5, 16, 24]);
@@ -678,10 +842,118 @@ fn segformer_head_fused_order_matches_literal_hf_order() {
     let g = weighted_sum(&y, &r).backward().unwrap();
     let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
     for (i, f) in feats.iter().enumerate() {
-        assert_close(&format!("head grad feature {i}"), g.get(f).unwrap(), g_ref.get(f).unwrap(), 1e-3);
+        assert_close(
+            &format!("head grad feature {i}"),
+            g.get(f).unwrap(),
+            g_ref.get(f).unwrap(),
+            1e-3,
+        );
     }
-    for (name, v) in varmap.data().lock().unwrap().iter().filter(|(n, _)| !is_buffer(n)) {
-        let got = g.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
-        assert_close(&format!("head grad {name}"), got, g_ref.get(v.as_tensor()).unwrap(), 1e-3);
+    for (name, v) in varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| !is_buffer(n))
+    {
+        let got = g
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert_close(
+            &format!("head grad {name}"),
+            got,
+            g_ref.get(v.as_tensor()).unwrap(),
+            1e-3,
+        );
     }
+}
+
+/// Channels-last convolutions against the NCHW ones (values and gradients).
+#[test]
+fn channels_last_convs_match_nchw() {
+    use omuda_core::nn::layers::{conv2d, conv2d_nhwc, depthwise_conv2d_nhwc, ConvCfg};
+    let nhwc = |t: &Tensor| t.permute((0, 2, 3, 1)).unwrap();
+    // Dense: (B, C, O, H, W, k, stride, padding, dilation)
+    for &(bs, c, o, h, w, k, s, p, d) in &[
+        (
+            2usize, 3usize, 4usize, 17usize, 14usize, 7usize, 4usize, 3usize, 1usize,
+        ),
+        (2, 4, 5, 9, 8, 3, 2, 1, 1),
+        (1, 3, 2, 16, 9, 8, 8, 0, 1),
+        (2, 2, 3, 7, 9, 3, 1, 2, 2),
+    ] {
+        let x = var(&[bs, c, h, w]);
+        let wt = var(&[o, c, k, k]);
+        let cfg = ConvCfg {
+            stride: s,
+            padding: p,
+            dilation: d,
+        };
+        let y = conv2d_nhwc(&nhwc(&x), &wt, cfg).unwrap();
+        let y_ref = nhwc(&conv2d(&x, &wt, cfg).unwrap());
+        let tag = format!("conv2d_nhwc {h}x{w} k{k} s{s} p{p} d{d}");
+        assert_close(&format!("{tag} forward"), &y, &y_ref, 1e-5);
+        let r = randn(y.dims());
+        let g = weighted_sum(&y, &r).backward().unwrap();
+        let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
+        assert_close(
+            &format!("{tag} grad x"),
+            g.get(&x).unwrap(),
+            g_ref.get(&x).unwrap(),
+            1e-5,
+        );
+        assert_close(
+            &format!("{tag} grad w"),
+            g.get(&wt).unwrap(),
+            g_ref.get(&wt).unwrap(),
+            1e-5,
+        );
+    }
+    // Depthwise: (B, C, H, W, k, padding, dilation)
+    for &(bs, c, h, w, k, p, d) in &[
+        (2usize, 5usize, 7usize, 9usize, 3usize, 1usize, 1usize),
+        (2, 4, 8, 6, 3, 2, 2),
+        (1, 3, 6, 7, 3, 0, 1),
+        (2, 3, 9, 8, 5, 1, 1),
+        (1, 2, 5, 5, 3, 3, 3),
+    ] {
+        let x = var(&[bs, c, h, w]);
+        let wt = var(&[c, 1, k, k]);
+        let y = depthwise_conv2d_nhwc(&nhwc(&x), &wt, p, d).unwrap();
+        let y_ref = nhwc(&x.conv2d(&wt, p, 1, d, c).unwrap());
+        let tag = format!("dwconv_nhwc C{c} {h}x{w} k{k} p{p} d{d}");
+        assert_close(&format!("{tag} forward"), &y, &y_ref, 1e-5);
+        let r = randn(y.dims());
+        let g = weighted_sum(&y, &r).backward().unwrap();
+        let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
+        assert_close(
+            &format!("{tag} grad x"),
+            g.get(&x).unwrap(),
+            g_ref.get(&x).unwrap(),
+            1e-5,
+        );
+        assert_close(
+            &format!("{tag} grad w"),
+            g.get(&wt).unwrap(),
+            g_ref.get(&wt).unwrap(),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn exp_f32_is_accurate() {
+    use omuda_core::nn::layers::exp_f32;
+    let mut worst = 0f64;
+    let mut x = -87.0f32;
+    while x < 88.0 {
+        let want = (x as f64).exp();
+        let got = exp_f32(x) as f64;
+        worst = worst.max(((got - want) / want).abs());
+        x += 0.0137;
+    }
+    assert!(worst < 3e-7, "exp_f32 relative error {worst}");
+    assert_eq!(exp_f32(-100.0), 0.0);
+    assert_eq!(exp_f32(0.0), 1.0);
+    assert!(exp_f32(f32::NAN).is_nan());
 }

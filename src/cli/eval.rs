@@ -27,7 +27,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let device = Device::Cpu;
     let mut method = build_method(&name, &cfg, &device)?;
     method.load_state(ckpt)?;
-    let predict = |x: &candle_core::Tensor| method.predict(x).map_err(|e| candle_core::Error::Msg(e.to_string()));
+    let predict = |x: &candle_core::Tensor| Ok(method.predict(x)?);
     let target = evaluate_synth(&cfg.data.synth, cfg.data.dataset_seed, Domain::Target, &cfg.eval, &device, &predict)?;
     let source = evaluate_synth(&cfg.data.synth, cfg.data.dataset_seed, Domain::Source, &cfg.eval, &device, &predict)?;
     println!("{name} (iteration {}): target-val", method.iteration());

@@ -74,7 +74,7 @@ fn train_one(name: &str, cfg: &RunConfig, device: &Device) -> Result<(MiouReport
     let mut observer = Progress::new(name, cfg.train.iters, cfg.train.log_interval);
     let evaluate_target = |m: &dyn UdaMethod| -> Result<MiouReport> {
         evaluate_synth(&cfg.data.synth, cfg.data.dataset_seed, Domain::Target, &cfg.eval, device, &|x| {
-            m.predict(x).map_err(|e| candle_core::Error::Msg(e.to_string()))
+            Ok(m.predict(x)?)
         })
     };
     let start = Instant::now();
@@ -95,7 +95,7 @@ fn train_one(name: &str, cfg: &RunConfig, device: &Device) -> Result<(MiouReport
     let target = evaluate_target(&method)?;
     curve.push((cfg.train.iters, target.miou));
     let source = evaluate_synth(&cfg.data.synth, cfg.data.dataset_seed, Domain::Source, &cfg.eval, device, &|x| {
-        method.predict(x).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        Ok(method.predict(x)?)
     })?;
     println!("\n{name}: target-val ({} images), {:.0} s of training", target.num_images, train_seconds);
     print!("{}", target.table());

@@ -11,8 +11,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    backprop::GradStore, bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result,
-    Shape, Tensor, Var, D,
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, Var, D,
 };
 use candle_nn::{Init, VarBuilder};
 use rand::Rng;
@@ -37,7 +36,10 @@ fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> 
     };
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("{what}: expected a contiguous tensor, got strides {:?}", l.stride()),
+        None => bail!(
+            "{what}: expected a contiguous tensor, got strides {:?}",
+            l.stride()
+        ),
     }
 }
 
@@ -52,6 +54,99 @@ fn add_vecs(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
         *x += *y;
     }
     a
+}
+
+/// Sum with eight independent accumulators: a sequential float sum cannot be
+/// vectorised (it fixes the order of additions); this one can, and is at least
+/// as accurate.
+#[inline]
+fn sum_f32(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Σ a·b with eight accumulators (see [`sum_f32`]).
+#[inline]
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Σ (x − m)² with eight accumulators (see [`sum_f32`]).
+#[inline]
+fn sq_dev_sum(xs: &[f32], m: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|v| (v - m) * (v - m)).sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += (c[i] - m) * (c[i] - m);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Σ g·(x − m) with eight accumulators (see [`sum_f32`]).
+#[inline]
+fn centered_dot(g: &[f32], x: &[f32], m: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let (cg, cx) = (g.chunks_exact(8), x.chunks_exact(8));
+    let tail: f32 = cg
+        .remainder()
+        .iter()
+        .zip(cx.remainder())
+        .map(|(a, b)| a * (b - m))
+        .sum();
+    for (a, b) in cg.zip(cx) {
+        for i in 0..8 {
+            acc[i] += a[i] * (b[i] - m);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Elements per rayon task of the element-wise kernels.
+const ELEMWISE_CHUNK: usize = 16 * 1024;
+
+/// Element-wise kernel over `x` in parallel chunks; `f(x_chunk, out_chunk)` runs
+/// a plain loop so that it vectorises (rayon's per-item `map` does not).
+fn par_map(x: &[f32], f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(x.par_chunks(ELEMWISE_CHUNK))
+        .for_each(|(o, xs)| f(xs, o));
+    out
+}
+
+/// Two-input version of [`par_map`] (`a` and `b` of equal length).
+fn par_map2(a: &[f32], b: &[f32], f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(
+            a.par_chunks(ELEMWISE_CHUNK)
+                .zip(b.par_chunks(ELEMWISE_CHUNK)),
+        )
+        .for_each(|(o, (xa, xb))| f(xa, xb, o));
+    out
 }
 
 /// `x` viewed as (outer, channels, inner) around `axis`.
@@ -77,32 +172,48 @@ impl CustomOp2 for AddBias {
         "add-bias"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s1, l1, "add_bias input")?;
         let b = f32_data(s2, l2, "add_bias bias")?;
         let (_, c, inner) = split_at_axis(l1.dims(), self.axis);
         let mut out = x.to_vec();
         let block = c * inner;
-        out.par_chunks_mut((block * rows_per_task(block)).max(1)).for_each(|chunk| {
-            for blk in chunk.chunks_mut(block) {
-                if inner == 1 {
-                    for (v, bv) in blk.iter_mut().zip(b.iter()) {
-                        *v += *bv;
-                    }
-                } else {
-                    for (ci, run) in blk.chunks_mut(inner).enumerate() {
-                        let bv = b[ci];
-                        run.iter_mut().for_each(|v| *v += bv);
+        out.par_chunks_mut((block * rows_per_task(block)).max(1))
+            .for_each(|chunk| {
+                for blk in chunk.chunks_mut(block) {
+                    if inner == 1 {
+                        for (v, bv) in blk.iter_mut().zip(b.iter()) {
+                            *v += *bv;
+                        }
+                    } else {
+                        for (ci, run) in blk.chunks_mut(inner).enumerate() {
+                            let bv = b[ci];
+                            run.iter_mut().for_each(|v| *v += bv);
+                        }
                     }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    fn bwd(&self, _x: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad_b = if b.track_op() {
-            Some(grad.contiguous()?.apply_op1_no_bwd(&SumToChannels { axis: self.axis })?)
+            Some(
+                grad.contiguous()?
+                    .apply_op1_no_bwd(&SumToChannels { axis: self.axis })?,
+            )
         } else {
             None
         };
@@ -143,7 +254,7 @@ impl CustomOp1 for SumToChannels {
                     (0..outer)
                         .map(|o| {
                             let start = o * block + ci * inner;
-                            x[start..start + inner].iter().sum::<f32>()
+                            sum_f32(&x[start..start + inner])
                         })
                         .sum::<f32>()
                 })
@@ -157,10 +268,16 @@ impl CustomOp1 for SumToChannels {
 pub fn add_bias(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
     let dims = x.dims();
     if axis >= dims.len() || b.dims() != [dims[axis]] {
-        bail!("add_bias: bias of shape {:?} does not match axis {axis} of input {:?}", b.dims(), dims);
+        bail!(
+            "add_bias: bias of shape {:?} does not match axis {axis} of input {:?}",
+            b.dims(),
+            dims
+        );
     }
     if use_cpu_kernels(x) && b.dtype() == DType::F32 {
-        return x.contiguous()?.apply_op2(&b.contiguous()?, AddBias { axis });
+        return x
+            .contiguous()?
+            .apply_op2(&b.contiguous()?, AddBias { axis });
     }
     let mut shape = vec![1usize; dims.len()];
     shape[axis] = dims[axis];
@@ -181,22 +298,36 @@ impl CustomOp2 for ScaleGroups {
         "scale-groups"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s1, l1, "scale_groups input")?;
         let s = f32_data(s2, l2, "scale_groups mask")?;
         let group = x.len() / s.len().max(1);
         let mut out = x.to_vec();
-        out.par_chunks_mut(group.max(1)).zip(s.par_iter()).for_each(|(chunk, &sv)| {
-            if sv == 0.0 {
-                chunk.iter_mut().for_each(|v| *v = 0.0);
-            } else if sv != 1.0 {
-                chunk.iter_mut().for_each(|v| *v *= sv);
-            }
-        });
+        out.par_chunks_mut(group.max(1))
+            .zip(s.par_iter())
+            .for_each(|(chunk, &sv)| {
+                if sv == 0.0 {
+                    chunk.iter_mut().for_each(|v| *v = 0.0);
+                } else if sv != 1.0 {
+                    chunk.iter_mut().for_each(|v| *v *= sv);
+                }
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    fn bwd(&self, _x: &Tensor, s: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        s: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(scale_groups(grad, s)?), None))
     }
 }
@@ -205,21 +336,38 @@ impl CustomOp2 for ScaleGroups {
 /// elements) multiplied by the constant `s[g]`. `s` gets no gradient.
 fn scale_groups(x: &Tensor, s: &Tensor) -> Result<Tensor> {
     let n = s.elem_count();
-    if n == 0 || x.elem_count() % n != 0 {
-        bail!("scale_groups: mask of {n} elements does not split input {:?}", x.dims());
+    if n == 0 || !x.elem_count().is_multiple_of(n) {
+        bail!(
+            "scale_groups: mask of {n} elements does not split input {:?}",
+            x.dims()
+        );
     }
     let s = s.detach();
     if use_cpu_kernels(x) {
         return x.contiguous()?.apply_op2(&s.contiguous()?, ScaleGroups);
     }
     let flat = x.reshape((n, x.elem_count() / n))?;
-    flat.broadcast_mul(&s.reshape((n, 1))?.to_dtype(x.dtype())?)?.reshape(x.shape())
+    flat.broadcast_mul(&s.reshape((n, 1))?.to_dtype(x.dtype())?)?
+        .reshape(x.shape())
 }
 
 /// Bernoulli(keep) mask of `n` values, each 0 or 1/keep.
-fn keep_mask(n: usize, keep: f64, ctx: &mut ForwardCtx, device: &candle_core::Device) -> Result<Tensor> {
+fn keep_mask(
+    n: usize,
+    keep: f64,
+    ctx: &mut ForwardCtx,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> = (0..n).map(|_| if ctx.rng.gen::<f64>() < keep { scale } else { 0.0 }).collect();
+    let mask: Vec<f32> = (0..n)
+        .map(|_| {
+            if ctx.rng.gen::<f64>() < keep {
+                scale
+            } else {
+                0.0
+            }
+        })
+        .collect();
     Tensor::from_vec(mask, n, device)
 }
 
@@ -294,12 +442,31 @@ impl Linear {
     /// Weight N(0, 0.02) (the truncation at ±2 of mmseg's trunc-normal is
     /// irrelevant at this std), bias 0.
     pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        Self::with_init(in_dim, out_dim, true, Init::Randn { mean: 0.0, stdev: 0.02 }, vb)
+        Self::with_init(
+            in_dim,
+            out_dim,
+            true,
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+            vb,
+        )
     }
 
-    pub fn with_init(in_dim: usize, out_dim: usize, bias: bool, init: Init, vb: VarBuilder) -> Result<Self> {
+    pub fn with_init(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        init: Init,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
-        let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
+        let bias = if bias {
+            Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 
@@ -320,7 +487,10 @@ impl Linear {
             _ => bail!("Linear: expected input with last dim {in_dim}, got {dims:?}"),
         }
         let rows = x.elem_count() / in_dim;
-        let y = x.contiguous()?.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = x
+            .contiguous()?
+            .reshape((rows, in_dim))?
+            .matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => add_bias(&y, b, 1)?,
             None => y,
@@ -375,7 +545,11 @@ pub struct ConvCfg {
 
 impl Default for ConvCfg {
     fn default() -> Self {
-        Self { stride: 1, padding: 0, dilation: 1 }
+        Self {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+        }
     }
 }
 
@@ -392,9 +566,19 @@ pub struct Conv2d {
 impl Conv2d {
     /// Weight N(0, sqrt(2 / fan_out)) with fan_out = k·k·out (mmseg MiT / Kaiming
     /// fan-out), bias 0.
-    pub fn new(in_c: usize, out_c: usize, kernel: usize, cfg: ConvCfg, bias: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        in_c: usize,
+        out_c: usize,
+        kernel: usize,
+        cfg: ConvCfg,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let fan_out = (kernel * kernel * out_c) as f64;
-        let init = Init::Randn { mean: 0.0, stdev: (2.0 / fan_out).sqrt() };
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: (2.0 / fan_out).sqrt(),
+        };
         Self::with_init(in_c, out_c, kernel, cfg, bias, init, vb)
     }
 
@@ -408,10 +592,17 @@ impl Conv2d {
         vb: VarBuilder,
     ) -> Result<Self> {
         if kernel == 0 || cfg.stride == 0 || cfg.dilation == 0 {
-            bail!("Conv2d {}: kernel, stride and dilation must be positive, got k={kernel} {cfg:?}", vb.prefix());
+            bail!(
+                "Conv2d {}: kernel, stride and dilation must be positive, got k={kernel} {cfg:?}",
+                vb.prefix()
+            );
         }
         let weight = vb.get_with_hints((out_c, in_c, kernel, kernel), "weight", init)?;
-        let bias = if bias { Some(vb.get_with_hints(out_c, "bias", Init::Const(0.0))?) } else { None };
+        let bias = if bias {
+            Some(vb.get_with_hints(out_c, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias, cfg })
     }
 
@@ -432,10 +623,17 @@ impl Conv2d {
         let (out_c, in_c, k, _) = self.weight.dims4()?;
         let (_, c, _, _) = x.dims4()?;
         if c != in_c {
-            bail!("Conv2d: expected {in_c} input channels, got input {:?}", x.dims());
+            bail!(
+                "Conv2d: expected {in_c} input channels, got input {:?}",
+                x.dims()
+            );
         }
         if k == 1 && self.cfg == ConvCfg::default() {
-            return channels_first_affine(x, &self.weight.reshape((out_c, in_c))?, self.bias.as_ref());
+            return channels_first_affine(
+                x,
+                &self.weight.reshape((out_c, in_c))?,
+                self.bias.as_ref(),
+            );
         }
         let y = conv2d(x, &self.weight, self.cfg)?;
         match &self.bias {
@@ -463,7 +661,14 @@ impl ColGeom {
             Some(v) => Ok(v / cfg.stride + 1),
             None => bail!("conv2d: input size {n} too small for kernel {k} with {cfg:?}"),
         };
-        Ok(Self { k, cfg, h, w, ho: out(h)?, wo: out(w)? })
+        Ok(Self {
+            k,
+            cfg,
+            h,
+            w,
+            ho: out(h)?,
+            wo: out(w)?,
+        })
     }
 
     /// Input index of output index `o` at tap `t`, if inside the input.
@@ -491,24 +696,26 @@ impl CustomOp1 for Im2Col {
         let (kk, len) = (g.k * g.k, g.ho * g.wo);
         let mut out = vec![0f32; b * c * kk * len];
         // One task per (sample, input channel): it owns k·k consecutive rows.
-        out.par_chunks_mut(kk * len).enumerate().for_each(|(plane, rows)| {
-            let xp = &x[plane * h * w..(plane + 1) * h * w];
-            for ki in 0..g.k {
-                for kj in 0..g.k {
-                    let row = &mut rows[(ki * g.k + kj) * len..(ki * g.k + kj + 1) * len];
-                    for oi in 0..g.ho {
-                        let Some(ii) = g.src(oi, ki, h) else { continue };
-                        let xr = &xp[ii * w..(ii + 1) * w];
-                        let dst = &mut row[oi * g.wo..(oi + 1) * g.wo];
-                        for (oj, d) in dst.iter_mut().enumerate() {
-                            if let Some(jj) = g.src(oj, kj, w) {
-                                *d = xr[jj];
+        out.par_chunks_mut(kk * len)
+            .enumerate()
+            .for_each(|(plane, rows)| {
+                let xp = &x[plane * h * w..(plane + 1) * h * w];
+                for ki in 0..g.k {
+                    for kj in 0..g.k {
+                        let row = &mut rows[(ki * g.k + kj) * len..(ki * g.k + kj + 1) * len];
+                        for oi in 0..g.ho {
+                            let Some(ii) = g.src(oi, ki, h) else { continue };
+                            let xr = &xp[ii * w..(ii + 1) * w];
+                            let dst = &mut row[oi * g.wo..(oi + 1) * g.wo];
+                            for (oj, d) in dst.iter_mut().enumerate() {
+                                if let Some(jj) = g.src(oj, kj, w) {
+                                    *d = xr[jj];
+                                }
                             }
                         }
                     }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((b, c * kk, len))))
     }
 
@@ -518,7 +725,10 @@ impl CustomOp1 for Im2Col {
             return Ok(None);
         }
         let (_, c, _, _) = x.dims4()?;
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im { geom: self.geom, c })?))
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op1_no_bwd(&Col2Im { geom: self.geom, c })?,
+        ))
     }
 }
 
@@ -540,23 +750,25 @@ impl CustomOp1 for Col2Im {
         let b = cols.len() / (self.c * kk * len).max(1);
         let (h, w) = (g.h, g.w);
         let mut out = vec![0f32; b * self.c * h * w];
-        out.par_chunks_mut(h * w).enumerate().for_each(|(plane, dx)| {
-            let rows = &cols[plane * kk * len..(plane + 1) * kk * len];
-            for ki in 0..g.k {
-                for kj in 0..g.k {
-                    let row = &rows[(ki * g.k + kj) * len..(ki * g.k + kj + 1) * len];
-                    for oi in 0..g.ho {
-                        let Some(ii) = g.src(oi, ki, h) else { continue };
-                        let dr = &mut dx[ii * w..(ii + 1) * w];
-                        for (oj, v) in row[oi * g.wo..(oi + 1) * g.wo].iter().enumerate() {
-                            if let Some(jj) = g.src(oj, kj, w) {
-                                dr[jj] += *v;
+        out.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(plane, dx)| {
+                let rows = &cols[plane * kk * len..(plane + 1) * kk * len];
+                for ki in 0..g.k {
+                    for kj in 0..g.k {
+                        let row = &rows[(ki * g.k + kj) * len..(ki * g.k + kj + 1) * len];
+                        for oi in 0..g.ho {
+                            let Some(ii) = g.src(oi, ki, h) else { continue };
+                            let dr = &mut dx[ii * w..(ii + 1) * w];
+                            for (oj, v) in row[oi * g.wo..(oi + 1) * g.wo].iter().enumerate() {
+                                if let Some(jj) = g.src(oj, kj, w) {
+                                    dr[jj] += *v;
+                                }
                             }
                         }
                     }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((b, self.c, h, w))))
     }
 }
@@ -569,7 +781,11 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: ConvCfg) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (o, wc, k, k2) = weight.dims4()?;
     if wc != c || k != k2 {
-        bail!("conv2d: weight {:?} does not fit input {:?}", weight.dims(), x.dims());
+        bail!(
+            "conv2d: weight {:?} does not fit input {:?}",
+            weight.dims(),
+            x.dims()
+        );
     }
     if !(use_cpu_kernels(x) && weight.dtype() == DType::F32) {
         return x.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, 1);
@@ -577,7 +793,9 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: ConvCfg) -> Result<Tensor> {
     let geom = ColGeom::new(k, cfg, h, w)?;
     let cols = x.contiguous()?.apply_op1(Im2Col { geom })?;
     let wm = weight.reshape((o, c * k * k))?;
-    wm.broadcast_left(b)?.matmul(&cols)?.reshape((b, o, geom.ho, geom.wo))
+    wm.broadcast_left(b)?
+        .matmul(&cols)?
+        .reshape((b, o, geom.ho, geom.wo))
 }
 
 /// Channels-last (B, H, W, C) → columns (B·Ho·Wo, k·k·C): one row per output
@@ -598,21 +816,23 @@ impl CustomOp1 for Im2ColNhwc {
         let row = g.k * g.k * c;
         let mut out = vec![0f32; b * g.ho * g.wo * row];
         // One task per output row (sample, oi): it owns Wo consecutive column rows.
-        out.par_chunks_mut((g.wo * row).max(1)).enumerate().for_each(|(r, o)| {
-            let (bi, oi) = (r / g.ho, r % g.ho);
-            for ki in 0..g.k {
-                let Some(ii) = g.src(oi, ki, h) else { continue };
-                let xrow = &x[(bi * h + ii) * w * c..(bi * h + ii + 1) * w * c];
-                for oj in 0..g.wo {
-                    for kj in 0..g.k {
-                        if let Some(jj) = g.src(oj, kj, w) {
-                            let dst = oj * row + (ki * g.k + kj) * c;
-                            o[dst..dst + c].copy_from_slice(&xrow[jj * c..(jj + 1) * c]);
+        out.par_chunks_mut((g.wo * row).max(1))
+            .enumerate()
+            .for_each(|(r, o)| {
+                let (bi, oi) = (r / g.ho, r % g.ho);
+                for ki in 0..g.k {
+                    let Some(ii) = g.src(oi, ki, h) else { continue };
+                    let xrow = &x[(bi * h + ii) * w * c..(bi * h + ii + 1) * w * c];
+                    for oj in 0..g.wo {
+                        for kj in 0..g.k {
+                            if let Some(jj) = g.src(oj, kj, w) {
+                                let dst = oj * row + (ki * g.k + kj) * c;
+                                o[dst..dst + c].copy_from_slice(&xrow[jj * c..(jj + 1) * c]);
+                            }
                         }
                     }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((b * g.ho * g.wo, row))))
     }
 
@@ -621,7 +841,11 @@ impl CustomOp1 for Im2ColNhwc {
             return Ok(None);
         }
         let (b, _, _, c) = x.dims4()?;
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2ImNhwc { geom: self.geom, b, c })?))
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2ImNhwc {
+            geom: self.geom,
+            b,
+            c,
+        })?))
     }
 }
 
@@ -638,7 +862,7 @@ impl ColGeom {
     #[inline]
     fn dst(&self, i: usize, t: usize, n_out: usize) -> Option<usize> {
         let v = (i + self.cfg.padding) as isize - (t * self.cfg.dilation) as isize;
-        if v < 0 || v as usize % self.cfg.stride != 0 {
+        if v < 0 || !(v as usize).is_multiple_of(self.cfg.stride) {
             return None;
         }
         let o = v as usize / self.cfg.stride;
@@ -656,23 +880,28 @@ impl CustomOp1 for Col2ImNhwc {
         let (g, c) = (self.geom, self.c);
         let row = g.k * g.k * c;
         let mut out = vec![0f32; self.b * g.h * g.w * c];
-        out.par_chunks_mut((g.w * c).max(1)).enumerate().for_each(|(r, dx)| {
-            let (bi, ii) = (r / g.h, r % g.h);
-            for ki in 0..g.k {
-                let Some(oi) = g.dst(ii, ki, g.ho) else { continue };
-                for jj in 0..g.w {
-                    let d = &mut dx[jj * c..(jj + 1) * c];
-                    for kj in 0..g.k {
-                        if let Some(oj) = g.dst(jj, kj, g.wo) {
-                            let src = ((bi * g.ho + oi) * g.wo + oj) * row + (ki * g.k + kj) * c;
-                            for (dv, sv) in d.iter_mut().zip(&cols[src..src + c]) {
-                                *dv += *sv;
+        out.par_chunks_mut((g.w * c).max(1))
+            .enumerate()
+            .for_each(|(r, dx)| {
+                let (bi, ii) = (r / g.h, r % g.h);
+                for ki in 0..g.k {
+                    let Some(oi) = g.dst(ii, ki, g.ho) else {
+                        continue;
+                    };
+                    for jj in 0..g.w {
+                        let d = &mut dx[jj * c..(jj + 1) * c];
+                        for kj in 0..g.k {
+                            if let Some(oj) = g.dst(jj, kj, g.wo) {
+                                let src =
+                                    ((bi * g.ho + oi) * g.wo + oj) * row + (ki * g.k + kj) * c;
+                                for (dv, sv) in d.iter_mut().zip(&cols[src..src + c]) {
+                                    *dv += *sv;
+                                }
                             }
                         }
                     }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((self.b, g.h, g.w, c))))
     }
 }
@@ -684,16 +913,25 @@ pub fn conv2d_nhwc(x: &Tensor, weight: &Tensor, cfg: ConvCfg) -> Result<Tensor> 
     let (b, h, w, c) = x.dims4()?;
     let (o, wc, k, k2) = weight.dims4()?;
     if wc != c || k != k2 {
-        bail!("conv2d_nhwc: weight {:?} does not fit channels-last input {:?}", weight.dims(), x.dims());
+        bail!(
+            "conv2d_nhwc: weight {:?} does not fit channels-last input {:?}",
+            weight.dims(),
+            x.dims()
+        );
     }
     if !(use_cpu_kernels(x) && weight.dtype() == DType::F32) {
-        let y = x.permute((0, 3, 1, 2))?.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, 1)?;
+        let y =
+            x.permute((0, 3, 1, 2))?
+                .conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, 1)?;
         return y.permute((0, 2, 3, 1))?.contiguous();
     }
     let geom = ColGeom::new(k, cfg, h, w)?;
     let cols = x.contiguous()?.apply_op1(Im2ColNhwc { geom })?;
     // Weight in (O, ki, kj, C) order to match the column layout (a small copy).
-    let wr = weight.permute((0, 2, 3, 1))?.contiguous()?.reshape((o, k * k * c))?;
+    let wr = weight
+        .permute((0, 2, 3, 1))?
+        .contiguous()?
+        .reshape((o, k * k * c))?;
     cols.matmul(&wr.t()?)?.reshape((b, geom.ho, geom.wo, o))
 }
 
@@ -705,8 +943,8 @@ pub fn conv2d_nhwc(x: &Tensor, weight: &Tensor, cfg: ConvCfg) -> Result<Tensor> 
 #[inline]
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = sum_f32(row) / n;
+    let var = sq_dev_sum(row, mean) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -735,14 +973,16 @@ impl CustomOp3 for LayerNormOp {
         let c = w.len();
         let mut out = vec![0f32; x.len()];
         let task = (c * rows_per_task(c)).max(1);
-        out.par_chunks_mut(task).zip(x.par_chunks(task)).for_each(|(o, xs)| {
-            for (orow, xrow) in o.chunks_mut(c).zip(xs.chunks(c)) {
-                let (mean, rstd) = row_stats(xrow, self.eps);
-                for i in 0..c {
-                    orow[i] = (xrow[i] - mean) * rstd * w[i] + b[i];
+        out.par_chunks_mut(task)
+            .zip(x.par_chunks(task))
+            .for_each(|(o, xs)| {
+                for (orow, xrow) in o.chunks_mut(c).zip(xs.chunks(c)) {
+                    let (mean, rstd) = row_stats(xrow, self.eps);
+                    for i in 0..c {
+                        orow[i] = (xrow[i] - mean) * rstd * w[i] + b[i];
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -795,23 +1035,25 @@ impl CustomOp3 for LayerNormBwdInput {
         let c = w.len();
         let mut out = vec![0f32; x.len()];
         let task = (c * rows_per_task(c)).max(1);
-        out.par_chunks_mut(task).zip(x.par_chunks(task).zip(g.par_chunks(task))).for_each(|(o, (xs, gs))| {
-            for ((orow, xrow), grow) in o.chunks_mut(c).zip(xs.chunks(c)).zip(gs.chunks(c)) {
-                let (mean, rstd) = row_stats(xrow, self.eps);
-                // dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = g·w.
-                let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                for i in 0..c {
-                    let gh = grow[i] * w[i];
-                    sum_g += gh;
-                    sum_gx += gh * (xrow[i] - mean) * rstd;
+        out.par_chunks_mut(task)
+            .zip(x.par_chunks(task).zip(g.par_chunks(task)))
+            .for_each(|(o, (xs, gs))| {
+                for ((orow, xrow), grow) in o.chunks_mut(c).zip(xs.chunks(c)).zip(gs.chunks(c)) {
+                    let (mean, rstd) = row_stats(xrow, self.eps);
+                    // dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = g·w.
+                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                    for i in 0..c {
+                        let gh = grow[i] * w[i];
+                        sum_g += gh;
+                        sum_gx += gh * (xrow[i] - mean) * rstd;
+                    }
+                    let (mg, mgx) = (sum_g / c as f32, sum_gx / c as f32);
+                    for i in 0..c {
+                        let xh = (xrow[i] - mean) * rstd;
+                        orow[i] = rstd * (grow[i] * w[i] - mg - xh * mgx);
+                    }
                 }
-                let (mg, mgx) = (sum_g / c as f32, sum_gx / c as f32);
-                for i in 0..c {
-                    let xh = (xrow[i] - mean) * rstd;
-                    orow[i] = rstd * (grow[i] * w[i] - mg - xh * mgx);
-                }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -826,12 +1068,21 @@ impl CustomOp2 for LayerNormBwdParams {
         "layer-norm-bwd-params"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s1, l1, "layer_norm input")?;
         let g = f32_data(s2, l2, "layer_norm output gradient")?;
         let c = match l1.dims().last() {
             Some(&c) if c > 0 => c,
-            _ => bail!("layer_norm backward: empty last dimension in {:?}", l1.dims()),
+            _ => bail!(
+                "layer_norm backward: empty last dimension in {:?}",
+                l1.dims()
+            ),
         };
         let task = (c * rows_per_task(c)).max(1);
         let sums = x
@@ -875,7 +1126,11 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
         );
     }
     if use_cpu_kernels(x) && w.dtype() == DType::F32 && b.dtype() == DType::F32 {
-        return x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNormOp { eps: eps as f32 });
+        return x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            LayerNormOp { eps: eps as f32 },
+        );
     }
     layer_norm_composed(x, w, b, eps)
 }
@@ -924,9 +1179,10 @@ impl CustomOp1 for ChannelStats {
         let stats: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
             .map(|ci| {
-                let planes = || (0..b).map(move |bi| &x[(bi * c + ci) * hw..(bi * c + ci + 1) * hw]);
-                let mean = planes().map(|p| p.iter().sum::<f32>()).sum::<f32>() / n;
-                let var = planes().map(|p| p.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()).sum::<f32>() / n;
+                let planes =
+                    || (0..b).map(move |bi| &x[(bi * c + ci) * hw..(bi * c + ci + 1) * hw]);
+                let mean = planes().map(sum_f32).sum::<f32>() / n;
+                let var = planes().map(|p| sq_dev_sum(p, mean)).sum::<f32>() / n;
                 (mean, var)
             })
             .collect();
@@ -963,14 +1219,17 @@ impl CustomOp3 for BatchNormTrainOp {
         let wb = f32_data(s3, l3, "batch_norm weight/bias")?;
         let (_, c, hw) = split_at_axis(l1.dims(), 1);
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(hw.max(1)).zip(x.par_chunks(hw.max(1))).enumerate().for_each(|(plane, (o, xp))| {
-            let ci = plane % c;
-            let scale = wb[ci] / (st[c + ci] + self.eps).sqrt();
-            let shift = wb[c + ci] - st[ci] * scale;
-            for (ov, xv) in o.iter_mut().zip(xp.iter()) {
-                *ov = xv * scale + shift;
-            }
-        });
+        out.par_chunks_mut(hw.max(1))
+            .zip(x.par_chunks(hw.max(1)))
+            .enumerate()
+            .for_each(|(plane, (o, xp))| {
+                let ci = plane % c;
+                let scale = wb[ci] / (st[c + ci] + self.eps).sqrt();
+                let shift = wb[c + ci] - st[ci] * scale;
+                for (ov, xv) in o.iter_mut().zip(xp.iter()) {
+                    *ov = xv * scale + shift;
+                }
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -1028,12 +1287,10 @@ impl CustomOp3 for BatchNormBwdParams {
                 let (mut sgx, mut sg) = (0f32, 0f32);
                 for bi in 0..b {
                     let r = (bi * c + ci) * hw..(bi * c + ci + 1) * hw;
-                    for (xv, gv) in x[r.clone()].iter().zip(g[r].iter()) {
-                        sgx += gv * (xv - mean) * rstd;
-                        sg += gv;
-                    }
+                    sgx += centered_dot(&g[r.clone()], &x[r.clone()], mean);
+                    sg += sum_f32(&g[r]);
                 }
-                (sgx, sg)
+                (sgx * rstd, sg)
             })
             .collect();
         let mut out = vec![0f32; 2 * c];
@@ -1070,19 +1327,21 @@ impl CustomOp3 for BatchNormBwdInput {
         let (b, c, hw) = split_at_axis(l1.dims(), 1);
         let n = (b * hw) as f32;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(hw.max(1)).enumerate().for_each(|(plane, o)| {
-            let ci = plane % c;
-            let mean = p[ci];
-            let rstd = 1.0 / (p[c + ci] + self.eps).sqrt();
-            let w = p[2 * c + ci];
-            let (mgx, mg) = (p[4 * c + ci] / n, p[5 * c + ci] / n);
-            let r = plane * hw..(plane + 1) * hw;
-            // dx = w·rstd·(g − mean(g) − x̂·mean(g·x̂)).
-            for ((ov, xv), gv) in o.iter_mut().zip(x[r.clone()].iter()).zip(g[r].iter()) {
-                let xh = (xv - mean) * rstd;
-                *ov = w * rstd * (gv - mg - xh * mgx);
-            }
-        });
+        out.par_chunks_mut(hw.max(1))
+            .enumerate()
+            .for_each(|(plane, o)| {
+                let ci = plane % c;
+                let mean = p[ci];
+                let rstd = 1.0 / (p[c + ci] + self.eps).sqrt();
+                let w = p[2 * c + ci];
+                let (mgx, mg) = (p[4 * c + ci] / n, p[5 * c + ci] / n);
+                let r = plane * hw..(plane + 1) * hw;
+                // dx = w·rstd·(g − mean(g) − x̂·mean(g·x̂)).
+                for ((ov, xv), gv) in o.iter_mut().zip(x[r.clone()].iter()).zip(g[r].iter()) {
+                    let xh = (xv - mean) * rstd;
+                    *ov = w * rstd * (gv - mg - xh * mgx);
+                }
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -1092,7 +1351,11 @@ fn channel_stats_composed(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let xs = x.detach().contiguous()?.reshape((b, c, h * w))?;
     let mean = xs.mean_keepdim(2)?.mean_keepdim(0)?; // (1, C, 1)
-    let var = xs.broadcast_sub(&mean)?.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?;
+    let var = xs
+        .broadcast_sub(&mean)?
+        .sqr()?
+        .mean_keepdim(2)?
+        .mean_keepdim(0)?;
     Tensor::cat(&[mean.reshape((1, c))?, var.reshape((1, c))?], 0)
 }
 
@@ -1105,7 +1368,9 @@ pub fn batch_norm_train_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -
     let xc = xs.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?;
     let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-    let y = y.broadcast_mul(&w.reshape((1, c, 1))?)?.broadcast_add(&b.reshape((1, c, 1))?)?;
+    let y = y
+        .broadcast_mul(&w.reshape((1, c, 1))?)?
+        .broadcast_add(&b.reshape((1, c, 1))?)?;
     y.reshape((bs, c, h, wd))
 }
 
@@ -1135,9 +1400,12 @@ impl BatchNorm2d {
         let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
         // With a VarMap backend these tensors are the VarMap's own variables, so
         // `Var::from_tensor` shares their storage and `set` updates the stored state.
-        let running_mean = Var::from_tensor(&vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?)?;
-        let running_var = Var::from_tensor(&vb.get_with_hints(channels, "running_var", Init::Const(1.0))?)?;
-        let num_batches_tracked = Var::from_tensor(&vb.get_with_hints((), "num_batches_tracked", Init::Const(0.0))?)?;
+        let running_mean =
+            Var::from_tensor(&vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?)?;
+        let running_var =
+            Var::from_tensor(&vb.get_with_hints(channels, "running_var", Init::Const(1.0))?)?;
+        let num_batches_tracked =
+            Var::from_tensor(&vb.get_with_hints((), "num_batches_tracked", Init::Const(0.0))?)?;
         Ok(Self {
             weight,
             bias,
@@ -1165,22 +1433,43 @@ impl BatchNorm2d {
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         if c != self.weight.elem_count() {
-            bail!("BatchNorm2d {}: expected {} channels, got input {:?}", self.name, self.weight.elem_count(), x.dims());
+            bail!(
+                "BatchNorm2d {}: expected {} channels, got input {:?}",
+                self.name,
+                self.weight.elem_count(),
+                x.dims()
+            );
         }
         if !ctx.bn_train {
             return self.forward_eval(x);
         }
         let n = b * h * w;
         if n < 2 {
-            bail!("BatchNorm2d {}: train mode needs more than one value per channel, got input {:?}", self.name, x.dims());
+            bail!(
+                "BatchNorm2d {}: train mode needs more than one value per channel, got input {:?}",
+                self.name,
+                x.dims()
+            );
         }
         let (y, stats) = if use_cpu_kernels(x) {
             let x = x.contiguous()?;
             let stats = x.apply_op1_no_bwd(&ChannelStats)?;
             let wb = Tensor::stack(&[&self.weight, &self.bias], 0)?;
-            (x.apply_op3(&stats, &wb, BatchNormTrainOp { eps: self.eps as f32 })?, stats)
+            (
+                x.apply_op3(
+                    &stats,
+                    &wb,
+                    BatchNormTrainOp {
+                        eps: self.eps as f32,
+                    },
+                )?,
+                stats,
+            )
         } else {
-            (batch_norm_train_composed(x, &self.weight, &self.bias, self.eps)?, channel_stats_composed(x)?)
+            (
+                batch_norm_train_composed(x, &self.weight, &self.bias, self.eps)?,
+                channel_stats_composed(x)?,
+            )
         };
         self.update_running_stats(&stats, n)?;
         Ok(y)
@@ -1190,16 +1479,20 @@ impl BatchNorm2d {
         let c = self.weight.elem_count();
         // Running statistics are state, not parameters: detached so that no
         // gradient is computed for them.
-        let rstd = (self.running_var.as_detached_tensor() + self.eps)?.sqrt()?.recip()?;
+        let rstd = (self.running_var.as_detached_tensor() + self.eps)?
+            .sqrt()?
+            .recip()?;
         let scale = (&self.weight * rstd)?;
         let shift = (&self.bias - (self.running_mean.as_detached_tensor() * &scale)?)?;
-        x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?.broadcast_add(&shift.reshape((1, c, 1, 1))?)
+        x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1, 1))?)
     }
 
     fn update_running_stats(&self, stats: &Tensor, n: usize) -> Result<()> {
         let m = self.momentum;
         let mean = stats.get(0)?.to_dtype(self.running_mean.dtype())?;
-        let unbiased = (stats.get(1)? * (n as f64 / (n as f64 - 1.0)))?.to_dtype(self.running_var.dtype())?;
+        let unbiased =
+            (stats.get(1)? * (n as f64 / (n as f64 - 1.0)))?.to_dtype(self.running_var.dtype())?;
         let new_mean = ((self.running_mean.as_detached_tensor() * (1.0 - m))? + (mean * m)?)?;
         let new_var = ((self.running_var.as_detached_tensor() * (1.0 - m))? + (unbiased * m)?)?;
         let new_count = (self.num_batches_tracked.as_detached_tensor() + 1.0)?;
@@ -1226,7 +1519,12 @@ impl DwGeom {
         let span = self.dilation * (self.k - 1);
         match (n + 2 * self.padding).checked_sub(span) {
             Some(o) if o > 0 => Ok(o),
-            _ => bail!("depthwise conv: input size {n} too small for kernel {} dilation {} padding {}", self.k, self.dilation, self.padding),
+            _ => bail!(
+                "depthwise conv: input size {n} too small for kernel {} dilation {} padding {}",
+                self.k,
+                self.dilation,
+                self.padding
+            ),
         }
     }
 
@@ -1244,7 +1542,14 @@ impl DwGeom {
     /// the k×k kernel) whose valid output window [i0, i1)×[j0, j1) is not empty;
     /// output (i, j) reads input (i + di, j + dj).
     #[inline]
-    fn for_each_tap(&self, h: usize, w: usize, ho: usize, wo: usize, mut f: impl FnMut(usize, isize, isize, usize, usize, usize, usize)) {
+    fn for_each_tap(
+        &self,
+        h: usize,
+        w: usize,
+        ho: usize,
+        wo: usize,
+        mut f: impl FnMut(usize, isize, isize, usize, usize, usize, usize),
+    ) {
         for ki in 0..self.k {
             let (di, i0, i1) = self.valid(ki, h, ho);
             if i0 >= i1 {
@@ -1270,7 +1575,13 @@ impl CustomOp2 for DepthwiseConvOp {
         "depthwise-conv2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s1, l1, "depthwise conv input")?;
         let wt = f32_data(s2, l2, "depthwise conv weight")?;
         let (b, c, h, w) = dims4(l1)?;
@@ -1278,34 +1589,53 @@ impl CustomOp2 for DepthwiseConvOp {
         let (ho, wo) = (g.out_size(h)?, g.out_size(w)?);
         let kk = g.k * g.k;
         let mut out = vec![0f32; b * c * ho * wo];
-        out.par_chunks_mut(ho * wo).enumerate().for_each(|(plane, y)| {
-            let ci = plane % c;
-            let xp = &x[plane * h * w..(plane + 1) * h * w];
-            let wk = &wt[ci * kk..(ci + 1) * kk];
-            g.for_each_tap(h, w, ho, wo, |t, di, dj, i0, i1, j0, j1| {
-                let wv = wk[t];
-                for i in i0..i1 {
-                    let src = ((i as isize + di) as usize) * w;
-                    let xs = &xp[(src as isize + j0 as isize + dj) as usize..(src as isize + j1 as isize + dj) as usize];
-                    for (yv, xv) in y[i * wo + j0..i * wo + j1].iter_mut().zip(xs) {
-                        *yv += wv * xv;
+        out.par_chunks_mut(ho * wo)
+            .enumerate()
+            .for_each(|(plane, y)| {
+                let ci = plane % c;
+                let xp = &x[plane * h * w..(plane + 1) * h * w];
+                let wk = &wt[ci * kk..(ci + 1) * kk];
+                g.for_each_tap(h, w, ho, wo, |t, di, dj, i0, i1, j0, j1| {
+                    let wv = wk[t];
+                    for i in i0..i1 {
+                        let src = ((i as isize + di) as usize) * w;
+                        let xs = &xp[(src as isize + j0 as isize + dj) as usize
+                            ..(src as isize + j1 as isize + dj) as usize];
+                        for (yv, xv) in y[i * wo + j0..i * wo + j1].iter_mut().zip(xs) {
+                            *yv += wv * xv;
+                        }
                     }
-                }
+                });
             });
-        });
         Ok((CpuStorage::F32(out), Shape::from((b, c, ho, wo))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, _, h, wd) = x.dims4()?;
         let grad_x = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(&w.detach(), &DepthwiseBwdInput { geom: self.geom, h, w: wd })?)
+            Some(grad.apply_op2_no_bwd(
+                &w.detach(),
+                &DepthwiseBwdInput {
+                    geom: self.geom,
+                    h,
+                    w: wd,
+                },
+            )?)
         } else {
             None
         };
         let grad_w = if w.track_op() {
-            Some(x.detach().apply_op2_no_bwd(&grad, &DepthwiseBwdWeight { geom: self.geom })?)
+            Some(
+                x.detach()
+                    .apply_op2_no_bwd(&grad, &DepthwiseBwdWeight { geom: self.geom })?,
+            )
         } else {
             None
         };
@@ -1332,28 +1662,37 @@ impl CustomOp2 for DepthwiseBwdInput {
         "depthwise-conv2d-bwd-input"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let gy = f32_data(s1, l1, "depthwise conv output gradient")?;
         let wt = f32_data(s2, l2, "depthwise conv weight")?;
         let (b, c, ho, wo) = dims4(l1)?;
         let (h, w, g) = (self.h, self.w, self.geom);
         let kk = g.k * g.k;
         let mut out = vec![0f32; b * c * h * w];
-        out.par_chunks_mut(h * w).enumerate().for_each(|(plane, dx)| {
-            let ci = plane % c;
-            let gp = &gy[plane * ho * wo..(plane + 1) * ho * wo];
-            let wk = &wt[ci * kk..(ci + 1) * kk];
-            g.for_each_tap(h, w, ho, wo, |t, di, dj, i0, i1, j0, j1| {
-                let wv = wk[t];
-                for i in i0..i1 {
-                    let dst = ((i as isize + di) as usize) * w;
-                    let d = &mut dx[(dst as isize + j0 as isize + dj) as usize..(dst as isize + j1 as isize + dj) as usize];
-                    for (dv, gv) in d.iter_mut().zip(&gp[i * wo + j0..i * wo + j1]) {
-                        *dv += wv * gv;
+        out.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(plane, dx)| {
+                let ci = plane % c;
+                let gp = &gy[plane * ho * wo..(plane + 1) * ho * wo];
+                let wk = &wt[ci * kk..(ci + 1) * kk];
+                g.for_each_tap(h, w, ho, wo, |t, di, dj, i0, i1, j0, j1| {
+                    let wv = wk[t];
+                    for i in i0..i1 {
+                        let dst = ((i as isize + di) as usize) * w;
+                        let d = &mut dx[(dst as isize + j0 as isize + dj) as usize
+                            ..(dst as isize + j1 as isize + dj) as usize];
+                        for (dv, gv) in d.iter_mut().zip(&gp[i * wo + j0..i * wo + j1]) {
+                            *dv += wv * gv;
+                        }
                     }
-                }
+                });
             });
-        });
         Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
     }
 }
@@ -1368,7 +1707,13 @@ impl CustomOp2 for DepthwiseBwdWeight {
         "depthwise-conv2d-bwd-weight"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s1, l1, "depthwise conv input")?;
         let gy = f32_data(s2, l2, "depthwise conv output gradient")?;
         let (b, c, h, w) = dims4(l1)?;
@@ -1386,8 +1731,9 @@ impl CustomOp2 for DepthwiseBwdWeight {
                     let mut acc = 0f32;
                     for i in i0..i1 {
                         let src = ((i as isize + di) as usize) * w;
-                        let xs = &xp[(src as isize + j0 as isize + dj) as usize..(src as isize + j1 as isize + dj) as usize];
-                        acc += xs.iter().zip(&gp[i * wo + j0..i * wo + j1]).map(|(a, b)| a * b).sum::<f32>();
+                        let xs = &xp[(src as isize + j0 as isize + dj) as usize
+                            ..(src as isize + j1 as isize + dj) as usize];
+                        acc += dot_f32(xs, &gp[i * wo + j0..i * wo + j1]);
                     }
                     dw[t] += acc;
                 });
@@ -1399,15 +1745,30 @@ impl CustomOp2 for DepthwiseBwdWeight {
 
 /// Stride-1 depthwise convolution of (B, C, H, W) with `weight` (C, 1, k, k), no bias.
 /// Fused CPU kernels for f32; Candle's grouped `conv2d` elsewhere.
-pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, padding: usize, dilation: usize) -> Result<Tensor> {
+pub fn depthwise_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    dilation: usize,
+) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
     let (wc, one, k, k2) = weight.dims4()?;
     if wc != c || one != 1 || k != k2 || k == 0 || dilation == 0 {
-        bail!("depthwise_conv2d: weight {:?} does not fit input {:?} (expected ({c}, 1, k, k))", weight.dims(), x.dims());
+        bail!(
+            "depthwise_conv2d: weight {:?} does not fit input {:?} (expected ({c}, 1, k, k))",
+            weight.dims(),
+            x.dims()
+        );
     }
-    let geom = DwGeom { k, padding, dilation };
+    let geom = DwGeom {
+        k,
+        padding,
+        dilation,
+    };
     if use_cpu_kernels(x) && weight.dtype() == DType::F32 {
-        return x.contiguous()?.apply_op2(&weight.contiguous()?, DepthwiseConvOp { geom });
+        return x
+            .contiguous()?
+            .apply_op2(&weight.contiguous()?, DepthwiseConvOp { geom });
     }
     x.conv2d(weight, padding, 1, dilation, c)
 }
@@ -1428,42 +1789,65 @@ impl CustomOp2 for DepthwiseNhwcOp {
         "depthwise-conv2d-nhwc"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s1, l1, "depthwise conv (channels-last) input")?;
         let wt = f32_data(s2, l2, "depthwise conv (channels-last) weight")?;
         let g = self.geom;
         let (b, h, w, c, ho, wo) = dw_nhwc_dims(l1, &g)?;
         let mut out = vec![0f32; b * ho * wo * c];
         // One task per output row (sample, oi); the innermost loop runs over channels.
-        out.par_chunks_mut((wo * c).max(1)).enumerate().for_each(|(r, y)| {
-            let (bi, oi) = (r / ho, r % ho);
-            for ki in 0..g.k {
-                let ii = (oi + ki * g.dilation) as isize - g.padding as isize;
-                if ii < 0 || ii as usize >= h {
-                    continue;
-                }
-                let xrow = &x[(bi * h + ii as usize) * w * c..(bi * h + ii as usize + 1) * w * c];
-                for kj in 0..g.k {
-                    let (dj, j0, j1) = g.valid(kj, w, wo);
-                    let wv = &wt[(ki * g.k + kj) * c..(ki * g.k + kj + 1) * c];
-                    for oj in j0..j1 {
-                        let jj = (oj as isize + dj) as usize;
-                        let xs = &xrow[jj * c..(jj + 1) * c];
-                        for ((yv, xv), wc) in y[oj * c..(oj + 1) * c].iter_mut().zip(xs).zip(wv) {
-                            *yv += wc * xv;
+        out.par_chunks_mut((wo * c).max(1))
+            .enumerate()
+            .for_each(|(r, y)| {
+                let (bi, oi) = (r / ho, r % ho);
+                for ki in 0..g.k {
+                    let ii = (oi + ki * g.dilation) as isize - g.padding as isize;
+                    if ii < 0 || ii as usize >= h {
+                        continue;
+                    }
+                    let xrow =
+                        &x[(bi * h + ii as usize) * w * c..(bi * h + ii as usize + 1) * w * c];
+                    for kj in 0..g.k {
+                        let (dj, j0, j1) = g.valid(kj, w, wo);
+                        let wv = &wt[(ki * g.k + kj) * c..(ki * g.k + kj + 1) * c];
+                        for oj in j0..j1 {
+                            let jj = (oj as isize + dj) as usize;
+                            let xs = &xrow[jj * c..(jj + 1) * c];
+                            for ((yv, xv), wc) in y[oj * c..(oj + 1) * c].iter_mut().zip(xs).zip(wv)
+                            {
+                                *yv += wc * xv;
+                            }
                         }
                     }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((b, ho, wo, c))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, h, wd, _) = x.dims4()?;
         let grad_x = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(&w.detach(), &DepthwiseNhwcBwdInput { geom: self.geom, h, w: wd })?)
+            Some(grad.apply_op2_no_bwd(
+                &w.detach(),
+                &DepthwiseNhwcBwdInput {
+                    geom: self.geom,
+                    h,
+                    w: wd,
+                },
+            )?)
         } else {
             None
         };
@@ -1488,34 +1872,45 @@ impl CustomOp2 for DepthwiseNhwcBwdInput {
         "depthwise-conv2d-nhwc-bwd-input"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let gy = f32_data(s1, l1, "depthwise conv (channels-last) output gradient")?;
         let wt = f32_data(s2, l2, "depthwise conv (channels-last) weight")?;
         let (b, ho, wo, c) = dims4(l1)?;
         let (h, w, g) = (self.h, self.w, self.geom);
         let mut out = vec![0f32; b * h * w * c];
-        out.par_chunks_mut((w * c).max(1)).enumerate().for_each(|(r, dx)| {
-            let (bi, ii) = (r / h, r % h);
-            for ki in 0..g.k {
-                // Output row oi reads input row ii through tap ki.
-                let oi = (ii + g.padding) as isize - (ki * g.dilation) as isize;
-                if oi < 0 || oi as usize >= ho {
-                    continue;
-                }
-                let grow = &gy[(bi * ho + oi as usize) * wo * c..(bi * ho + oi as usize + 1) * wo * c];
-                for kj in 0..g.k {
-                    let (dj, j0, j1) = g.valid(kj, w, wo);
-                    let wv = &wt[(ki * g.k + kj) * c..(ki * g.k + kj + 1) * c];
-                    for oj in j0..j1 {
-                        let jj = (oj as isize + dj) as usize;
-                        let gs = &grow[oj * c..(oj + 1) * c];
-                        for ((dv, gv), wc) in dx[jj * c..(jj + 1) * c].iter_mut().zip(gs).zip(wv) {
-                            *dv += wc * gv;
+        out.par_chunks_mut((w * c).max(1))
+            .enumerate()
+            .for_each(|(r, dx)| {
+                let (bi, ii) = (r / h, r % h);
+                for ki in 0..g.k {
+                    // Output row oi reads input row ii through tap ki.
+                    let oi = (ii + g.padding) as isize - (ki * g.dilation) as isize;
+                    if oi < 0 || oi as usize >= ho {
+                        continue;
+                    }
+                    let grow =
+                        &gy[(bi * ho + oi as usize) * wo * c..(bi * ho + oi as usize + 1) * wo * c];
+                    for kj in 0..g.k {
+                        let (dj, j0, j1) = g.valid(kj, w, wo);
+                        let wv = &wt[(ki * g.k + kj) * c..(ki * g.k + kj + 1) * c];
+                        for oj in j0..j1 {
+                            let jj = (oj as isize + dj) as usize;
+                            let gs = &grow[oj * c..(oj + 1) * c];
+                            for ((dv, gv), wc) in
+                                dx[jj * c..(jj + 1) * c].iter_mut().zip(gs).zip(wv)
+                            {
+                                *dv += wc * gv;
+                            }
                         }
                     }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), Shape::from((b, h, w, c))))
     }
 }
@@ -1530,7 +1925,13 @@ impl CustomOp2 for DepthwiseNhwcBwdWeight {
         "depthwise-conv2d-nhwc-bwd-weight"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s1, l1, "depthwise conv (channels-last) input")?;
         let gy = f32_data(s2, l2, "depthwise conv (channels-last) output gradient")?;
         let g = self.geom;
@@ -1550,14 +1951,17 @@ impl CustomOp2 for DepthwiseNhwcBwdWeight {
                         if ii < 0 || ii as usize >= h {
                             continue;
                         }
-                        let xrow = &x[(bi * h + ii as usize) * w * c..(bi * h + ii as usize + 1) * w * c];
+                        let xrow =
+                            &x[(bi * h + ii as usize) * w * c..(bi * h + ii as usize + 1) * w * c];
                         for kj in 0..g.k {
                             let (dj, j0, j1) = g.valid(kj, w, wo);
                             let a = &mut acc[(ki * g.k + kj) * c..(ki * g.k + kj + 1) * c];
                             for oj in j0..j1 {
                                 let jj = (oj as isize + dj) as usize;
                                 let gs = &grow[oj * c..(oj + 1) * c];
-                                for ((av, gv), xv) in a.iter_mut().zip(gs).zip(&xrow[jj * c..(jj + 1) * c]) {
+                                for ((av, gv), xv) in
+                                    a.iter_mut().zip(gs).zip(&xrow[jj * c..(jj + 1) * c])
+                                {
                                     *av += gv * xv;
                                 }
                             }
@@ -1573,19 +1977,39 @@ impl CustomOp2 for DepthwiseNhwcBwdWeight {
 
 /// Stride-1 depthwise convolution of a channels-last map (B, H, W, C) with
 /// `weight` (C, 1, k, k), no bias → (B, Ho, Wo, C).
-pub fn depthwise_conv2d_nhwc(x: &Tensor, weight: &Tensor, padding: usize, dilation: usize) -> Result<Tensor> {
+pub fn depthwise_conv2d_nhwc(
+    x: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    dilation: usize,
+) -> Result<Tensor> {
     let (_, _, _, c) = x.dims4()?;
     let (wc, one, k, k2) = weight.dims4()?;
     if wc != c || one != 1 || k != k2 || k == 0 || dilation == 0 {
-        bail!("depthwise_conv2d_nhwc: weight {:?} does not fit channels-last input {:?}", weight.dims(), x.dims());
+        bail!(
+            "depthwise_conv2d_nhwc: weight {:?} does not fit channels-last input {:?}",
+            weight.dims(),
+            x.dims()
+        );
     }
     if !(use_cpu_kernels(x) && weight.dtype() == DType::F32) {
-        let y = x.permute((0, 3, 1, 2))?.conv2d(weight, padding, 1, dilation, c)?;
+        let y = x
+            .permute((0, 3, 1, 2))?
+            .conv2d(weight, padding, 1, dilation, c)?;
         return y.permute((0, 2, 3, 1))?.contiguous();
     }
     // (C, 1, k, k) → (k·k, C): a tiny transpose that keeps the kernels' inner loop over channels.
     let wt = weight.reshape((c, k * k))?.t()?.contiguous()?;
-    x.contiguous()?.apply_op2(&wt, DepthwiseNhwcOp { geom: DwGeom { k, padding, dilation } })
+    x.contiguous()?.apply_op2(
+        &wt,
+        DepthwiseNhwcOp {
+            geom: DwGeom {
+                k,
+                padding,
+                dilation,
+            },
+        },
+    )
 }
 
 /// Depthwise 3x3-style convolution layer (stride 1): `weight` (C, 1, k, k), `bias` (C).
@@ -1599,14 +2023,36 @@ pub struct DepthwiseConv2d {
 
 impl DepthwiseConv2d {
     /// Weight N(0, sqrt(2 / fan_out)) with fan_out = k·k·C/groups = k·k, bias 0.
-    pub fn new(channels: usize, kernel: usize, padding: usize, dilation: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        channels: usize,
+        kernel: usize,
+        padding: usize,
+        dilation: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if kernel == 0 || dilation == 0 {
-            bail!("DepthwiseConv2d {}: kernel and dilation must be positive", vb.prefix());
+            bail!(
+                "DepthwiseConv2d {}: kernel and dilation must be positive",
+                vb.prefix()
+            );
         }
-        let init = Init::Randn { mean: 0.0, stdev: (2.0 / (kernel * kernel) as f64).sqrt() };
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: (2.0 / (kernel * kernel) as f64).sqrt(),
+        };
         let weight = vb.get_with_hints((channels, 1, kernel, kernel), "weight", init)?;
-        let bias = if bias { Some(vb.get_with_hints(channels, "bias", Init::Const(0.0))?) } else { None };
-        Ok(Self { weight, bias, padding, dilation })
+        let bias = if bias {
+            Some(vb.get_with_hints(channels, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            padding,
+            dilation,
+        })
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -1646,18 +2092,54 @@ fn erfc_pos(z: f32) -> f32 {
             + t * (0.374_091_96
                 + t * (0.096_784_18
                     + t * (-0.186_288_06
-                        + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    t * poly.exp()
+                        + t * (0.278_868_07
+                            + t * (-1.135_204
+                                + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    t * exp_f32(poly)
 }
 
-/// Standard normal CDF Φ(x) = erfc(−x/√2)/2.
+/// Standard normal CDF Φ(x) = erfc(−x/√2)/2 (branch-free so that loops vectorise).
 #[inline]
 fn normal_cdf(x: f32) -> f32 {
-    let z = x * std::f32::consts::FRAC_1_SQRT_2;
-    if z <= 0.0 {
-        0.5 * erfc_pos(-z)
+    let half_tail = 0.5 * erfc_pos(x.abs() * std::f32::consts::FRAC_1_SQRT_2);
+    if x <= 0.0 {
+        half_tail
     } else {
-        1.0 - 0.5 * erfc_pos(z)
+        1.0 - half_tail
+    }
+}
+
+/// e^x in f32 (Cephes `expf` polynomial, ≤ 2 ulp), written with plain arithmetic
+/// so that the fused GELU / softmax loops vectorise; `f32::exp` is a scalar libm
+/// call. Returns 0 below −87.3 (where the result would be subnormal).
+#[inline]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // Round-to-nearest by the 1.5·2^23 trick (no `floor`, which is a libm call
+    // without SSE4.1).
+    const MAGIC: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.3, 88.7);
+    let shifted = xc * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
+    // x − n·ln2 in two parts for precision.
+    let r = xc - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let r2 = r * r;
+    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5)
+        * r2
+        + r
+        + 1.0;
+    // n as an integer, read from the mantissa of `shifted` (1.5·2^23 + n): a
+    // saturating `as i32` cast would block vectorisation.
+    let ni = (shifted.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else {
+        p * scale
     }
 }
 
@@ -1674,8 +2156,7 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l, "gelu input")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024)).for_each(|(o, xs)| {
+        let out = par_map(x, |xs, o| {
             for (ov, &xv) in o.iter_mut().zip(xs) {
                 *ov = xv * normal_cdf(xv);
             }
@@ -1696,14 +2177,18 @@ impl CustomOp2 for GeluBwd {
         "gelu-erf-bwd"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s1, l1, "gelu input")?;
         let g = f32_data(s2, l2, "gelu output gradient")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024).zip(g.par_chunks(16 * 1024))).for_each(|(o, (xs, gs))| {
+        let out = par_map2(x, g, |xs, gs, o| {
             for ((ov, &xv), &gv) in o.iter_mut().zip(xs).zip(gs) {
-                let pdf = INV_SQRT_2PI * (-0.5 * xv * xv).exp();
-                *ov = gv * (normal_cdf(xv) + xv * pdf);
+                *ov = gv * (normal_cdf(xv) + xv * INV_SQRT_2PI * exp_f32(-0.5 * xv * xv));
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -1735,23 +2220,25 @@ impl CustomOp1 for SoftmaxOp {
         };
         let mut out = vec![0f32; x.len()];
         let task = n * rows_per_task(n);
-        out.par_chunks_mut(task).zip(x.par_chunks(task)).for_each(|(o, xs)| {
-            for (orow, xrow) in o.chunks_mut(n).zip(xs.chunks(n)) {
-                let max = xrow.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let mut sum = 0f32;
-                for (ov, &xv) in orow.iter_mut().zip(xrow) {
-                    *ov = (xv - max).exp();
-                    sum += *ov;
+        out.par_chunks_mut(task)
+            .zip(x.par_chunks(task))
+            .for_each(|(o, xs)| {
+                for (orow, xrow) in o.chunks_mut(n).zip(xs.chunks(n)) {
+                    let max = xrow.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    for (ov, &xv) in orow.iter_mut().zip(xrow) {
+                        *ov = exp_f32(xv - max);
+                    }
+                    let inv = 1.0 / sum_f32(orow);
+                    orow.iter_mut().for_each(|v| *v *= inv);
                 }
-                let inv = 1.0 / sum;
-                orow.iter_mut().for_each(|v| *v *= inv);
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd)?))
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd)?,
+        ))
     }
 }
 
@@ -1763,7 +2250,13 @@ impl CustomOp2 for SoftmaxBwd {
         "softmax-last-dim-bwd"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let y = f32_data(s1, l1, "softmax output")?;
         let g = f32_data(s2, l2, "softmax output gradient")?;
         let n = match l1.dims().last() {
@@ -1772,14 +2265,16 @@ impl CustomOp2 for SoftmaxBwd {
         };
         let mut out = vec![0f32; y.len()];
         let task = n * rows_per_task(n);
-        out.par_chunks_mut(task).zip(y.par_chunks(task).zip(g.par_chunks(task))).for_each(|(o, (ys, gs))| {
-            for ((orow, yrow), grow) in o.chunks_mut(n).zip(ys.chunks(n)).zip(gs.chunks(n)) {
-                let dot: f32 = yrow.iter().zip(grow).map(|(a, b)| a * b).sum();
-                for ((ov, &yv), &gv) in orow.iter_mut().zip(yrow).zip(grow) {
-                    *ov = yv * (gv - dot);
+        out.par_chunks_mut(task)
+            .zip(y.par_chunks(task).zip(g.par_chunks(task)))
+            .for_each(|(o, (ys, gs))| {
+                for ((orow, yrow), grow) in o.chunks_mut(n).zip(ys.chunks(n)).zip(gs.chunks(n)) {
+                    let dot = dot_f32(yrow, grow);
+                    for ((ov, &yv), &gv) in orow.iter_mut().zip(yrow).zip(grow) {
+                        *ov = yv * (gv - dot);
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -1805,8 +2300,7 @@ impl CustomOp1 for ReluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l, "relu input")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024)).for_each(|(o, xs)| {
+        let out = par_map(x, |xs, o| {
             for (ov, &xv) in o.iter_mut().zip(xs) {
                 *ov = xv.max(0.0);
             }
@@ -1827,10 +2321,20 @@ impl CustomOp2 for ReluBwd {
         "relu-bwd"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let y = f32_data(s1, l1, "relu output")?;
         let g = f32_data(s2, l2, "relu output gradient")?;
-        let out: Vec<f32> = y.par_iter().zip(g.par_iter()).map(|(&yv, &gv)| if yv > 0.0 { gv } else { 0.0 }).collect();
+        let out = par_map2(y, g, |ys, gs, o| {
+            for ((ov, &yv), &gv) in o.iter_mut().zip(ys).zip(gs) {
+                *ov = if yv > 0.0 { gv } else { 0.0 };
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -1852,10 +2356,194 @@ pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     Ok((a - &b)?.abs()?.max(0)?.to_scalar::<f32>()? / scale)
 }
 
-/// The gradient of `t` in `grads`, or an error naming `what`.
-pub fn grad_of<'a>(grads: &'a GradStore, t: &Tensor, what: &str) -> Result<&'a Tensor> {
-    match grads.get(t) {
-        Some(g) => Ok(g),
-        None => bail!("no gradient reached {what}"),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn randn(shape: &[usize]) -> Tensor {
+        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+    }
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+        let d = max_rel_diff(a, b).unwrap();
+        assert!(d < tol, "{what}: relative difference {d}");
+    }
+
+    #[test]
+    fn reduction_helpers_match_naive_sums() {
+        let x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let y: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
+        let naive_sum: f32 = x.iter().sum();
+        let naive_dot: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+        let naive_sq: f32 = x.iter().map(|v| (v - 0.3) * (v - 0.3)).sum();
+        let naive_cd: f32 = y.iter().zip(&x).map(|(g, v)| g * (v - 0.3)).sum();
+        assert!((sum_f32(&x) - naive_sum).abs() < 1e-5);
+        assert!((dot_f32(&x, &y) - naive_dot).abs() < 1e-5);
+        assert!((sq_dev_sum(&x, 0.3) - naive_sq).abs() < 1e-5);
+        assert!((centered_dot(&y, &x, 0.3) - naive_cd).abs() < 1e-5);
+        assert_eq!(sum_f32(&[]), 0.0);
+    }
+
+    #[test]
+    fn normal_cdf_known_values() {
+        // Φ(0) = 0.5, Φ(1) = 0.841344746, Φ(−3) = 0.001349898, Φ(−6) = 9.8659e-10.
+        for (x, want) in [
+            (0.0f32, 0.5f64),
+            (1.0, 0.841_344_746),
+            (-3.0, 0.001_349_898),
+            (-6.0, 9.865_876e-10),
+        ] {
+            let got = normal_cdf(x) as f64;
+            assert!(
+                ((got - want) / want).abs() < 1e-6,
+                "Φ({x}) = {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn depthwise_geometry_windows() {
+        let g = DwGeom {
+            k: 3,
+            padding: 2,
+            dilation: 2,
+        };
+        assert_eq!(g.out_size(6).unwrap(), 6);
+        // Tap 0 reads input o − 2: valid for outputs 2..6.
+        assert_eq!(g.valid(0, 6, 6), (-2, 2, 6));
+        assert_eq!(g.valid(2, 6, 6), (2, 0, 4));
+        assert!(DwGeom {
+            k: 5,
+            padding: 0,
+            dilation: 1
+        }
+        .out_size(3)
+        .is_err());
+    }
+
+    /// The composed fallbacks (taken for dtypes other than f32, and off the CPU)
+    /// give the same results as the fused f32 kernels.
+    #[test]
+    fn f64_fallbacks_match_f32_kernels() {
+        let x = randn(&[2, 4, 5, 6]);
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let w = randn(&[4, 1, 3, 3]);
+        close(
+            &f(&depthwise_conv2d(&x64, &w.to_dtype(DType::F64).unwrap(), 2, 2).unwrap()),
+            &depthwise_conv2d(&x, &w, 2, 2).unwrap(),
+            1e-5,
+            "depthwise",
+        );
+        let xn = x.permute((0, 2, 3, 1)).unwrap();
+        close(
+            &f(&depthwise_conv2d_nhwc(
+                &xn.to_dtype(DType::F64).unwrap(),
+                &w.to_dtype(DType::F64).unwrap(),
+                1,
+                1,
+            )
+            .unwrap()),
+            &depthwise_conv2d_nhwc(&xn, &w, 1, 1).unwrap(),
+            1e-5,
+            "depthwise nhwc",
+        );
+        let wd = randn(&[3, 4, 3, 3]);
+        let cfg = ConvCfg {
+            stride: 2,
+            padding: 1,
+            dilation: 1,
+        };
+        close(
+            &f(&conv2d(&x64, &wd.to_dtype(DType::F64).unwrap(), cfg).unwrap()),
+            &conv2d(&x, &wd, cfg).unwrap(),
+            1e-5,
+            "conv2d",
+        );
+        close(
+            &f(&conv2d_nhwc(
+                &xn.to_dtype(DType::F64).unwrap(),
+                &wd.to_dtype(DType::F64).unwrap(),
+                cfg,
+            )
+            .unwrap()),
+            &conv2d_nhwc(&xn, &wd, cfg).unwrap(),
+            1e-5,
+            "conv2d nhwc",
+        );
+        let (lw, lb) = (randn(&[6]), randn(&[6]));
+        let ln64 = layer_norm(
+            &x64,
+            &lw.to_dtype(DType::F64).unwrap(),
+            &lb.to_dtype(DType::F64).unwrap(),
+            1e-5,
+        )
+        .unwrap();
+        close(
+            &f(&ln64),
+            &layer_norm(&x, &lw, &lb, 1e-5).unwrap(),
+            1e-5,
+            "layer_norm",
+        );
+        let b = randn(&[4]);
+        close(
+            &f(&add_bias(&x64, &b.to_dtype(DType::F64).unwrap(), 1).unwrap()),
+            &add_bias(&x, &b, 1).unwrap(),
+            1e-6,
+            "add_bias",
+        );
+        close(&f(&gelu(&x64).unwrap()), &gelu(&x).unwrap(), 1e-5, "gelu");
+        close(&f(&relu(&x64).unwrap()), &relu(&x).unwrap(), 1e-6, "relu");
+        close(
+            &f(&softmax_last_dim(&x64).unwrap()),
+            &softmax_last_dim(&x).unwrap(),
+            1e-5,
+            "softmax",
+        );
+        let mask = Tensor::new(&[0f32, 2.0, 1.0, 0.5], &Device::Cpu).unwrap();
+        let xs = x.reshape((4, 60)).unwrap();
+        close(
+            &f(&scale_groups(&xs.to_dtype(DType::F64).unwrap(), &mask).unwrap()),
+            &scale_groups(&xs, &mask).unwrap(),
+            1e-6,
+            "scale_groups",
+        );
+    }
+
+    #[test]
+    fn batch_norm_f64_composed_path_matches_f32() {
+        let x = randn(&[3, 2, 4, 4]);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let mut out = Vec::new();
+        let mut stats = Vec::new();
+        for dtype in [DType::F32, DType::F64] {
+            let vm = VarMap::new();
+            let bn =
+                BatchNorm2d::new(2, VarBuilder::from_varmap(&vm, dtype, &Device::Cpu)).unwrap();
+            let y = bn
+                .forward(
+                    &x.to_dtype(dtype).unwrap(),
+                    &mut ForwardCtx::train(&mut rng),
+                )
+                .unwrap();
+            out.push(y.to_dtype(DType::F32).unwrap());
+            stats.push(bn.running_var().to_dtype(DType::F32).unwrap());
+        }
+        close(&out[1], &out[0], 1e-5, "batch_norm output");
+        close(&stats[1], &stats[0], 1e-5, "batch_norm running_var");
+    }
+
+    #[test]
+    fn linear_rejects_wrong_input_width() {
+        let vm = VarMap::new();
+        let lin =
+            Linear::new(4, 2, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+        let err = lin.forward(&randn(&[3, 5])).unwrap_err().to_string();
+        assert!(err.contains("last dim 4"), "{err}");
+        assert!(lin.forward_channels_first(&randn(&[1, 5, 2])).is_err());
     }
 }

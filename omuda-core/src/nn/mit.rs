@@ -2,12 +2,17 @@
 //! names of Hugging Face `SegformerModel` under the caller's prefix
 //! (`segformer.encoder` in a full segmentation model).
 //!
-//! Tokens stay (B, N, C) inside a stage; every stage returns an NCHW map.
+//! Inside the encoder everything stays channels-last: tokens (B, H·W, C) are a
+//! (B, H, W, C) map, and the patch embeddings, spatial-reduction convs and the
+//! Mix-FFN depthwise convs work on that layout directly, so the only transposes
+//! are the four NCHW feature maps handed to the decode head.
 
 use candle_core::{bail, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{gelu, softmax_last_dim, ConvCfg, Conv2d, DepthwiseConv2d, DropPath, LayerNorm, Linear};
+use super::layers::{
+    gelu, softmax_last_dim, Conv2d, ConvCfg, DepthwiseConv2d, DropPath, LayerNorm, Linear,
+};
 use super::ForwardCtx;
 
 /// Hyper-parameters of a MiT encoder (four stages).
@@ -51,7 +56,10 @@ impl MitConfig {
 
     /// A very small MiT for fast CPU tests and smoke runs (not a published model).
     pub fn tiny() -> Self {
-        Self { num_heads: [1, 2, 4, 8], ..Self::base([16, 32, 64, 128], [1, 1, 1, 1], 64) }
+        Self {
+            num_heads: [1, 2, 4, 8],
+            ..Self::base([16, 32, 64, 128], [1, 1, 1, 1], 64)
+        }
     }
 
     pub fn b0() -> Self {
@@ -89,7 +97,10 @@ impl MitConfig {
             "b3" => Self::b3(),
             "b4" => Self::b4(),
             "b5" => Self::b5(),
-            _ => bail!("unknown MiT variant {name:?}; valid names: {}", Self::NAMES.join(", ")),
+            _ => bail!(
+                "unknown MiT variant {name:?}; valid names: {}",
+                Self::NAMES.join(", ")
+            ),
         })
     }
 
@@ -115,28 +126,48 @@ struct OverlapPatchEmbed {
 }
 
 impl OverlapPatchEmbed {
-    fn new(in_c: usize, out_c: usize, patch: usize, stride: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        let cfg = ConvCfg { stride, padding: patch / 2, dilation: 1 };
+    fn new(
+        in_c: usize,
+        out_c: usize,
+        patch: usize,
+        stride: usize,
+        eps: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let cfg = ConvCfg {
+            stride,
+            padding: patch / 2,
+            dilation: 1,
+        };
         Ok(Self {
             proj: Conv2d::new(in_c, out_c, patch, cfg, true, vb.pp("proj"))?,
             layer_norm: LayerNorm::new(out_c, eps, vb.pp("layer_norm"))?,
         })
     }
 
-    /// (B, C_in, H, W) → tokens (B, h·w, C), h, w.
+    /// Channels-last (B, H, W, C_in) → tokens (B, h·w, C), h, w.
     fn forward(&self, x: &Tensor) -> Result<(Tensor, usize, usize)> {
-        let y = self.proj.forward(x)?;
-        let (_, _, h, w) = y.dims4()?;
-        let tokens = y.flatten_from(2)?.transpose(1, 2)?;
+        let y = self.proj.forward_nhwc(x)?;
+        let (b, h, w, c) = y.dims4()?;
+        let tokens = y.reshape((b, h * w, c))?;
         Ok((self.layer_norm.forward(&tokens)?, h, w))
     }
 }
 
-/// Tokens (B, h·w, C) → map (B, C, h, w).
-fn tokens_to_map(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+/// Tokens (B, h·w, C) viewed as a channels-last map (B, h, w, C) (no copy).
+fn tokens_as_nhwc(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (b, n, c) = x.dims3()?;
     if n != h * w {
-        bail!("tokens_to_map: {n} tokens do not form a {h}x{w} map");
+        bail!("MiT: {n} tokens do not form a {h}x{w} map");
+    }
+    x.reshape((b, h, w, c))
+}
+
+/// Tokens (B, h·w, C) → NCHW map (B, C, h, w) (a transposed copy).
+fn tokens_to_nchw(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (b, n, c) = x.dims3()?;
+    if n != h * w {
+        bail!("MiT: {n} tokens do not form a {h}x{w} map");
     }
     x.transpose(1, 2)?.contiguous()?.reshape((b, c, h, w))
 }
@@ -156,8 +187,15 @@ struct EfficientSelfAttention {
 impl EfficientSelfAttention {
     fn new(dim: usize, heads: usize, sr_ratio: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         let sr = if sr_ratio > 1 {
-            let cfg = ConvCfg { stride: sr_ratio, padding: 0, dilation: 1 };
-            Some((Conv2d::new(dim, dim, sr_ratio, cfg, true, vb.pp("sr"))?, LayerNorm::new(dim, eps, vb.pp("layer_norm"))?))
+            let cfg = ConvCfg {
+                stride: sr_ratio,
+                padding: 0,
+                dilation: 1,
+            };
+            Some((
+                Conv2d::new(dim, dim, sr_ratio, cfg, true, vb.pp("sr"))?,
+                LayerNorm::new(dim, eps, vb.pp("layer_norm"))?,
+            ))
         } else {
             None
         };
@@ -177,15 +215,18 @@ impl EfficientSelfAttention {
         if self.heads == 1 {
             return x.reshape((b, 1, n, c));
         }
-        x.reshape((b, n, self.heads, c / self.heads))?.transpose(1, 2)?.contiguous()
+        x.reshape((b, n, self.heads, c / self.heads))?
+            .transpose(1, 2)?
+            .contiguous()
     }
 
     fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let kv_in = match &self.sr {
             Some((conv, ln)) => {
-                let reduced = conv.forward(&tokens_to_map(x, h, w)?)?;
-                ln.forward(&reduced.flatten_from(2)?.transpose(1, 2)?)?
+                let reduced = conv.forward_nhwc(&tokens_as_nhwc(x, h, w)?)?;
+                let (_, rh, rw, _) = reduced.dims4()?;
+                ln.forward(&reduced.reshape((b, rh * rw, c))?)?
             }
             None => x.clone(),
         };
@@ -244,9 +285,9 @@ impl MixFfn {
 
     fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let y = self.dense1.forward(x)?;
-        let y = self.dwconv.forward(&tokens_to_map(&y, h, w)?)?;
-        let y = gelu(&y)?.flatten_from(2)?.transpose(1, 2)?;
-        self.dense2.forward(&y)
+        let y = self.dwconv.forward_nhwc(&tokens_as_nhwc(&y, h, w)?)?;
+        let (b, n, hidden) = (y.dim(0)?, h * w, y.dim(3)?);
+        self.dense2.forward(&gelu(&y)?.reshape((b, n, hidden))?)
     }
 }
 
@@ -265,7 +306,13 @@ impl Block {
         let dim = cfg.hidden_sizes[stage];
         Ok(Self {
             layer_norm_1: LayerNorm::new(dim, cfg.block_ln_eps, vb.pp("layer_norm_1"))?,
-            attention: Attention::new(dim, cfg.num_heads[stage], cfg.sr_ratios[stage], cfg.embed_ln_eps, vb.pp("attention"))?,
+            attention: Attention::new(
+                dim,
+                cfg.num_heads[stage],
+                cfg.sr_ratios[stage],
+                cfg.embed_ln_eps,
+                vb.pp("attention"),
+            )?,
             layer_norm_2: LayerNorm::new(dim, cfg.block_ln_eps, vb.pp("layer_norm_2"))?,
             mlp: MixFfn::new(dim, dim * cfg.mlp_ratio, vb.pp("mlp"))?,
             drop_path: DropPath::new(drop_path)?,
@@ -273,7 +320,9 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, h: usize, w: usize, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let a = self.attention.forward(&self.layer_norm_1.forward(x)?, h, w)?;
+        let a = self
+            .attention
+            .forward(&self.layer_norm_1.forward(x)?, h, w)?;
         let x = (x + self.drop_path.forward(&a, ctx)?)?;
         let m = self.mlp.forward(&self.layer_norm_2.forward(&x)?, h, w)?;
         x + self.drop_path.forward(&m, ctx)?
@@ -289,12 +338,14 @@ struct Stage {
 }
 
 impl Stage {
-    fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+    /// Channels-last input → (channels-last output (B, h, w, C), NCHW copy).
+    fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor)> {
         let (mut t, h, w) = self.embed.forward(x)?;
         for block in &self.blocks {
             t = block.forward(&t, h, w, ctx)?;
         }
-        tokens_to_map(&self.norm.forward(&t)?, h, w)
+        let t = self.norm.forward(&t)?;
+        Ok((tokens_as_nhwc(&t, h, w)?, tokens_to_nchw(&t, h, w)?))
     }
 }
 
@@ -338,10 +389,17 @@ impl MixTransformer {
                 .collect::<Result<Vec<_>>>()?;
             block_idx += cfg.depths[i];
             let norm = LayerNorm::new(c, cfg.block_ln_eps, vb.pp("layer_norm").pp(i))?;
-            stages.push(Stage { embed, blocks, norm });
+            stages.push(Stage {
+                embed,
+                blocks,
+                norm,
+            });
             in_c = c;
         }
-        Ok(Self { cfg: cfg.clone(), stages })
+        Ok(Self {
+            cfg: cfg.clone(),
+            stages,
+        })
     }
 
     pub fn config(&self) -> &MitConfig {
@@ -357,13 +415,19 @@ impl MixTransformer {
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Vec<Tensor>> {
         let (_, c, _, _) = x.dims4()?;
         if c != self.cfg.in_channels {
-            bail!("MixTransformer: expected {} input channels, got input {:?}", self.cfg.in_channels, x.dims());
+            bail!(
+                "MixTransformer: expected {} input channels, got input {:?}",
+                self.cfg.in_channels,
+                x.dims()
+            );
         }
         let mut feats = Vec::with_capacity(4);
-        let mut cur = x.clone();
+        // The image is the only NCHW → channels-last copy (3 channels, no gradient).
+        let mut cur = x.permute((0, 2, 3, 1))?.contiguous()?;
         for stage in &self.stages {
-            cur = stage.forward(&cur, ctx)?;
-            feats.push(cur.clone());
+            let (nhwc, nchw) = stage.forward(&cur, ctx)?;
+            feats.push(nchw);
+            cur = nhwc;
         }
         Ok(feats)
     }
@@ -379,10 +443,16 @@ mod tests {
 
     #[test]
     fn presets_and_names() {
-        assert_eq!(MitConfig::by_name("b0").unwrap().hidden_sizes, [32, 64, 160, 256]);
+        assert_eq!(
+            MitConfig::by_name("b0").unwrap().hidden_sizes,
+            [32, 64, 160, 256]
+        );
         assert_eq!(MitConfig::by_name("mit_b5").unwrap().depths, [3, 6, 40, 3]);
         assert_eq!(MitConfig::by_name("b2").unwrap().decoder_hidden_size, 768);
-        assert_eq!(MitConfig::by_name("tiny").unwrap().hidden_sizes, [16, 32, 64, 128]);
+        assert_eq!(
+            MitConfig::by_name("tiny").unwrap().hidden_sizes,
+            [16, 32, 64, 128]
+        );
         let err = MitConfig::by_name("b9").unwrap_err().to_string();
         assert!(err.contains("b0") && err.contains("tiny"), "{err}");
     }
@@ -401,12 +471,21 @@ mod tests {
     fn tiny_encoder_shapes_and_hf_names() {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let enc = MixTransformer::new(&MitConfig::tiny(), vb.pp("segformer").pp("encoder"), 0.1).unwrap();
+        let enc =
+            MixTransformer::new(&MitConfig::tiny(), vb.pp("segformer").pp("encoder"), 0.1).unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 128), &Device::Cpu).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let feats = enc.forward(&x, &mut ForwardCtx::train(&mut rng)).unwrap();
         let shapes: Vec<_> = feats.iter().map(|f| f.dims().to_vec()).collect();
-        assert_eq!(shapes, vec![vec![2, 16, 16, 32], vec![2, 32, 8, 16], vec![2, 64, 4, 8], vec![2, 128, 2, 4]]);
+        assert_eq!(
+            shapes,
+            vec![
+                vec![2, 16, 16, 32],
+                vec![2, 32, 8, 16],
+                vec![2, 64, 4, 8],
+                vec![2, 128, 2, 4]
+            ]
+        );
         let names = varmap.data().lock().unwrap();
         for n in [
             "segformer.encoder.patch_embeddings.0.proj.weight",
@@ -424,7 +503,10 @@ mod tests {
         }
         // sr = 1 in the last stage: no reduction conv.
         assert!(!names.contains_key("segformer.encoder.block.3.0.attention.self.sr.weight"));
-        assert_eq!(names["segformer.encoder.block.1.0.mlp.dwconv.dwconv.weight"].dims(), &[128, 1, 3, 3]);
+        assert_eq!(
+            names["segformer.encoder.block.1.0.mlp.dwconv.dwconv.weight"].dims(),
+            &[128, 1, 3, 3]
+        );
     }
 
     /// Odd input sizes follow PyTorch's floor arithmetic of the strided convs.
@@ -437,7 +519,10 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let feats = enc.forward(&x, &mut ForwardCtx::eval(&mut rng)).unwrap();
         // 70 → 18 → 9 → 5 → 3 ; 50 → 13 → 7 → 4 → 2 (k=7,s=4,p=3 then k=3,s=2,p=1).
-        let hw: Vec<_> = feats.iter().map(|f| (f.dim(2).unwrap(), f.dim(3).unwrap())).collect();
+        let hw: Vec<_> = feats
+            .iter()
+            .map(|f| (f.dim(2).unwrap(), f.dim(3).unwrap()))
+            .collect();
         assert_eq!(hw, vec![(18, 13), (9, 7), (5, 4), (3, 2)]);
     }
 }

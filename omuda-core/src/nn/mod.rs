@@ -12,7 +12,7 @@ pub mod segformer_head;
 pub mod segmentor;
 
 pub use init::seeded_var_builder;
-pub use segmentor::{ModelConfig, SegModel};
+pub use segmentor::{build_segmentor, ModelConfig, SegModel};
 
 use rand_chacha::ChaCha8Rng;
 

@@ -2,11 +2,15 @@
 //! `decode_head`): per-level linear embedding, bilinear resize to the finest
 //! level, concatenation in reverse level order, 1x1 fusion conv + BatchNorm +
 //! ReLU, channel dropout and a 1x1 classifier.
+//!
+//! [`SegformerHead::forward`] evaluates the embedding and fusion in a cheaper,
+//! mathematically equal order (see its docs); [`SegformerHead::forward_unfused`]
+//! is the literal order and the reference it is tested against.
 
 use candle_core::{bail, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::layers::{channels_first_affine, relu, BatchNorm2d, ConvCfg, Conv2d, Dropout2d, Linear};
+use super::layers::{channels_first_affine, relu, BatchNorm2d, Conv2d, ConvCfg, Dropout2d, Linear};
 use super::ForwardCtx;
 use crate::ops::resize_bilinear;
 
@@ -24,7 +28,13 @@ pub struct SegformerHead {
 impl SegformerHead {
     /// `in_channels`: channels of the encoder levels, finest first; `dim`: the
     /// decoder width D; `dropout`: Dropout2d rate before the classifier.
-    pub fn new(in_channels: &[usize], dim: usize, num_classes: usize, dropout: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        in_channels: &[usize],
+        dim: usize,
+        num_classes: usize,
+        dropout: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if in_channels.is_empty() || num_classes == 0 || dim == 0 {
             bail!(
                 "SegformerHead: needs at least one input level, D > 0 and classes > 0 (got {in_channels:?}, D={dim}, K={num_classes})"
@@ -36,7 +46,14 @@ impl SegformerHead {
             .map(|(i, &c)| Linear::new(c, dim, vb.pp("linear_c").pp(i).pp("proj")))
             .collect::<Result<Vec<_>>>()?;
         let n = in_channels.len();
-        let linear_fuse = Conv2d::new(n * dim, dim, 1, ConvCfg::default(), false, vb.pp("linear_fuse"))?;
+        let linear_fuse = Conv2d::new(
+            n * dim,
+            dim,
+            1,
+            ConvCfg::default(),
+            false,
+            vb.pp("linear_fuse"),
+        )?;
         let batch_norm = BatchNorm2d::new(dim, vb.pp("batch_norm"))?;
         let classifier = Conv2d::with_init(
             dim,
@@ -44,10 +61,20 @@ impl SegformerHead {
             1,
             ConvCfg::default(),
             true,
-            Init::Randn { mean: 0.0, stdev: 0.01 },
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.01,
+            },
             vb.pp("classifier"),
         )?;
-        Ok(Self { linear_c, linear_fuse, batch_norm, dropout: Dropout2d::new(dropout)?, classifier, num_classes })
+        Ok(Self {
+            linear_c,
+            linear_fuse,
+            batch_norm,
+            dropout: Dropout2d::new(dropout)?,
+            classifier,
+            num_classes,
+        })
     }
 
     pub fn num_classes(&self) -> usize {
@@ -68,7 +95,10 @@ impl SegformerHead {
     pub fn forward(&self, features: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor> {
         let n = self.linear_c.len();
         if features.len() != n {
-            bail!("SegformerHead: expected {n} feature maps, got {}", features.len());
+            bail!(
+                "SegformerHead: expected {n} feature maps, got {}",
+                features.len()
+            );
         }
         let (_, _, h, w) = features[0].dims4()?;
         let wf = self.linear_fuse.weight();
@@ -96,7 +126,9 @@ impl SegformerHead {
                 None => e,
             });
         }
-        let Some(fused) = fused else { bail!("SegformerHead: no input levels") };
+        let Some(fused) = fused else {
+            bail!("SegformerHead: no input levels")
+        };
         self.finish(&fused, ctx)
     }
 
@@ -105,7 +137,11 @@ impl SegformerHead {
     /// function as [`SegformerHead::forward`], slower; kept as its reference.
     pub fn forward_unfused(&self, features: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor> {
         if features.len() != self.linear_c.len() {
-            bail!("SegformerHead: expected {} feature maps, got {}", self.linear_c.len(), features.len());
+            bail!(
+                "SegformerHead: expected {} feature maps, got {}",
+                self.linear_c.len(),
+                features.len()
+            );
         }
         let (_, _, h, w) = features[0].dims4()?;
         let mut embedded = Vec::with_capacity(features.len());
@@ -155,7 +191,9 @@ mod tests {
             .map(|&(c, h, w)| Tensor::randn(0f32, 1.0, (2, c, h, w), &dev).unwrap())
             .collect();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let out = head.forward(&feats, &mut ForwardCtx::eval(&mut rng)).unwrap();
+        let out = head
+            .forward(&feats, &mut ForwardCtx::eval(&mut rng))
+            .unwrap();
         assert_eq!(out.dims(), &[2, 3, 16, 32]);
 
         // Concat order: the first D input channels of linear_fuse must belong to
@@ -166,18 +204,41 @@ mod tests {
             w[o * 20 + o] = 1.0;
         }
         varmap
-            .set_one("decode_head.linear_fuse.weight", Tensor::from_vec(w, (5, 20, 1, 1), &dev).unwrap())
+            .set_one(
+                "decode_head.linear_fuse.weight",
+                Tensor::from_vec(w, (5, 20, 1, 1), &dev).unwrap(),
+            )
             .unwrap();
-        let base = head.forward(&feats, &mut ForwardCtx::eval(&mut rng)).unwrap();
+        let base = head
+            .forward(&feats, &mut ForwardCtx::eval(&mut rng))
+            .unwrap();
         let mut changed = feats.clone();
         changed[0] = (&feats[0] * 3.0).unwrap();
-        let same = head.forward(&changed, &mut ForwardCtx::eval(&mut rng)).unwrap();
-        let d0 = (&base - &same).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let same = head
+            .forward(&changed, &mut ForwardCtx::eval(&mut rng))
+            .unwrap();
+        let d0 = (&base - &same)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d0 < 1e-6, "F1 leaked into the first fuse block: {d0}");
         changed = feats.clone();
         changed[3] = (&feats[3] * 3.0).unwrap();
-        let diff = head.forward(&changed, &mut ForwardCtx::eval(&mut rng)).unwrap();
-        let d3 = (&base - &diff).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = head
+            .forward(&changed, &mut ForwardCtx::eval(&mut rng))
+            .unwrap();
+        let d3 = (&base - &diff)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d3 > 1e-3, "F4 does not reach the first fuse block: {d3}");
     }
 }

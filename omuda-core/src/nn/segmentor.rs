@@ -22,7 +22,12 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { name: "segformer_tiny".into(), num_classes: 19, drop_path_rate: 0.1, dropout: 0.1 }
+        Self {
+            name: "segformer_tiny".into(),
+            num_classes: 19,
+            drop_path_rate: 0.1,
+            dropout: 0.1,
+        }
     }
 }
 
@@ -64,7 +69,8 @@ impl SegFormer {
     /// `vb` is the model root; the encoder lives under `segformer.encoder`, the
     /// head under `decode_head`.
     pub fn new(mit: &MitConfig, cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
-        let encoder = MixTransformer::new(mit, vb.pp("segformer").pp("encoder"), cfg.drop_path_rate)?;
+        let encoder =
+            MixTransformer::new(mit, vb.pp("segformer").pp("encoder"), cfg.drop_path_rate)?;
         let head = SegformerHead::new(
             &mit.hidden_sizes,
             mit.decoder_hidden_size,
@@ -109,10 +115,73 @@ pub fn build_segmentor(cfg: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn SegM
         "segformer_mitb3" => "b3",
         "segformer_mitb4" => "b4",
         "segformer_mitb5" => "b5",
-        other => bail!("unknown model name {other:?}; valid names: {}", SEGMENTOR_NAMES.join(", ")),
+        other => bail!(
+            "unknown model name {other:?}; valid names: {}",
+            SEGMENTOR_NAMES.join(", ")
+        ),
     };
     if cfg.num_classes == 0 {
         bail!("model {}: num_classes must be positive", cfg.name);
     }
-    Ok(Box::new(SegFormer::new(&MitConfig::by_name(variant)?, cfg, vb)?))
+    Ok(Box::new(SegFormer::new(
+        &MitConfig::by_name(variant)?,
+        cfg,
+        vb,
+    )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn every_listed_name_has_a_config_and_tiny_builds() {
+        for name in SEGMENTOR_NAMES {
+            let variant = name
+                .trim_start_matches("segformer_")
+                .trim_start_matches("mit");
+            assert!(MitConfig::by_name(variant).is_ok(), "{name}");
+        }
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let cfg = ModelConfig {
+            num_classes: 7,
+            ..ModelConfig::default()
+        };
+        let model = build_segmentor(&cfg, vb).unwrap();
+        assert_eq!(model.num_classes(), 7);
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 32, 64), &Device::Cpu).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let y = model.forward(&x, &mut ForwardCtx::eval(&mut rng)).unwrap();
+        assert_eq!(y.dims(), &[1, 7, 8, 16]);
+    }
+
+    #[test]
+    fn bad_configs_are_errors() {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let cfg = ModelConfig {
+            name: "segformer_b0".into(),
+            ..ModelConfig::default()
+        };
+        let err = build_segmentor(&cfg, vb.clone())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("segformer_mitb0"), "{err}");
+        let cfg = ModelConfig {
+            num_classes: 0,
+            ..ModelConfig::default()
+        };
+        assert!(build_segmentor(&cfg, vb.clone()).is_err());
+        let cfg = ModelConfig {
+            dropout: 1.0,
+            ..ModelConfig::default()
+        };
+        assert!(build_segmentor(&cfg, vb).is_err());
+    }
 }

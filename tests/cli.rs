@@ -1,0 +1,94 @@
+//! The `omuda` binary end to end at tiny size: train, files written, eval of
+//! the checkpoint, and clear errors for bad input.
+
+use std::path::Path;
+use std::process::Command;
+
+fn omuda() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_omuda"))
+}
+
+fn write_tiny_config(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("tiny.toml");
+    std::fs::write(
+        &path,
+        "[train]\niters = 3\nlog_interval = 1\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 4\n[schedule]\nwarmup_iters = 1\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn train_then_eval_writes_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_tiny_config(dir.path());
+    let out = dir.path().join("run");
+    let res = omuda()
+        .args(["train", "--config", cfg.to_str().unwrap(), "--method", "source_only,dacs", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("summary"), "{stdout}");
+    assert!(stderr.contains("iter 3/3"), "plain progress lines when not on a terminal: {stderr}");
+    for m in ["source_only", "dacs"] {
+        let metrics: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(m).join("metrics.json")).unwrap()).unwrap();
+        assert_eq!(metrics["method"], m);
+        assert_eq!(metrics["target_val"]["per_class_iou"].as_array().unwrap().len(), 19);
+        assert!(metrics["target_val"]["miou"].as_f64().is_some());
+        assert!(out.join(m).join("checkpoint").join("student.safetensors").is_file());
+    }
+    assert!(out.join("dacs/checkpoint/teacher.safetensors").is_file());
+
+    let res = omuda()
+        .args(["eval", "--checkpoint", out.join("dacs/checkpoint").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(res.status.success(), "{stdout}{}", String::from_utf8_lossy(&res.stderr));
+    assert!(stdout.contains("dacs (iteration 3)"), "{stdout}");
+    // The evaluation of the restored checkpoint equals the one written after training.
+    let trained: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("dacs/metrics.json")).unwrap()).unwrap();
+    let evaluated: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("dacs/checkpoint/eval.json")).unwrap()).unwrap();
+    assert_eq!(trained["target_val"], evaluated["target_val"]);
+}
+
+#[test]
+fn unknown_config_key_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[train]\niterations = 3\n").unwrap();
+    let res = omuda().args(["train", "--config", path.to_str().unwrap()]).output().unwrap();
+    assert!(!res.status.success());
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(stderr.contains("iterations") && stderr.contains("bad.toml"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn unknown_method_and_missing_checkpoint_are_clear_errors() {
+    let res = omuda().args(["train", "--method", "dacz", "--iters", "1"]).output().unwrap();
+    assert!(!res.status.success());
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(stderr.contains("dacz") && stderr.contains("source_only"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let res = omuda().args(["eval", "--checkpoint", dir.path().to_str().unwrap()]).output().unwrap();
+    assert!(!res.status.success());
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(stderr.contains("state.json"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn config_prints_the_resolved_defaults() {
+    let res = omuda().args(["config"]).output().unwrap();
+    assert!(res.status.success());
+    let text = String::from_utf8_lossy(&res.stdout);
+    let parsed = omuda::RunConfig::from_toml_str(&text, "printed").unwrap();
+    assert_eq!(parsed, omuda::RunConfig::default());
+}
