@@ -31,7 +31,13 @@ pub struct RunConfig {
 }
 
 impl Default for RunConfig {
-    /// The built-in benchmark: source-only then DACS on the synthetic pair.
+    /// The built-in benchmark: source-only then DACS on the synthetic pair,
+    /// sized to finish in minutes on a 2-core CPU. Everything not listed here
+    /// is the DACS recipe of the reference (AdamW with head ×10 lr and no decay
+    /// on norms, poly schedule with linear warm-up, α 0.99, τ 0.968, ClassMix,
+    /// colour jitter and blur). The changes for a tiny network trained from
+    /// scratch: a 10× higher learning rate, a warm-up of 10 % of the run, and
+    /// 800 iterations.
     fn default() -> Self {
         Self {
             methods: vec!["source_only".into(), "dacs".into()],
@@ -40,9 +46,9 @@ impl Default for RunConfig {
             model: ModelConfig::default(),
             data: DataConfig::default(),
             optimizer: AdamWConfig::default(),
-            schedule: ScheduleConfig::default(),
+            schedule: ScheduleConfig { lr: 6e-4, warmup_iters: 80, ..ScheduleConfig::default() },
             uda: UdaConfig::default(),
-            train: TrainConfig::default(),
+            train: TrainConfig { iters: 800, batch_size: 2, log_interval: 50, eval_interval: 200 },
             eval: EvalConfig::default(),
         }
     }
@@ -59,8 +65,11 @@ pub struct DataConfig {
 }
 
 impl Default for DataConfig {
+    /// The benchmark uses 60 % of the synthetic pair's full style gap
+    /// (`shift = 0.6`): source-only then reaches about half its source-val
+    /// mIoU on the target, a gap of the size seen between GTA5 and Cityscapes.
     fn default() -> Self {
-        Self { dataset: "synth".into(), dataset_seed: 2024, synth: SynthConfig::default() }
+        Self { dataset: "synth".into(), dataset_seed: 2024, synth: SynthConfig { shift: 0.6, ..SynthConfig::default() } }
     }
 }
 
@@ -107,8 +116,9 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
+    /// The reference's 40k iterations, batch 2, evaluation every 4000.
     fn default() -> Self {
-        Self { iters: 40_000, batch_size: 2, log_interval: 50, eval_interval: 0 }
+        Self { iters: 40_000, batch_size: 2, log_interval: 50, eval_interval: 4000 }
     }
 }
 

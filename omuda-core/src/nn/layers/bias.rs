@@ -1,0 +1,169 @@
+//! Bias addition with a cheap bias gradient, and the zero-initialised bias
+//! parameter shared by the layers. Candle's `broadcast_add` reduces the bias
+//! gradient with a slow strided sum; the fused op here sums contiguous runs.
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_nn::{Init, VarBuilder};
+use rayon::prelude::*;
+
+use super::cpu::{add_vecs, f32_data, rows_per_task, split_at_axis, sum_f32, use_cpu_kernels};
+
+/// `x + b` where `b` (C) is broadcast along `axis` of `x`. Candle's
+/// `broadcast_add` reduces the bias gradient with a slow strided sum; this op
+/// sums contiguous runs instead.
+struct AddBias {
+    axis: usize,
+}
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1, "add_bias input")?;
+        let b = f32_data(s2, l2, "add_bias bias")?;
+        let (_, c, inner) = split_at_axis(l1.dims(), self.axis);
+        let mut out = x.to_vec();
+        let block = c * inner;
+        out.par_chunks_mut((block * rows_per_task(block)).max(1))
+            .for_each(|chunk| {
+                for blk in chunk.chunks_mut(block) {
+                    if inner == 1 {
+                        for (v, bv) in blk.iter_mut().zip(b.iter()) {
+                            *v += *bv;
+                        }
+                    } else {
+                        for (ci, run) in blk.chunks_mut(inner).enumerate() {
+                            let bv = b[ci];
+                            run.iter_mut().for_each(|v| *v += bv);
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_b = if b.track_op() {
+            Some(
+                grad.contiguous()?
+                    .apply_op1_no_bwd(&SumToChannels { axis: self.axis })?,
+            )
+        } else {
+            None
+        };
+        Ok((Some(grad.clone()), grad_b))
+    }
+}
+
+/// Sum of `x` over every axis except `axis` → (C).
+struct SumToChannels {
+    axis: usize,
+}
+
+impl CustomOp1 for SumToChannels {
+    fn name(&self) -> &'static str {
+        "sum-to-channels"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s, l, "bias gradient")?;
+        let (outer, c, inner) = split_at_axis(l.dims(), self.axis);
+        let block = c * inner;
+        let sums = if inner == 1 {
+            x.par_chunks((block * rows_per_task(block)).max(1))
+                .map(|chunk| {
+                    let mut acc = vec![0f32; c];
+                    for row in chunk.chunks(block) {
+                        for (a, v) in acc.iter_mut().zip(row.iter()) {
+                            *a += *v;
+                        }
+                    }
+                    acc
+                })
+                .reduce(|| vec![0f32; c], add_vecs)
+        } else {
+            (0..c)
+                .into_par_iter()
+                .map(|ci| {
+                    (0..outer)
+                        .map(|o| {
+                            let start = o * block + ci * inner;
+                            sum_f32(&x[start..start + inner])
+                        })
+                        .sum::<f32>()
+                })
+                .collect()
+        };
+        Ok((CpuStorage::F32(sums), Shape::from(c)))
+    }
+}
+
+/// `x + b` with `b` (C) broadcast along `axis` of `x`; differentiable in both.
+pub fn add_bias(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
+    let dims = x.dims();
+    if axis >= dims.len() || b.dims() != [dims[axis]] {
+        bail!(
+            "add_bias: bias of shape {:?} does not match axis {axis} of input {:?}",
+            b.dims(),
+            dims
+        );
+    }
+    if use_cpu_kernels(x, &[b]) {
+        return x
+            .contiguous()?
+            .apply_op2(&b.contiguous()?, AddBias { axis });
+    }
+    let mut shape = vec![1usize; dims.len()];
+    shape[axis] = dims[axis];
+    x.broadcast_add(&b.reshape(shape)?)
+}
+
+/// `y + b` along `axis` when the layer has a bias, else `y` unchanged.
+pub(super) fn add_optional_bias(y: Tensor, b: Option<&Tensor>, axis: usize) -> Result<Tensor> {
+    match b {
+        Some(b) => add_bias(&y, b, axis),
+        None => Ok(y),
+    }
+}
+
+/// The layers' `bias` parameter of `n` zeros, when `bias` is set.
+pub(super) fn zero_bias(vb: &VarBuilder, n: usize, bias: bool) -> Result<Option<Tensor>> {
+    if bias {
+        Ok(Some(vb.get_with_hints(n, "bias", Init::Const(0.0))?))
+    } else {
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{close, f32, f64, randn};
+    use super::*;
+
+    /// The composed fallback (other dtypes, other devices) matches the fused kernel.
+    #[test]
+    fn f64_fallback_matches_f32_kernel() {
+        let x = randn(&[2, 4, 5, 6]);
+        let b = randn(&[4]);
+        close(
+            &f32(&add_bias(&f64(&x), &f64(&b), 1).unwrap()),
+            &add_bias(&x, &b, 1).unwrap(),
+            1e-6,
+            "add_bias",
+        );
+    }
+}

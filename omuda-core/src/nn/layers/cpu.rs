@@ -1,0 +1,236 @@
+//! Plumbing shared by the fused CPU ops: when they apply, access to the raw
+//! `f32` data, the rayon work split, shape checks, and the vectorisable
+//! reductions. The reductions fix their summation order (eight accumulators),
+//! so every kernel built on them is bit-reproducible whatever the thread count.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor};
+use rayon::prelude::*;
+
+/// True when the fused CPU kernels apply: `x` is an f32 tensor on the CPU and
+/// every one of `others` (weights, biases) is f32 as well.
+pub(super) fn use_cpu_kernels(x: &Tensor, others: &[&Tensor]) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && others.iter().all(|t| t.dtype() == DType::F32)
+}
+
+/// The contiguous `f32` data of a CPU storage, or an error naming the operand.
+pub(super) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        other => bail!("{what}: expected an f32 tensor, got {:?}", other.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!(
+            "{what}: expected a contiguous tensor, got strides {:?}",
+            l.stride()
+        ),
+    }
+}
+
+/// The four dimensions of a 4-d operand, in storage order.
+pub(super) fn dims4(l: &Layout, what: &str) -> Result<(usize, usize, usize, usize)> {
+    match *l.dims() {
+        [b, c, h, w] => Ok((b, c, h, w)),
+        ref d => bail!("{what}: expected a 4-d tensor, got {d:?}"),
+    }
+}
+
+/// The (non-zero) last dimension of a row-wise operand.
+pub(super) fn last_dim(l: &Layout, what: &str) -> Result<usize> {
+    match l.dims().last() {
+        Some(&n) if n > 0 => Ok(n),
+        _ => bail!("{what}: empty last dimension in {:?}", l.dims()),
+    }
+}
+
+/// `x` viewed as (outer, channels, inner) around `axis`.
+pub(super) fn split_at_axis(dims: &[usize], axis: usize) -> (usize, usize, usize) {
+    let outer = dims[..axis].iter().product();
+    let inner = dims[axis + 1..].iter().product();
+    (outer, dims[axis], inner)
+}
+
+/// Memory order of a 4-d feature map, for the kernels that exist in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MapOrder {
+    /// (B, C, H, W).
+    Nchw,
+    /// (B, H, W, C): channels last, the layout of transformer tokens.
+    Nhwc,
+}
+
+impl MapOrder {
+    /// (B, C, H, W) of a map whose dimensions in storage order are `dims`.
+    pub(super) fn bchw(self, dims: (usize, usize, usize, usize)) -> (usize, usize, usize, usize) {
+        match self {
+            MapOrder::Nchw => dims,
+            MapOrder::Nhwc => (dims.0, dims.3, dims.1, dims.2),
+        }
+    }
+}
+
+/// Rows handed to one rayon task: enough work to amortise the task overhead.
+pub(super) fn rows_per_task(row_len: usize) -> usize {
+    (16 * 1024 / row_len.max(1)).max(1)
+}
+
+/// Element-wise sum of two equally long vectors (used to merge per-task partial sums).
+pub(super) fn add_vecs(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    for (x, y) in a.iter_mut().zip(b.iter()) {
+        *x += *y;
+    }
+    a
+}
+
+/// Sum with eight independent accumulators: a sequential float sum cannot be
+/// vectorised (it fixes the order of additions); this one can, and is at least
+/// as accurate.
+#[inline]
+pub(super) fn sum_f32(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Σ a·b with eight accumulators (see [`sum_f32`]).
+#[inline]
+pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Σ (x − m)² with eight accumulators (see [`sum_f32`]).
+#[inline]
+pub(super) fn sq_dev_sum(xs: &[f32], m: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|v| (v - m) * (v - m)).sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += (c[i] - m) * (c[i] - m);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Σ g·(x − m) with eight accumulators (see [`sum_f32`]).
+#[inline]
+pub(super) fn centered_dot(g: &[f32], x: &[f32], m: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let (cg, cx) = (g.chunks_exact(8), x.chunks_exact(8));
+    let tail: f32 = cg
+        .remainder()
+        .iter()
+        .zip(cx.remainder())
+        .map(|(a, b)| a * (b - m))
+        .sum();
+    for (a, b) in cg.zip(cx) {
+        for i in 0..8 {
+            acc[i] += a[i] * (b[i] - m);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Elements per rayon task of the element-wise kernels.
+const ELEMWISE_CHUNK: usize = 16 * 1024;
+
+/// Element-wise kernel over `x` in parallel chunks; `f(x_chunk, out_chunk)` runs
+/// a plain loop so that it vectorises (rayon's per-item `map` does not).
+pub(super) fn par_map(x: &[f32], f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(x.par_chunks(ELEMWISE_CHUNK))
+        .for_each(|(o, xs)| f(xs, o));
+    out
+}
+
+/// Two-input version of [`par_map`] (`a` and `b` of equal length).
+pub(super) fn par_map2(
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(ELEMWISE_CHUNK)
+        .zip(
+            a.par_chunks(ELEMWISE_CHUNK)
+                .zip(b.par_chunks(ELEMWISE_CHUNK)),
+        )
+        .for_each(|(o, (xa, xb))| f(xa, xb, o));
+    out
+}
+
+/// Row-wise kernel over `x` seen as rows of `n` values (`n` > 0 unless `x` is
+/// empty): `f(x_row, out_row)` for every row, whole rows per rayon task.
+pub(super) fn par_rows(x: &[f32], n: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let task = (n * rows_per_task(n)).max(1);
+    out.par_chunks_mut(task)
+        .zip(x.par_chunks(task))
+        .for_each(|(o, xs)| {
+            for (orow, xrow) in o.chunks_mut(n).zip(xs.chunks(n)) {
+                f(xrow, orow);
+            }
+        });
+    out
+}
+
+/// Two-input version of [`par_rows`] (`a` and `b` of equal length):
+/// `f(a_row, b_row, out_row)`.
+pub(super) fn par_rows2(
+    a: &[f32],
+    b: &[f32],
+    n: usize,
+    f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    let task = (n * rows_per_task(n)).max(1);
+    out.par_chunks_mut(task)
+        .zip(a.par_chunks(task).zip(b.par_chunks(task)))
+        .for_each(|(o, (xa, xb))| {
+            for ((orow, arow), brow) in o.chunks_mut(n).zip(xa.chunks(n)).zip(xb.chunks(n)) {
+                f(arow, brow, orow);
+            }
+        });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduction_helpers_match_naive_sums() {
+        let x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let y: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
+        let naive_sum: f32 = x.iter().sum();
+        let naive_dot: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+        let naive_sq: f32 = x.iter().map(|v| (v - 0.3) * (v - 0.3)).sum();
+        let naive_cd: f32 = y.iter().zip(&x).map(|(g, v)| g * (v - 0.3)).sum();
+        assert!((sum_f32(&x) - naive_sum).abs() < 1e-5);
+        assert!((dot_f32(&x, &y) - naive_dot).abs() < 1e-5);
+        assert!((sq_dev_sum(&x, 0.3) - naive_sq).abs() < 1e-5);
+        assert!((centered_dot(&y, &x, 0.3) - naive_cd).abs() < 1e-5);
+        assert_eq!(sum_f32(&[]), 0.0);
+    }
+}
