@@ -347,18 +347,6 @@ impl CeData {
     }
 }
 
-/// Contiguous data of a CPU storage as `&[T]`, or an error naming the op.
-fn contiguous_slice<'a, T: WithDType>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
-        None => candle_core::bail!("{op}: logits must be contiguous"),
-    }
-}
-
 /// Forward: logits (B, K, H, W) -> scalar `scale · Σ l·w`.
 struct CeForward {
     data: CeData,
@@ -373,11 +361,11 @@ impl CustomOp1 for CeForward {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match storage.dtype() {
             DType::F32 => {
-                let x = contiguous_slice::<f32>(storage, layout, self.name())?;
+                let x = super::contiguous_slice::<f32>(storage, layout, self.name())?;
                 CpuStorage::F32(vec![(self.data.loss_sum(x) * self.scale) as f32])
             }
             DType::F64 => {
-                let x = contiguous_slice::<f64>(storage, layout, self.name())?;
+                let x = super::contiguous_slice::<f64>(storage, layout, self.name())?;
                 CpuStorage::F64(vec![self.data.loss_sum(x) * self.scale])
             }
             dt => candle_core::bail!(
@@ -414,11 +402,11 @@ impl CustomOp1 for CeBackward {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match storage.dtype() {
             DType::F32 => {
-                let x = contiguous_slice::<f32>(storage, layout, self.name())?;
+                let x = super::contiguous_slice::<f32>(storage, layout, self.name())?;
                 CpuStorage::F32(self.data.grad(x, self.scale))
             }
             DType::F64 => {
-                let x = contiguous_slice::<f64>(storage, layout, self.name())?;
+                let x = super::contiguous_slice::<f64>(storage, layout, self.name())?;
                 CpuStorage::F64(self.data.grad(x, self.scale))
             }
             dt => candle_core::bail!("cross-entropy-bwd: logits must be f32 or f64, got {dt:?}"),

@@ -117,18 +117,6 @@ impl<T: WithDType> Taps<T> {
     }
 }
 
-/// Contiguous data of a CPU storage as `&[T]`, or an error naming the op.
-fn contiguous_slice<'a, T: WithDType>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
-}
-
 /// Forward: (B, C, H, W) -> (B, C, out_h, out_w).
 struct ResizeBilinear {
     out_h: usize,
@@ -186,10 +174,10 @@ impl CustomOp1 for ResizeBilinear {
         let shape = Shape::from((dims[0], dims[1], self.out_h, self.out_w));
         let out = match storage.dtype() {
             DType::F32 => {
-                CpuStorage::F32(self.run(contiguous_slice(storage, layout, self.name())?, dims))
+                CpuStorage::F32(self.run(super::contiguous_slice(storage, layout, self.name())?, dims))
             }
             DType::F64 => {
-                CpuStorage::F64(self.run(contiguous_slice(storage, layout, self.name())?, dims))
+                CpuStorage::F64(self.run(super::contiguous_slice(storage, layout, self.name())?, dims))
             }
             dt => {
                 candle_core::bail!("resize-bilinear: x must be f32 or f64 on the cpu, got {dt:?}")
@@ -271,10 +259,10 @@ impl CustomOp1 for ResizeBilinearBwd {
         let shape = Shape::from((dims[0], dims[1], self.in_h, self.in_w));
         let out = match storage.dtype() {
             DType::F32 => {
-                CpuStorage::F32(self.run(contiguous_slice(storage, layout, self.name())?, dims))
+                CpuStorage::F32(self.run(super::contiguous_slice(storage, layout, self.name())?, dims))
             }
             DType::F64 => {
-                CpuStorage::F64(self.run(contiguous_slice(storage, layout, self.name())?, dims))
+                CpuStorage::F64(self.run(super::contiguous_slice(storage, layout, self.name())?, dims))
             }
             dt => {
                 candle_core::bail!("resize-bilinear-bwd: gradient must be f32 or f64, got {dt:?}")

@@ -6,7 +6,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape,
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
-use super::cpu::{add_vecs, f32_data, rows_per_task, split_at_axis, sum_f32, use_cpu_kernels};
+use super::cpu::{f32_data, rows_per_task, split_at_axis, sum_f32, sum_partials, use_cpu_kernels};
 
 /// `x + b` where `b` (C) is broadcast along `axis` of `x`. Candle's
 /// `broadcast_add` reduces the bias gradient with a slow strided sum; this op
@@ -84,7 +84,8 @@ impl CustomOp1 for SumToChannels {
         let (outer, c, inner) = split_at_axis(l.dims(), self.axis);
         let block = c * inner;
         let sums = if inner == 1 {
-            x.par_chunks((block * rows_per_task(block)).max(1))
+            let parts = x
+                .par_chunks((block * rows_per_task(block)).max(1))
                 .map(|chunk| {
                     let mut acc = vec![0f32; c];
                     for row in chunk.chunks(block) {
@@ -94,7 +95,8 @@ impl CustomOp1 for SumToChannels {
                     }
                     acc
                 })
-                .reduce(|| vec![0f32; c], add_vecs)
+                .collect::<Vec<_>>();
+            sum_partials(parts, c)
         } else {
             (0..c)
                 .into_par_iter()

@@ -75,6 +75,14 @@ pub(super) fn rows_per_task(row_len: usize) -> usize {
     (16 * 1024 / row_len.max(1)).max(1)
 }
 
+/// Merge per-task partial sums in task order. Tasks are fixed-size chunks and
+/// `collect` keeps their order, so the result does not depend on the thread
+/// count or on work stealing (rayon's `reduce`/`fold` would associate the
+/// float additions differently from run to run).
+pub(super) fn sum_partials(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    parts.into_iter().fold(vec![0f32; len], add_vecs)
+}
+
 /// Element-wise sum of two equally long vectors (used to merge per-task partial sums).
 pub(super) fn add_vecs(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
     for (x, y) in a.iter_mut().zip(b.iter()) {

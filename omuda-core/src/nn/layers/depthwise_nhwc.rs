@@ -6,7 +6,7 @@
 use candle_core::{Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::cpu::{add_vecs, dims4, rows_per_task};
+use super::cpu::{dims4, rows_per_task, sum_partials};
 use super::depthwise_geom::DwGeom;
 
 /// Shape (B, H, W, C) and output size (Ho, Wo) of a channels-last depthwise conv.
@@ -88,12 +88,12 @@ pub(super) fn backward_weight(
     let (b, h, w, c, ho, wo) = dims_and_out(lx, &g)?;
     let kk = g.k * g.k;
     let rows_per = rows_per_task(wo * c * kk).max(1);
-    let sums = (0..b * ho)
+    let rows = b * ho;
+    let parts = (0..rows.div_ceil(rows_per))
         .into_par_iter()
-        .with_min_len(rows_per)
-        .fold(
-            || vec![0f32; kk * c],
-            |mut acc, r| {
+        .map(|task| {
+            let mut acc = vec![0f32; kk * c];
+            for r in task * rows_per..((task + 1) * rows_per).min(rows) {
                 let (bi, oi) = (r / ho, r % ho);
                 g.for_each_nhwc_tap(
                     w,
@@ -108,9 +108,9 @@ pub(super) fn backward_weight(
                         }
                     },
                 );
-                acc
-            },
-        )
-        .reduce(|| vec![0f32; kk * c], add_vecs);
-    Ok((sums, Shape::from((kk, c))))
+            }
+            acc
+        })
+        .collect::<Vec<_>>();
+    Ok((sum_partials(parts, kk * c), Shape::from((kk, c))))
 }

@@ -8,7 +8,7 @@ use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
 use super::cpu::{
-    add_vecs, f32_data, last_dim, par_rows, par_rows2, rows_per_task, sq_dev_sum, sum_f32,
+    f32_data, last_dim, par_rows, par_rows2, rows_per_task, sq_dev_sum, sum_f32, sum_partials,
     use_cpu_kernels,
 };
 
@@ -155,8 +155,8 @@ impl CustomOp2 for LayerNormBwdParams {
                 }
                 acc
             })
-            .reduce(|| vec![0f32; 2 * c], add_vecs);
-        Ok((CpuStorage::F32(sums), Shape::from((2, c))))
+            .collect::<Vec<_>>();
+        Ok((CpuStorage::F32(sum_partials(sums, 2 * c)), Shape::from((2, c))))
     }
 }
 
