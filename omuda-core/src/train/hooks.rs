@@ -18,7 +18,8 @@
 use std::collections::HashMap;
 
 use candle_core::Tensor;
-use rand_chacha::ChaCha8Rng;
+/// The generator hooks draw from (re-exported so a hook needs no extra dependency).
+pub use rand_chacha::ChaCha8Rng;
 
 use crate::nn::SegModel;
 use crate::ops::mix::MixedBatch;

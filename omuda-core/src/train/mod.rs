@@ -13,6 +13,6 @@ pub mod step;
 pub mod trainer;
 
 pub use batch::UdaBatch;
-pub use hooks::{NamedLoss, StepHook, StepView};
+pub use hooks::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 pub use method::{StepLog, UdaMethod};
 pub use step::{SelfTraining, UdaConfig};
