@@ -6,8 +6,11 @@ use omuda_core::config::RunConfig;
 use omuda_core::train::SelfTraining;
 use omuda_core::Result;
 
+/// Constructors only: a baseline is a configuration of the shared step, so
+/// they return that step (`SelfTraining`), ready for `.with(hook)`.
 pub struct SourceOnly;
 
+#[allow(clippy::new_ret_no_self)]
 impl SourceOnly {
     pub fn new(cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
         Self::named("source_only", cfg, device)

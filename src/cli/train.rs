@@ -152,10 +152,10 @@ impl TrainObserver for Progress {
         let done = log.iter + 1;
         if let Some(b) = &self.bar {
             b.set_position(done as u64);
-            if done % self.log_interval == 0 || done == 1 {
+            if done.is_multiple_of(self.log_interval) || done == 1 {
                 b.set_message(loss_summary(log));
             }
-        } else if done % self.log_interval == 0 || done == self.iters {
+        } else if done.is_multiple_of(self.log_interval) || done == self.iters {
             let elapsed = self.start.elapsed().as_secs_f64();
             let eta = elapsed / done as f64 * (self.iters - done) as f64;
             eprintln!(

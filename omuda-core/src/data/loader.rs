@@ -132,13 +132,13 @@ mod tests {
         let s = sample(2, 3);
         let (img, lbl) = samples_to_tensors(&[s.clone(), s.clone()], &[false, true], &Device::Cpu).unwrap();
         assert_eq!(img.dims(), &[2, 3, 2, 3]);
-        let v = img.to_vec3::<f32>().unwrap_or_default();
-        let _ = v;
         let all = img.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        // image 0, channel 1, pixel (y=1, x=2): byte at ((1*3+2)*3+1)
-        let byte = s.image[(1 * 3 + 2) * 3 + 1] as f32;
-        let want = (byte - IMAGENET_MEAN[1]) / IMAGENET_STD[1];
-        assert!((all[1 * 6 + 1 * 3 + 2] - want).abs() < 1e-6);
+        let (w, plane) = (3, 6); // width, pixels per channel plane
+        let (y, x, c) = (1, 2, 1);
+        // image 0, channel c, pixel (y, x): HWC byte at ((y*w + x)*3 + c)
+        let byte = s.image[(y * w + x) * 3 + c] as f32;
+        let want = (byte - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        assert!((all[c * plane + y * w + x] - want).abs() < 1e-6);
         // flipped image 1: pixel (1, 0) holds source pixel (1, 2)
         assert!((all[18 + 6 + 3] - want).abs() < 1e-6);
         let l = lbl.flatten_all().unwrap().to_vec1::<u32>().unwrap();

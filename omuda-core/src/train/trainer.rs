@@ -62,7 +62,7 @@ pub fn fit(
         let timing = StepTiming { data: (t1 - t0).as_secs_f64(), step: t1.elapsed().as_secs_f64() };
         observer.on_step(&log, timing)?;
         let done = method.iteration();
-        if cfg.eval_interval > 0 && done % cfg.eval_interval == 0 && done < cfg.iters {
+        if cfg.eval_interval > 0 && done.is_multiple_of(cfg.eval_interval) && done < cfg.iters {
             let report = evaluate(&*method)?;
             observer.on_eval(done, &report)?;
         }
