@@ -24,8 +24,76 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// Replace the folder `dir` with one that `fill` writes: `fill` writes into a
+/// temporary sibling folder, whose files are flushed to disk, which is then
+/// renamed to `dir` (the previous `dir` is moved aside first and removed
+/// last). If `fill` fails, `dir` is left as it was. A crash between the two
+/// renames leaves the previous folder as `.<name>.old<pid>` beside it.
+pub fn replace_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.tmp{}", std::process::id()));
+    let old = parent.join(format!(".{name}.old{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let written = fill(&tmp).and_then(|()| sync_dir_contents(&tmp));
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let had_previous = dir.exists();
+    if had_previous {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    sync_path(parent)?;
+    if had_previous {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// fsync every file directly in `dir`, then `dir` itself.
+fn sync_dir_contents(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_file() {
+            sync_path(&path)?;
+        }
+    }
+    sync_path(dir)
+}
+
+fn sync_path(path: &Path) -> Result<()> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
+}
+
 #[cfg(test)]
 mod tests {
+    use crate::Error;
+
+    #[test]
+    fn replaces_a_folder_whole_or_not_at_all() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        super::replace_dir_atomic(&dir, |d| Ok(std::fs::write(d.join("a"), "1").unwrap())).unwrap();
+        super::replace_dir_atomic(&dir, |d| Ok(std::fs::write(d.join("b"), "2").unwrap())).unwrap();
+        assert!(!dir.join("a").exists(), "the previous folder is replaced, not merged");
+        assert_eq!(std::fs::read_to_string(dir.join("b")).unwrap(), "2");
+        // A failing writer leaves the previous folder untouched and no temporary behind.
+        let err = super::replace_dir_atomic(&dir, |d| {
+            std::fs::write(d.join("c"), "half").unwrap();
+            Err(Error::msg("disk full"))
+        });
+        assert!(err.is_err());
+        assert_eq!(std::fs::read_to_string(dir.join("b")).unwrap(), "2");
+        assert!(!dir.join("c").exists());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+
     #[test]
     fn writes_and_replaces() {
         let dir = tempfile::tempdir().unwrap();

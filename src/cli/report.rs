@@ -12,6 +12,7 @@ pub struct RunMetrics<'a> {
     pub method: &'a str,
     pub seed: u64,
     pub iters: usize,
+    /// Wall time of the training loop, periodic evaluations excluded.
     pub train_seconds: f64,
     /// mIoU on target-val over training (iteration, mIoU).
     pub target_curve: &'a [(usize, Option<f64>)],

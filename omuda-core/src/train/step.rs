@@ -304,8 +304,12 @@ impl SelfTraining {
     }
 
     /// Student, teacher, optimizer moments, hook state, iteration and RNG.
+    /// Written whole or not at all: into a temporary folder renamed over `dir`.
     pub fn save_state(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        crate::io::replace_dir_atomic(dir, |tmp| self.write_state(tmp))
+    }
+
+    fn write_state(&self, dir: &Path) -> Result<()> {
         save_varmap(&self.student_vars, &dir.join("student.safetensors"))?;
         if let Some((_, vars)) = &self.teacher {
             save_varmap(vars, &dir.join("teacher.safetensors"))?;
