@@ -3,7 +3,7 @@
 //! differences, BatchNorm statistics, stochastic layers, full-model gradient
 //! coverage and a short overfit run.
 
-
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use omuda_core::nn::layers::{
@@ -36,6 +36,32 @@ fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
     assert!(d < tol, "{what}: relative difference {d} >= {tol}");
 }
 
+/// Backpropagate the same random weighting `r` through `y` and its reference
+/// `y_ref`, and compare the gradient of each (name, tensor, tolerance).
+/// Returns the gradients of `y` for further checks.
+fn assert_same_grads(
+    tag: &str,
+    y: &Tensor,
+    y_ref: &Tensor,
+    r: &Tensor,
+    wrt: &[(&str, &Tensor, f32)],
+) -> GradStore {
+    let g = weighted_sum(y, r).backward().unwrap();
+    let g_ref = weighted_sum(y_ref, r).backward().unwrap();
+    for &(name, t, tol) in wrt {
+        let got = g
+            .get(t)
+            .unwrap_or_else(|| panic!("{tag}: no gradient for {name}"));
+        assert_close(
+            &format!("{tag} grad {name}"),
+            got,
+            g_ref.get(t).unwrap(),
+            tol,
+        );
+    }
+    g
+}
+
 // ---------------------------------------------------------------------------
 // Linear and bias
 // ---------------------------------------------------------------------------
@@ -60,16 +86,17 @@ fn linear_matches_reference_any_rank() {
     assert_close("linear forward", &y, &y_ref, 1e-5);
 
     let r = randn(&[2, 3, 5, 4]);
-    let g = weighted_sum(&y, &r).backward().unwrap();
-    let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-    for (name, t) in [("x", x.as_tensor()), ("weight", w), ("bias", b)] {
-        assert_close(
-            &format!("linear grad {name}"),
-            g.get(t).unwrap(),
-            g_ref.get(t).unwrap(),
-            1e-5,
-        );
-    }
+    assert_same_grads(
+        "linear",
+        &y,
+        &y_ref,
+        &r,
+        &[
+            ("x", x.as_tensor(), 1e-5),
+            ("weight", w, 1e-5),
+            ("bias", b, 1e-5),
+        ],
+    );
 
     // Channels-first application equals the token-wise one.
     let xc = var(&[2, 6, 3, 5]);
@@ -97,19 +124,12 @@ fn add_bias_matches_broadcast_add() {
         let y_ref = x.broadcast_add(&b.reshape(bshape).unwrap()).unwrap();
         assert_close("add_bias forward", &y, &y_ref, 1e-6);
         let r = randn(&shape);
-        let g = weighted_sum(&y, &r).backward().unwrap();
-        let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-        assert_close(
-            "add_bias grad x",
-            g.get(&x).unwrap(),
-            g_ref.get(&x).unwrap(),
-            1e-6,
-        );
-        assert_close(
-            "add_bias grad b",
-            g.get(&b).unwrap(),
-            g_ref.get(&b).unwrap(),
-            1e-5,
+        assert_same_grads(
+            "add_bias",
+            &y,
+            &y_ref,
+            &r,
+            &[("x", &x, 1e-6), ("b", &b, 1e-5)],
         );
     }
     assert!(add_bias(&randn(&[2, 3]), &randn(&[2]), 1).is_err());
@@ -128,19 +148,13 @@ fn layer_norm_fused_matches_composed() {
     let y_ref = layer_norm_composed(&x, &w, &b, 1e-6).unwrap();
     assert_close("layer_norm forward", &y, &y_ref, 1e-5);
     let r = randn(&[2, 9, 24]);
-    let g = weighted_sum(&y, &r).backward().unwrap();
-    let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-    for (name, t) in [("x", &x), ("weight", &w), ("bias", &b)] {
-        let got = g
-            .get(t)
-            .unwrap_or_else(|| panic!("layer_norm: no gradient for {name}"));
-        assert_close(
-            &format!("layer_norm grad {name}"),
-            got,
-            g_ref.get(t).unwrap(),
-            1e-4,
-        );
-    }
+    assert_same_grads(
+        "layer_norm",
+        &y,
+        &y_ref,
+        &r,
+        &[("x", &x, 1e-4), ("weight", &w, 1e-4), ("bias", &b, 1e-4)],
+    );
     // Non-contiguous input (a transposed view) goes through the same op.
     let xt = randn(&[24, 6]).t().unwrap();
     let yt = layer_norm(&xt, &w, &b, 1e-5).unwrap();
@@ -235,20 +249,7 @@ fn depthwise_matches_grouped_conv() {
         let tag = format!("dwconv B{bs} C{c} {h}x{w} k{k} p{p} d{d}");
         assert_close(&format!("{tag} forward"), &y, &y_ref, 1e-5);
         let r = randn(y.dims());
-        let g = weighted_sum(&y, &r).backward().unwrap();
-        let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-        assert_close(
-            &format!("{tag} grad x"),
-            g.get(&x).unwrap(),
-            g_ref.get(&x).unwrap(),
-            1e-5,
-        );
-        assert_close(
-            &format!("{tag} grad w"),
-            g.get(&wt).unwrap(),
-            g_ref.get(&wt).unwrap(),
-            1e-5,
-        );
+        assert_same_grads(&tag, &y, &y_ref, &r, &[("x", &x, 1e-5), ("w", &wt, 1e-5)]);
     }
     // Kernel larger than the padded input: clear error.
     assert!(depthwise_conv2d(&randn(&[1, 2, 2, 2]), &randn(&[2, 1, 5, 5]), 0, 1).is_err());
@@ -281,19 +282,17 @@ fn batch_norm_train_matches_composed_and_updates_running_stats() {
     let y_ref = batch_norm_train_composed(&x, &w, &b, 1e-5).unwrap();
     assert_close("batch_norm train forward", &y, &y_ref, 1e-5);
     let r = randn(&[2, 3, 4, 5]);
-    let g = weighted_sum(&y, &r).backward().unwrap();
-    let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-    for (name, t) in [("x", x.as_tensor()), ("weight", &w), ("bias", &b)] {
-        let got = g
-            .get(t)
-            .unwrap_or_else(|| panic!("batch_norm: no gradient for {name}"));
-        assert_close(
-            &format!("batch_norm grad {name}"),
-            got,
-            g_ref.get(t).unwrap(),
-            1e-4,
-        );
-    }
+    let g = assert_same_grads(
+        "batch_norm",
+        &y,
+        &y_ref,
+        &r,
+        &[
+            ("x", x.as_tensor(), 1e-4),
+            ("weight", &w, 1e-4),
+            ("bias", &b, 1e-4),
+        ],
+    );
     // Running statistics are state: no gradient.
     assert!(g.get(&get("bn.running_mean")).is_none());
     assert_eq!(
@@ -640,14 +639,7 @@ fn softmax_fused_matches_composed() {
     let y_ref = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
     assert_close("softmax forward", &y, &y_ref, 1e-5);
     let r = randn(x.dims());
-    let g = weighted_sum(&y, &r).backward().unwrap();
-    let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-    assert_close(
-        "softmax grad",
-        g.get(&x).unwrap(),
-        g_ref.get(&x).unwrap(),
-        1e-4,
-    );
+    let g = assert_same_grads("softmax", &y, &y_ref, &r, &[("x", &x, 1e-4)]);
     let n = g
         .get(&x)
         .unwrap()
@@ -702,20 +694,7 @@ fn conv2d_im2col_matches_candle_conv() {
         let tag = format!("conv2d {h}x{w} k{k} s{s} p{p} d{d}");
         assert_close(&format!("{tag} forward"), &y, &y_ref, 1e-5);
         let r = randn(y.dims());
-        let g = weighted_sum(&y, &r).backward().unwrap();
-        let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-        assert_close(
-            &format!("{tag} grad x"),
-            g.get(&x).unwrap(),
-            g_ref.get(&x).unwrap(),
-            1e-5,
-        );
-        assert_close(
-            &format!("{tag} grad w"),
-            g.get(&wt).unwrap(),
-            g_ref.get(&wt).unwrap(),
-            1e-5,
-        );
+        assert_same_grads(&tag, &y, &y_ref, &r, &[("x", &x, 1e-5), ("w", &wt, 1e-5)]);
     }
     // A constant input (an image) gets no gradient, the weight does.
     let img = randn(&[1, 3, 8, 8]);
@@ -894,20 +873,7 @@ fn channels_last_convs_match_nchw() {
         let tag = format!("conv2d_nhwc {h}x{w} k{k} s{s} p{p} d{d}");
         assert_close(&format!("{tag} forward"), &y, &y_ref, 1e-5);
         let r = randn(y.dims());
-        let g = weighted_sum(&y, &r).backward().unwrap();
-        let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-        assert_close(
-            &format!("{tag} grad x"),
-            g.get(&x).unwrap(),
-            g_ref.get(&x).unwrap(),
-            1e-5,
-        );
-        assert_close(
-            &format!("{tag} grad w"),
-            g.get(&wt).unwrap(),
-            g_ref.get(&wt).unwrap(),
-            1e-5,
-        );
+        assert_same_grads(&tag, &y, &y_ref, &r, &[("x", &x, 1e-5), ("w", &wt, 1e-5)]);
     }
     // Depthwise: (B, C, H, W, k, padding, dilation)
     for &(bs, c, h, w, k, p, d) in &[
@@ -924,20 +890,7 @@ fn channels_last_convs_match_nchw() {
         let tag = format!("dwconv_nhwc C{c} {h}x{w} k{k} p{p} d{d}");
         assert_close(&format!("{tag} forward"), &y, &y_ref, 1e-5);
         let r = randn(y.dims());
-        let g = weighted_sum(&y, &r).backward().unwrap();
-        let g_ref = weighted_sum(&y_ref, &r).backward().unwrap();
-        assert_close(
-            &format!("{tag} grad x"),
-            g.get(&x).unwrap(),
-            g_ref.get(&x).unwrap(),
-            1e-5,
-        );
-        assert_close(
-            &format!("{tag} grad w"),
-            g.get(&wt).unwrap(),
-            g_ref.get(&wt).unwrap(),
-            1e-5,
-        );
+        assert_same_grads(&tag, &y, &y_ref, &r, &[("x", &x, 1e-5), ("w", &wt, 1e-5)]);
     }
 }
 
