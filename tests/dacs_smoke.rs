@@ -1,7 +1,7 @@
 //! End-to-end smoke tests of the shared step at tiny size: DACS and
 //! source-only train for a few iterations on the synthetic pair.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 use omuda::core::data::loader::SynthPairLoader;
 use omuda::core::data::synth::Domain;
@@ -30,7 +30,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn loader(cfg: &RunConfig) -> SynthPairLoader {
-    SynthPairLoader::new(cfg.data.synth.clone(), cfg.data.dataset_seed, Domain::Source, cfg.train.batch_size, cfg.seed, &Device::Cpu)
+    SynthPairLoader::new(cfg.data.synth.clone(), cfg.data.dataset_seed, Domain::Source, cfg.train.batch_size, cfg.seed, &omuda::core::device::test_device().unwrap())
 }
 
 fn train(method: &mut SelfTraining, cfg: &RunConfig) -> Vec<Vec<(String, f64)>> {
@@ -41,7 +41,7 @@ fn train(method: &mut SelfTraining, cfg: &RunConfig) -> Vec<Vec<(String, f64)>> 
 #[test]
 fn dacs_twenty_iterations_finite_loss_and_weights_change() {
     let cfg = tiny_config(20);
-    let mut dacs = build_method("dacs", &cfg, &Device::Cpu).unwrap();
+    let mut dacs = build_method("dacs", &cfg, &omuda::core::device::test_device().unwrap()).unwrap();
     let before = snapshot(dacs.student_vars());
     let losses = train(&mut dacs, &cfg);
     assert_eq!(dacs.iteration(), 20);
@@ -83,7 +83,7 @@ fn same_seed_same_run_other_seed_other_run() {
     let run = |seed: u64| {
         let mut c = cfg.clone();
         c.seed = seed;
-        let mut m = build_method("dacs", &c, &Device::Cpu).unwrap();
+        let mut m = build_method("dacs", &c, &omuda::core::device::test_device().unwrap()).unwrap();
         let losses = train(&mut m, &c);
         (losses, snapshot(m.student_vars()))
     };
@@ -103,7 +103,7 @@ fn source_only_learns_a_fixed_batch() {
     cfg.model.drop_path_rate = 0.0;
     cfg.model.dropout = 0.0;
     cfg.schedule.lr = 1e-3;
-    let mut m = build_method("source_only", &cfg, &Device::Cpu).unwrap();
+    let mut m = build_method("source_only", &cfg, &omuda::core::device::test_device().unwrap()).unwrap();
     assert!(m.teacher_vars().is_none());
     let batch = loader(&cfg).next_batch().unwrap();
     let first = m.step(&batch).unwrap();
@@ -125,21 +125,21 @@ fn checkpoint_round_trip_continues_identically() {
     let cfg = tiny_config(4);
     let dir = tempfile::tempdir().unwrap();
     // Reference: 4 iterations straight.
-    let mut a = build_method("dacs", &cfg, &Device::Cpu).unwrap();
+    let mut a = build_method("dacs", &cfg, &omuda::core::device::test_device().unwrap()).unwrap();
     let mut data_a = loader(&cfg);
     let mut losses_a = Vec::new();
     for _ in 0..4 {
         losses_a.push(a.step(&data_a.next_batch().unwrap()).unwrap().losses);
     }
     // 2 iterations, save, restore into a fresh method, 2 more with the same data stream.
-    let mut b = build_method("dacs", &cfg, &Device::Cpu).unwrap();
+    let mut b = build_method("dacs", &cfg, &omuda::core::device::test_device().unwrap()).unwrap();
     let mut data_b = loader(&cfg);
     let mut losses_b = Vec::new();
     for _ in 0..2 {
         losses_b.push(b.step(&data_b.next_batch().unwrap()).unwrap().losses);
     }
     b.save_state(dir.path()).unwrap();
-    let mut c = build_method("dacs", &cfg, &Device::Cpu).unwrap();
+    let mut c = build_method("dacs", &cfg, &omuda::core::device::test_device().unwrap()).unwrap();
     c.load_state(dir.path()).unwrap();
     assert_eq!(c.iteration(), 2);
     for _ in 0..2 {

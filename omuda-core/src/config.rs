@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::synth::SynthConfig;
 use crate::nn::ModelConfig;
 use crate::train::optimizer::AdamWConfig;
+use crate::train::plugin::{PluginsConfig, PLUGIN_NAMES};
 use crate::train::schedule::PolySchedule;
 use crate::train::step::UdaConfig;
 use crate::{Error, Result};
@@ -17,15 +18,22 @@ use crate::{Error, Result};
 pub struct RunConfig {
     /// Methods to train, in order (`source_only`, `dacs`, `oracle`).
     pub methods: Vec<String>,
+    /// Masking plugins attached to every self-training method, in order
+    /// (`"cam"`, `"fdm"`, `"cdm"`); settings in the `[plugin.*]` tables.
+    pub plugins: Vec<String>,
     /// Seed of initialisation, data order and every random draw of training.
     pub seed: u64,
     /// Output folder; each method writes into `<out>/<method>/`.
     pub out: PathBuf,
+    /// Compute device: `"cpu"`, `"cuda"` or `"cuda:N"` (CUDA needs the `cuda` build).
+    pub device: String,
     pub model: ModelConfig,
     pub data: DataConfig,
     pub optimizer: AdamWConfig,
     pub schedule: ScheduleConfig,
     pub uda: UdaConfig,
+    /// Settings of the masking plugins (`[plugin]`, `[plugin.cam]`, …).
+    pub plugin: PluginsConfig,
     pub train: TrainConfig,
     pub eval: EvalConfig,
 }
@@ -41,14 +49,25 @@ impl Default for RunConfig {
     fn default() -> Self {
         Self {
             methods: vec!["source_only".into(), "dacs".into()],
+            plugins: Vec::new(),
             seed: 0,
             out: PathBuf::from("runs/synth"),
+            device: "cpu".into(),
             model: ModelConfig::default(),
             data: DataConfig::default(),
             optimizer: AdamWConfig::default(),
             schedule: ScheduleConfig { lr: 6e-4, warmup_iters: 80, ..ScheduleConfig::default() },
             uda: UdaConfig::default(),
-            train: TrainConfig { iters: 800, batch_size: 2, log_interval: 50, eval_interval: 200 },
+            plugin: PluginsConfig::default(),
+            train: TrainConfig {
+                iters: 800,
+                batch_size: 2,
+                log_interval: 50,
+                eval_interval: 200,
+                checkpoint_interval: 200,
+                debug_interval: 400,
+                ..TrainConfig::default()
+            },
             eval: EvalConfig::default(),
         }
     }
@@ -57,11 +76,27 @@ impl Default for RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// Only `"synth"` (the built-in pair) for now.
+    /// `"synth"` (the built-in pair) or `"files"` (datasets on disk: `source`,
+    /// `target` and `val` below; see docs/datasets.md).
     pub dataset: String,
     /// Seed of the generated scenes: the dataset stays the same across run seeds.
     pub dataset_seed: u64,
     pub synth: SynthConfig,
+    /// Labelled source dataset and its training pipeline (`dataset = "files"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::data::source::DatasetConfig>,
+    /// Unlabelled target training dataset and its pipeline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<crate::data::source::DatasetConfig>,
+    /// Labelled target evaluation dataset; its `scale` is the test scale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val: Option<crate::data::source::DatasetConfig>,
+    /// Rare Class Sampling of the source (absent: uniform source frames).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rcs: Option<crate::data::rcs::RcsConfig>,
+    /// Background decoding threads and prefetch depth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loader: Option<crate::data::source::LoaderConfig>,
 }
 
 impl Default for DataConfig {
@@ -69,7 +104,16 @@ impl Default for DataConfig {
     /// (`shift = 0.6`): source-only then reaches about half its source-val
     /// mIoU on the target, a gap of the size seen between GTA5 and Cityscapes.
     fn default() -> Self {
-        Self { dataset: "synth".into(), dataset_seed: 2024, synth: SynthConfig { shift: 0.6, ..SynthConfig::default() } }
+        Self {
+            dataset: "synth".into(),
+            dataset_seed: 2024,
+            synth: SynthConfig { shift: 0.6, ..SynthConfig::default() },
+            source: None,
+            target: None,
+            val: None,
+            rcs: None,
+            loader: None,
+        }
     }
 }
 
@@ -113,12 +157,33 @@ pub struct TrainConfig {
     pub log_interval: usize,
     /// Evaluate on target-val every this many iterations (0: only at the end).
     pub eval_interval: usize,
+    /// Write a resumable checkpoint every this many iterations (0: only at the end).
+    pub checkpoint_interval: usize,
+    /// Periodic checkpoints kept (the newest ones); the best-by-mIoU copy is kept apart.
+    pub keep_last: usize,
+    /// A non-finite loss or gradient: `"stop"` the run with an error, or
+    /// `"skip"` the parameter update (counted and logged).
+    pub nonfinite: String,
+    /// Write a debug image grid every this many iterations (0: never).
+    pub debug_interval: usize,
+    /// Write TensorBoard event files (scalars) beside `log.jsonl`.
+    pub tensorboard: bool,
 }
 
 impl Default for TrainConfig {
-    /// The reference's 40k iterations, batch 2, evaluation every 4000.
+    /// The reference's 40k iterations, batch 2, evaluation and checkpoint every 4000.
     fn default() -> Self {
-        Self { iters: 40_000, batch_size: 2, log_interval: 50, eval_interval: 4000 }
+        Self {
+            iters: 40_000,
+            batch_size: 2,
+            log_interval: 50,
+            eval_interval: 4000,
+            checkpoint_interval: 4000,
+            keep_last: 2,
+            nonfinite: "stop".into(),
+            debug_interval: 4000,
+            tensorboard: true,
+        }
     }
 }
 
@@ -153,6 +218,11 @@ impl RunConfig {
         Self::from_toml_str(&text, &path.display().to_string())
     }
 
+    /// Open the configured device (see [`crate::device`]).
+    pub fn open_device(&self) -> Result<candle_core::Device> {
+        crate::device::device_from_str(&self.device, "device")
+    }
+
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| Error::msg(format!("config to TOML: {e}")))
     }
@@ -160,11 +230,24 @@ impl RunConfig {
     /// Checks serde cannot express; each error names the key.
     pub fn validate(&self, origin: &str) -> Result<()> {
         let err = |message: String| Err(Error::Config { origin: origin.into(), message });
-        if self.data.dataset != "synth" {
-            return err(format!("data.dataset = {:?}: only \"synth\" is available", self.data.dataset));
+        match self.data.dataset.as_str() {
+            "synth" => {}
+            "files" => {
+                if let Err(e) = crate::data::source::validate_files(&self.data) {
+                    return err(e);
+                }
+            }
+            other => return err(format!("data.dataset = {other:?}: expected \"synth\" or \"files\"")),
         }
+        crate::device::DeviceSpec::parse(&self.device, &format!("{origin}: device"))?;
         if self.train.iters == 0 {
             return err("train.iters must be at least 1".into());
+        }
+        if !matches!(self.train.nonfinite.as_str(), "stop" | "skip") {
+            return err(format!("train.nonfinite = {:?}: expected \"stop\" or \"skip\"", self.train.nonfinite));
+        }
+        if self.train.keep_last == 0 {
+            return err("train.keep_last must be at least 1 (the checkpoint a run resumes from)".into());
         }
         if self.train.batch_size == 0 {
             return err("train.batch_size must be at least 1".into());
@@ -177,6 +260,12 @@ impl RunConfig {
         }
         if !(0.0..=1.0).contains(&self.uda.ema_alpha) {
             return err(format!("uda.ema_alpha = {}: expected a value in [0, 1]", self.uda.ema_alpha));
+        }
+        if let Some(p) = self.plugins.iter().find(|p| !PLUGIN_NAMES.contains(&p.as_str())) {
+            return err(format!("plugins: unknown plugin {p:?}; available: {}", PLUGIN_NAMES.join(", ")));
+        }
+        if let Err(e) = self.plugin.validate(self.model.num_classes) {
+            return err(e);
         }
         if self.methods.is_empty() {
             return err("methods is empty".into());

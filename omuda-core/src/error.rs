@@ -20,6 +20,10 @@ pub enum Error {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
 
+    /// A non-finite loss term or gradient; `message` names it and the iteration.
+    #[error("{message}")]
+    NonFinite { iter: usize, message: String },
+
     #[error("{0}")]
     Msg(String),
 }

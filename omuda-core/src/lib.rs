@@ -3,15 +3,18 @@
 //!
 //! - [`ops`]: differentiable bilinear resize, masked cross-entropy, ClassMix masks
 //!   and mixing, strong augmentation, pseudo-labels.
-//! - [`nn`]: trainable networks (MiT encoder, SegFormer head) and their layers.
+//! - [`nn`]: trainable networks (SegFormer and DAFormer on MiT, DeepLabV2 on
+//!   ResNet V1c), their layers, and pretrained-weight loading.
 //! - [`data`]: class tables, the built-in synthetic domain pair, batching.
 //! - [`train`]: the `UdaMethod` trait, the shared self-training step and its hook
 //!   points, EMA teacher, AdamW with parameter groups, LR schedules, the trainer loop.
 //! - [`eval`]: confusion-matrix mIoU, whole-image and sliding-window inference.
 //! - [`config`]: the TOML run configuration.
+//! - [`device`]: choosing `cpu` / `cuda:N`, with clear errors.
 
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod io;

@@ -24,14 +24,17 @@ use omuda_core::ops::pseudo::{
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-const CPU: Device = Device::Cpu;
+/// The device under test: `OMUDA_TEST_DEVICE` (the CPU when unset).
+fn dev() -> Device {
+    omuda_core::device::test_device().unwrap()
+}
 
 fn fixture() -> HashMap<String, Tensor> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/augment.safetensors"
     );
-    candle_core::safetensors::load(path, &CPU).expect("load augment.safetensors")
+    candle_core::safetensors::load(path, &dev()).expect("load augment.safetensors")
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -53,7 +56,7 @@ fn v1(t: &Tensor) -> Vec<f32> {
 }
 
 fn u2(v: &[[u32; 3]; 2]) -> Tensor {
-    Tensor::new(v, &CPU).unwrap()
+    Tensor::new(v, &dev()).unwrap()
 }
 
 fn jitter_params(p: &Tensor) -> ColorJitterParams {
@@ -100,7 +103,7 @@ fn batch_union_versus_per_image_classes() {
     // image 0 has {0, 1}, image 1 has {1, 2, 255}.
     let labels = Tensor::new(
         &[[[0u32, 1, 1], [0, 0, 1]], [[2, 255, 1], [2, 2, 255]]],
-        &CPU,
+        &dev(),
     )
     .unwrap();
     assert_eq!(batch_union_classes(&labels).unwrap(), vec![0, 1, 2, 255]);
@@ -172,20 +175,20 @@ fn choose_classes_count_subset_and_determinism() {
 
 #[test]
 fn one_mix_image_label_and_weight() {
-    let mask = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &CPU).unwrap();
+    let mask = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &dev()).unwrap();
     // Image (C=2, 2, 2): mask broadcast over channels.
-    let a = Tensor::new(&[[[1f32, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]], &CPU).unwrap();
+    let a = Tensor::new(&[[[1f32, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]], &dev()).unwrap();
     let b = a.affine(-1.0, 0.0).unwrap();
     let m = one_mix(&mask, &a, &b).unwrap();
     assert_eq!(v1(&m), vec![1.0, -2.0, -3.0, 4.0, 5.0, -6.0, -7.0, 8.0]);
     // Labels (u32, exact, 255 kept).
-    let la = Tensor::new(&[[255u32, 1], [2, 3]], &CPU).unwrap();
-    let lb = Tensor::new(&[[9u32, 9], [9, 255]], &CPU).unwrap();
+    let la = Tensor::new(&[[255u32, 1], [2, 3]], &dev()).unwrap();
+    let lb = Tensor::new(&[[9u32, 9], [9, 255]], &dev()).unwrap();
     let lm = one_mix(&mask, &la, &lb).unwrap();
     assert_eq!(lm.dtype(), DType::U32);
     assert_eq!(lm.to_vec2::<u32>().unwrap(), vec![vec![255, 9], vec![9, 3]]);
     // Weight: 1 on the mask, target weight elsewhere.
-    let wt = Tensor::new(&[[0.25f32, 0.5], [0.75, 0.125]], &CPU).unwrap();
+    let wt = Tensor::new(&[[0.25f32, 0.5], [0.75, 0.125]], &dev()).unwrap();
     let wm = one_mix(&mask, &wt.ones_like().unwrap(), &wt).unwrap();
     assert_eq!(
         wm.to_vec2::<f32>().unwrap(),
@@ -195,8 +198,8 @@ fn one_mix_image_label_and_weight() {
 
 #[test]
 fn one_mix_rejects_mismatched_mask() {
-    let mask = Tensor::zeros((2, 3), DType::F32, &CPU).unwrap();
-    let a = Tensor::zeros((3, 2, 2), DType::F32, &CPU).unwrap();
+    let mask = Tensor::zeros((2, 3), DType::F32, &dev()).unwrap();
+    let a = Tensor::zeros((3, 2, 2), DType::F32, &dev()).unwrap();
     let err = one_mix(&mask, &a, &a).unwrap_err().to_string();
     assert!(err.contains("mask"), "{err}");
 }
@@ -204,12 +207,12 @@ fn one_mix_rejects_mismatched_mask() {
 #[test]
 fn class_mix_pastes_source_with_weight_one() {
     let src_lbl =
-        Tensor::new(&[[[0u32, 1, 2], [1, 1, 0]], [[2, 2, 255], [0, 1, 2]]], &CPU).unwrap();
-    let tgt_pl = Tensor::new(&[[[5u32, 5, 5], [5, 5, 5]], [[6, 6, 6], [6, 6, 6]]], &CPU).unwrap();
+        Tensor::new(&[[[0u32, 1, 2], [1, 1, 0]], [[2, 2, 255], [0, 1, 2]]], &dev()).unwrap();
+    let tgt_pl = Tensor::new(&[[[5u32, 5, 5], [5, 5, 5]], [[6, 6, 6], [6, 6, 6]]], &dev()).unwrap();
     let q = 0.375f32;
-    let tgt_w = Tensor::full(q, (2, 2, 3), &CPU).unwrap();
-    let src_img = Tensor::ones((2, 3, 2, 3), DType::F32, &CPU).unwrap();
-    let tgt_img = Tensor::zeros((2, 3, 2, 3), DType::F32, &CPU).unwrap();
+    let tgt_w = Tensor::full(q, (2, 2, 3), &dev()).unwrap();
+    let src_img = Tensor::ones((2, 3, 2, 3), DType::F32, &dev()).unwrap();
+    let tgt_img = Tensor::zeros((2, 3, 2, 3), DType::F32, &dev()).unwrap();
     let masks = vec![
         class_mask(&src_lbl.get(0).unwrap(), &[1]).unwrap(),
         class_mask(&src_lbl.get(1).unwrap(), &[2, 255]).unwrap(),
@@ -252,7 +255,7 @@ fn pseudo_label_ties_go_to_first_index() {
     // pixel 2 [3, 3, 3] -> 0.
     let logits = Tensor::new(
         &[[[[1f32, 0.0, 3.0]], [[1.0, 2.0, 3.0]], [[0.0, 2.0, 3.0]]]],
-        &CPU,
+        &dev(),
     )
     .unwrap();
     let pl = pseudo_label_and_weight(&logits, 0.968).unwrap();
@@ -270,7 +273,7 @@ fn pseudo_label_ties_go_to_first_index() {
 #[test]
 fn pseudo_confidence_equal_to_threshold_counts() {
     // Two equal logits give confidence exactly 0.5.
-    let logits = Tensor::zeros((1, 2, 2, 2), DType::F32, &CPU).unwrap();
+    let logits = Tensor::zeros((1, 2, 2, 2), DType::F32, &dev()).unwrap();
     let pl = pseudo_label_and_weight(&logits, 0.5).unwrap();
     assert_eq!(v1(&pl.confidence), vec![0.5; 4]);
     assert_eq!(v1(&pl.weight), vec![1.0; 4]);
@@ -285,7 +288,7 @@ fn pseudo_weight_is_one_batch_fraction() {
     // 0.5 and sigmoid(3) = 0.95257 are not -> q = 2/4 for every pixel of both images.
     let logits = Tensor::new(
         &[[[[10f32, 0.0]], [[0.0, 0.0]]], [[[0.0, 3.0]], [[5.0, 0.0]]]],
-        &CPU,
+        &dev(),
     )
     .unwrap();
     let pl = pseudo_label_and_weight(&logits, 0.968).unwrap();
@@ -309,7 +312,7 @@ fn pseudo_weight_is_one_batch_fraction() {
 
 #[test]
 fn zero_rows_top_and_bottom() {
-    let w = Tensor::full(0.5f32, (2, 6, 2), &CPU).unwrap();
+    let w = Tensor::full(0.5f32, (2, 6, 2), &dev()).unwrap();
     let z = zero_rows(&w, 1, 2).unwrap();
     let rows: Vec<f32> = z
         .get(1)
@@ -329,7 +332,7 @@ fn zero_rows_top_and_bottom() {
 
 #[test]
 fn denorm_renorm_round_trip() {
-    let x = Tensor::new(&[[[0f32, 1.0]], [[-2.0, 2.5]], [[0.3, -1.7]]], &CPU).unwrap();
+    let x = Tensor::new(&[[[0f32, 1.0]], [[-2.0, 2.5]], [[0.3, -1.7]]], &dev()).unwrap();
     let d = denorm(&x).unwrap();
     // (x·std + mean) / 255 per channel, by hand.
     let xs = [[0f32, 1.0], [-2.0, 2.5], [0.3, -1.7]];
@@ -382,7 +385,7 @@ fn color_jitter_identity_params_are_identity() {
 fn brightness_is_additive_shift_with_clamp() {
     let x = Tensor::new(
         &[[[0.1f32, 0.5, 0.95]], [[0.0, 0.3, 1.0]], [[0.2, 0.7, 0.05]]],
-        &CPU,
+        &dev(),
     )
     .unwrap();
     let y = adjust_brightness(&x, 0.1).unwrap();
@@ -412,7 +415,7 @@ fn brightness_is_additive_shift_with_clamp() {
 fn contrast_is_multiplicative_with_clamp() {
     let x = Tensor::new(
         &[[[0.1f32, 0.5, 0.8]], [[0.0, 0.3, 1.0]], [[0.2, 0.7, 0.05]]],
-        &CPU,
+        &dev(),
     )
     .unwrap();
     let y = adjust_contrast(&x, 1.5).unwrap();
@@ -542,7 +545,7 @@ fn gaussian_blur_by_hand_with_reflect_border() {
     let e = (-0.5f32).exp();
     let (w0, w1) = (e / (1.0 + 2.0 * e), 1.0 / (1.0 + 2.0 * e));
     // Interior impulse.
-    let x = Tensor::new(&[0f32, 0.0, 1.0, 0.0, 0.0], &CPU)
+    let x = Tensor::new(&[0f32, 0.0, 1.0, 0.0, 0.0], &dev())
         .unwrap()
         .reshape((1, 1, 1, 5))
         .unwrap();
@@ -553,7 +556,7 @@ fn gaussian_blur_by_hand_with_reflect_border() {
     }
     // Reflect without repeating the edge: x = [0, 1, 0, 0] pads to [1 | 0 1 0 0 | 0],
     // so out[0] = 2·w0 (a replicate border would give w0).
-    let x = Tensor::new(&[0f32, 1.0, 0.0, 0.0], &CPU)
+    let x = Tensor::new(&[0f32, 1.0, 0.0, 0.0], &dev())
         .unwrap()
         .reshape((1, 1, 4, 1))
         .unwrap();
@@ -563,7 +566,7 @@ fn gaussian_blur_by_hand_with_reflect_border() {
         assert!((g - w).abs() < 1e-6, "{g} vs {w}");
     }
     // A constant image stays constant.
-    let c = Tensor::full(0.7f32, (1, 3, 6, 5), &CPU).unwrap();
+    let c = Tensor::full(0.7f32, (1, 3, 6, 5), &dev()).unwrap();
     assert!(max_abs_diff(&gaussian_blur(&c, 0.9, 5, 3).unwrap(), &c) < 1e-6);
     // Even kernel sizes are refused.
     assert!(gaussian_blur(&c, 0.9, 4, 3).is_err());
@@ -670,7 +673,7 @@ fn strong_aug_config_defaults_and_unknown_fields() {
 
 #[test]
 fn augment_rejects_wrong_channel_count() {
-    let x = Tensor::zeros((1, 4, 3, 3), DType::F32, &CPU).unwrap();
+    let x = Tensor::zeros((1, 4, 3, 3), DType::F32, &dev()).unwrap();
     let err = color_jitter(&x, &ColorJitterParams::IDENTITY)
         .unwrap_err()
         .to_string();
@@ -725,9 +728,9 @@ fn composed_blur_matches_fixture_and_cpu_path() {
 
 #[test]
 fn composed_pseudo_labels_match_cpu_path() {
-    let logits = Tensor::randn(0f32, 3.0, (2, 19, 9, 13), &CPU).unwrap();
+    let logits = Tensor::randn(0f32, 3.0, (2, 19, 9, 13), &dev()).unwrap();
     // Force exact ties in a few pixels (equal maximum logits in classes 4 and 7).
-    let tie = Tensor::full(20f32, (2, 1, 9, 13), &CPU).unwrap();
+    let tie = Tensor::full(20f32, (2, 1, 9, 13), &dev()).unwrap();
     let logits = Tensor::cat(
         &[
             logits.narrow(1, 0, 4).unwrap(),
@@ -755,7 +758,7 @@ fn composed_pseudo_labels_match_cpu_path() {
     assert!(c.iter().all(|&v| v <= 0.5 && v > 0.49), "{c:?}");
     assert_eq!(fast.q().unwrap(), 0.0);
     // Without the forced tie, labels are the plain arg-max and q is reproduced.
-    let logits = Tensor::randn(0f32, 3.0, (2, 5, 7, 6), &CPU).unwrap();
+    let logits = Tensor::randn(0f32, 3.0, (2, 5, 7, 6), &dev()).unwrap();
     let fast = pseudo_label_and_weight(&logits, tau).unwrap();
     let comp = pseudo_label_and_weight_composed(&logits, tau).unwrap();
     assert_eq!(

@@ -15,10 +15,13 @@ use omuda_core::nn::{is_buffer, seeded_var_builder, ForwardCtx, ModelConfig, Seg
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-const CPU: Device = Device::Cpu;
+/// The device under test: `OMUDA_TEST_DEVICE` (the CPU when unset).
+fn dev() -> Device {
+    omuda_core::device::test_device().unwrap()
+}
 
 fn randn(shape: &[usize]) -> Tensor {
-    Tensor::randn(0f32, 1.0, shape, &CPU).unwrap()
+    Tensor::randn(0f32, 1.0, shape, &dev()).unwrap()
 }
 
 fn var(shape: &[usize]) -> Var {
@@ -69,7 +72,7 @@ fn assert_same_grads(
 #[test]
 fn linear_matches_reference_any_rank() {
     let mut varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev());
     let lin = Linear::new(6, 4, vb.pp("lin")).unwrap();
     // Non-zero bias so that its gradient path is exercised in the forward value too.
     varmap.set_one("lin.bias", randn(&[4])).unwrap();
@@ -178,18 +181,18 @@ fn layer_norm_finite_differences() {
     let rv: Vec<f64> = (0..rows * c)
         .map(|i| ((i * 5 % 7) as f64 - 3.0) * 0.25)
         .collect();
-    let r64 = Tensor::from_vec(rv.clone(), (rows, c), &CPU).unwrap();
+    let r64 = Tensor::from_vec(rv.clone(), (rows, c), &dev()).unwrap();
     let loss = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
-        let x = Tensor::from_vec(x.to_vec(), (rows, c), &CPU).unwrap();
-        let w = Tensor::from_vec(w.to_vec(), c, &CPU).unwrap();
-        let b = Tensor::from_vec(b.to_vec(), c, &CPU).unwrap();
+        let x = Tensor::from_vec(x.to_vec(), (rows, c), &dev()).unwrap();
+        let w = Tensor::from_vec(w.to_vec(), c, &dev()).unwrap();
+        let b = Tensor::from_vec(b.to_vec(), c, &dev()).unwrap();
         weighted_sum(&layer_norm_composed(&x, &w, &b, eps).unwrap(), &r64)
             .to_scalar::<f64>()
             .unwrap()
     };
     let f32v = |v: &[f64], s: &[usize]| {
         Var::from_tensor(
-            &Tensor::from_vec(v.to_vec(), s, &CPU)
+            &Tensor::from_vec(v.to_vec(), s, &dev())
                 .unwrap()
                 .to_dtype(DType::F32)
                 .unwrap(),
@@ -262,16 +265,16 @@ fn depthwise_matches_grouped_conv() {
 #[test]
 fn batch_norm_train_matches_composed_and_updates_running_stats() {
     let mut varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev());
     let bn = BatchNorm2d::new(3, vb.pp("bn")).unwrap();
     varmap
         .set_one(
             "bn.weight",
-            Tensor::new(&[1.5f32, -0.5, 2.0], &CPU).unwrap(),
+            Tensor::new(&[1.5f32, -0.5, 2.0], &dev()).unwrap(),
         )
         .unwrap();
     varmap
-        .set_one("bn.bias", Tensor::new(&[0.1f32, 0.2, -0.3], &CPU).unwrap())
+        .set_one("bn.bias", Tensor::new(&[0.1f32, 0.2, -0.3], &dev()).unwrap())
         .unwrap();
     let get = |n: &str| varmap.data().lock().unwrap()[n].as_tensor().clone();
     let (w, b) = (get("bn.weight"), get("bn.bias"));
@@ -304,13 +307,13 @@ fn batch_norm_train_matches_composed_and_updates_running_stats() {
 #[test]
 fn batch_norm_running_stats_by_hand() {
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev());
     let bn = BatchNorm2d::new(2, vb.pp("bn")).unwrap();
     // Channel 0 holds 1..=4 (mean 2.5, biased var 1.25, unbiased 5/3),
     // channel 1 holds 10, 10, 10, 14 (mean 11, biased var 3, unbiased 4); B=2, 1x2 maps.
     let x = Tensor::new(
         &[[[[1f32, 2.]], [[10., 10.]]], [[[3., 4.]], [[10., 14.]]]],
-        &CPU,
+        &dev(),
     )
     .unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -362,7 +365,7 @@ fn batch_norm_running_stats_by_hand() {
 #[test]
 fn batch_norm_eval_gradients_reach_affine_params() {
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev());
     let bn = BatchNorm2d::new(4, vb).unwrap();
     let x = var(&[2, 4, 3, 3]);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -387,7 +390,7 @@ fn batch_norm_eval_gradients_reach_affine_params() {
 #[test]
 fn drop_path_statistics_and_determinism() {
     let dp = DropPath::new(0.3).unwrap();
-    let x = Var::from_tensor(&Tensor::ones((4000, 3, 2), DType::F32, &CPU).unwrap()).unwrap();
+    let x = Var::from_tensor(&Tensor::ones((4000, 3, 2), DType::F32, &dev()).unwrap()).unwrap();
     let run = |seed: u64| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         dp.forward(&x, &mut ForwardCtx::train(&mut rng)).unwrap()
@@ -430,7 +433,7 @@ fn drop_path_statistics_and_determinism() {
 #[test]
 fn dropout2d_statistics_and_determinism() {
     let dr = Dropout2d::new(0.25).unwrap();
-    let x = Tensor::ones((50, 80, 2, 3), DType::F32, &CPU).unwrap();
+    let x = Tensor::ones((50, 80, 2, 3), DType::F32, &dev()).unwrap();
     let run = |seed: u64| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         dr.forward(&x, &mut ForwardCtx::train(&mut rng))
@@ -461,7 +464,7 @@ fn dropout2d_statistics_and_determinism() {
 
 fn build(name: &str, num_classes: usize) -> (VarMap, Box<dyn SegModel>) {
     let varmap = VarMap::new();
-    let vb = seeded_var_builder(&varmap, 0, DType::F32, &CPU);
+    let vb = seeded_var_builder(&varmap, 0, DType::F32, &dev());
     let cfg = ModelConfig {
         name: name.into(),
         num_classes,
@@ -536,7 +539,7 @@ fn segformer_tiny_shapes_and_every_parameter_gets_a_gradient() {
 #[test]
 fn build_segmentor_rejects_unknown_names() {
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev());
     let cfg = ModelConfig {
         name: "deeplab".into(),
         ..ModelConfig::default()
@@ -599,7 +602,7 @@ fn segformer_tiny_overfits_one_batch() {
     let labels: Vec<u32> = (0..2 * 16 * 16)
         .map(|i| (((i / 16) % 16) / 4 + (i % 16) / 8 + i / 256) as u32 % 5)
         .collect();
-    let labels = Tensor::from_vec(labels, (2, 16, 16), &CPU).unwrap();
+    let labels = Tensor::from_vec(labels, (2, 16, 16), &dev()).unwrap();
     let params: Vec<Var> = varmap
         .data()
         .lock()
@@ -739,7 +742,7 @@ fn gelu_and_relu_fused_match_candle() {
     let base = randn(&[3, 1000]).affine(4.0, 0.0).unwrap();
     // (Exact zeros are left out: there Candle's relu passes the gradient, PyTorch's
     // and ours do not; checked separately below.)
-    let extra = Tensor::new(&[-12f32, -8.0, -5.0, -1e-3, 1e-3, 5.0, 8.0, 12.0], &CPU).unwrap();
+    let extra = Tensor::new(&[-12f32, -8.0, -5.0, -1e-3, 1e-3, 5.0, 8.0, 12.0], &dev()).unwrap();
     let x =
         Var::from_tensor(&Tensor::cat(&[base.flatten_all().unwrap(), extra], 0).unwrap()).unwrap();
     let r = randn(x.dims());
@@ -767,7 +770,7 @@ fn gelu_and_relu_fused_match_candle() {
         let gd = gd.to_scalar::<f32>().unwrap();
         assert!(gd < 1e-5, "{name} gradient differs by {gd}");
     }
-    let z = Var::from_tensor(&Tensor::zeros(3, DType::F32, &CPU).unwrap()).unwrap();
+    let z = Var::from_tensor(&Tensor::zeros(3, DType::F32, &dev()).unwrap()).unwrap();
     let g = relu(&z).unwrap().sum_all().unwrap().backward().unwrap();
     assert_eq!(g.get(&z).unwrap().to_vec1::<f32>().unwrap(), vec![0.0; 3]);
 }
@@ -777,7 +780,7 @@ fn gelu_and_relu_fused_match_candle() {
 fn segformer_head_fused_order_matches_literal_hf_order() {
     use omuda_core::nn::segformer_head::SegformerHead;
     let varmap = VarMap::new();
-    let vb = seeded_var_builder(&varmap, 5, DType::F32, &CPU);
+    let vb = seeded_var_builder(&varmap, 5, DType::F32, &dev());
     let head = SegformerHead::new(&[8, 16, 24, 40], 32, 5, 0.1, vb.pp("decode_head")).unwrap();
     // Non-zero biases so their path is exercised.
     for i in 0..4 {

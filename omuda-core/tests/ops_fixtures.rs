@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 use omuda_core::ops::loss::{cross_entropy_composed, cross_entropy_per_pixel};
 use omuda_core::ops::resize::resize_bilinear_composed;
 use omuda_core::ops::{cross_entropy, resize_bilinear, CeReduction};
@@ -35,7 +35,7 @@ struct Fixtures(HashMap<String, Tensor>);
 
 impl Fixtures {
     fn load() -> Self {
-        let map = candle_core::safetensors::load(FIXTURES, &Device::Cpu)
+        let map = candle_core::safetensors::load(FIXTURES, &omuda_core::device::test_device().unwrap())
             .unwrap_or_else(|e| panic!("cannot load {FIXTURES}: {e} (run gen_ops.py)"));
         Self(map)
     }
@@ -266,7 +266,7 @@ fn ce_fused_and_composed_agree_on_non_contiguous_logits() -> Result<()> {
     // Logits reached through a permuted view (channels-last storage), larger than
     // one kernel chunk so several parallel tasks run.
     let (b, k, h, w) = (2, 19, 48, 96);
-    let dev = Device::Cpu;
+    let dev = omuda_core::device::test_device().unwrap();
     let nhwc = Tensor::randn(0f32, 3., (b, h, w, k), &dev)?;
     let labels = Tensor::rand(0f32, 1., (b, h, w), &dev)?
         .affine(k as f64 + 3.0, 0.0)?

@@ -1,22 +1,37 @@
 //! `omuda eval`: evaluate a saved checkpoint on both val splits.
 
+use std::path::{Path, PathBuf};
+
 use candle_core::Device;
-use omuda::core::data::synth::Domain;
-use omuda::core::eval::evaluate_synth;
-use omuda::{build_method, Error, Result, RunConfig};
+use omuda::{build_method, Error, Result, RunConfig, SelfTraining};
 
 use super::report::{fmt_pct, write_json};
 use super::EvalArgs;
 
-pub fn run(args: EvalArgs) -> Result<()> {
-    let ckpt = &args.checkpoint;
+/// A method restored from a checkpoint folder, with its configuration and device.
+pub struct Restored {
+    pub name: String,
+    pub cfg: RunConfig,
+    pub method: SelfTraining,
+    pub device: Device,
+}
+
+/// Build the checkpoint's method (named in its `state.json`) from its
+/// `config.toml` (or `config`), on the configured device (the `--device` flag
+/// wins), and load its state.
+pub fn restore(ckpt: &Path, config: Option<&PathBuf>) -> Result<Restored> {
     if !ckpt.join("state.json").is_file() {
         return Err(Error::file(ckpt, "not a checkpoint folder (no state.json)"));
     }
-    let cfg = match &args.config {
+    let mut cfg = match config {
         Some(p) => RunConfig::from_file(p)?,
         None => RunConfig::from_file(&ckpt.join("config.toml"))?,
     };
+    if let Some(Some(d)) = super::DEVICE_FLAG.get() {
+        cfg.device = d.clone();
+    }
+    // The checkpoint replaces every tensor: pretrained weights are not needed.
+    cfg.model.weights = None;
     let state_text = std::fs::read_to_string(ckpt.join("state.json")).map_err(|e| Error::io(ckpt.join("state.json"), e))?;
     let state: serde_json::Value =
         serde_json::from_str(&state_text).map_err(|e| Error::file(ckpt.join("state.json"), e.to_string()))?;
@@ -24,12 +39,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .as_str()
         .ok_or_else(|| Error::file(ckpt.join("state.json"), "missing key `method`"))?
         .to_string();
-    let device = Device::Cpu;
-    let mut method = build_method(&name, &cfg, &device)?;
+    let device = cfg.open_device()?;
+    let mut method = omuda::attach_plugins(build_method(&name, &cfg, &device)?, &cfg)?;
     method.load_state(ckpt)?;
+    Ok(Restored { name, cfg, method, device })
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let ckpt = &args.checkpoint;
+    let Restored { name, cfg, method, device } = restore(ckpt, args.config.as_ref())?;
     let predict = |x: &candle_core::Tensor| Ok(method.predict(x)?);
-    let target = evaluate_synth(&cfg.data.synth, cfg.data.dataset_seed, Domain::Target, &cfg.eval, &device, &predict)?;
-    let source = evaluate_synth(&cfg.data.synth, cfg.data.dataset_seed, Domain::Source, &cfg.eval, &device, &predict)?;
+    let target = omuda::core::data::source::evaluate_target_val(&cfg, &device, &predict)?;
+    let source = omuda::core::data::source::evaluate_source_val(&cfg, &device, &predict)?;
     println!("{name} (iteration {}): target-val", method.iteration());
     print!("{}", target.table());
     println!("source-val mIoU {}", fmt_pct(source.miou));

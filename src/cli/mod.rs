@@ -1,8 +1,15 @@
 //! Command-line parsing and the commands.
 
+mod bench;
+mod compare;
 mod eval;
+mod info;
+mod plot;
+mod predict;
+mod prepare;
 mod report;
 mod train;
+mod weights;
 
 use std::path::PathBuf;
 
@@ -14,7 +21,13 @@ use omuda::{Result, RunConfig};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Compute device for every command: cpu, cuda or cuda:N (overrides `device` in the config).
+    #[arg(long, global = true)]
+    device: Option<String>,
 }
+
+/// The `--device` flag, applied by [`load_config`] to every configuration a command loads.
+static DEVICE_FLAG: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Command {
@@ -23,8 +36,24 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a saved checkpoint.
     Eval(EvalArgs),
+    /// Draw training curves (losses, lr, target mIoU) of a run folder as PNG.
+    Plot(plot::PlotArgs),
+    /// Segment images with a saved checkpoint: colourised and trainId PNGs.
+    Predict(predict::PredictArgs),
     /// Print the fully resolved configuration.
     Config(ConfigArgs),
+    /// Check a dataset on disk (every image and label), optionally convert its
+    /// labels to trainIds, and write the RCS statistics files.
+    Prepare(prepare::PrepareArgs),
+    /// Show how this binary was built (CUDA or CPU only) and open the chosen device.
+    Info,
+    /// Time the evaluation forward, a supervised step and a DACS iteration.
+    Bench(bench::BenchArgs),
+    /// Train a method alone and with plugin sets over several seeds; write
+    /// compare.md / compare.json and charts (reuses finished runs).
+    Compare(compare::CompareArgs),
+    /// Pretrained weights: `inspect` lists a checkpoint's tensors and which ones a model uses.
+    Weights(weights::WeightsArgs),
 }
 
 #[derive(clap::Args)]
@@ -44,6 +73,14 @@ pub struct TrainArgs {
     /// Output folder.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Train once per seed (comma-separated) into `<out>/seed_<s>/` and write
+    /// `<out>/summary.json` (mean ± std, median-seed checkpoint).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+    /// Continue the run in this output folder from its latest checkpoints,
+    /// with its saved configuration.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -66,17 +103,30 @@ pub struct ConfigArgs {
 }
 
 pub fn load_config(path: Option<&PathBuf>) -> Result<RunConfig> {
-    match path {
-        Some(p) => RunConfig::from_file(p),
-        None => Ok(RunConfig::default()),
+    let mut cfg = match path {
+        Some(p) => RunConfig::from_file(p)?,
+        None => RunConfig::default(),
+    };
+    if let Some(Some(d)) = DEVICE_FLAG.get() {
+        omuda::core::device::DeviceSpec::parse(d, "--device")?;
+        cfg.device = d.clone();
     }
+    Ok(cfg)
 }
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    let _ = DEVICE_FLAG.set(cli.device.clone());
     match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Plot(args) => plot::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Info => info::run(cli.device.as_deref()),
+        Command::Bench(args) => bench::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Weights(args) => weights::run(args),
+        Command::Prepare(args) => prepare::run(args),
         Command::Config(args) => {
             print!("{}", load_config(args.config.as_ref())?.to_toml()?);
             Ok(())

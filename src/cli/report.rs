@@ -4,6 +4,7 @@ use std::path::Path;
 
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
+use omuda::core::train::checkpoint::Best;
 use omuda::{Error, Result};
 use serde::Serialize;
 
@@ -18,6 +19,10 @@ pub struct RunMetrics<'a> {
     pub target_curve: &'a [(usize, Option<f64>)],
     pub target_val: &'a MiouReport,
     pub source_val: &'a MiouReport,
+    /// Best target-val mIoU over the evaluations (its checkpoint is `best/`).
+    pub best: Option<Best>,
+    /// Steps whose update was skipped for a non-finite loss or gradient.
+    pub nonfinite_skipped: usize,
 }
 
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {

@@ -1,5 +1,18 @@
-//! Data: class tables, the built-in synthetic domain pair, normalisation and batching.
+//! Data: class tables, the built-in synthetic domain pair, normalisation and
+//! batching; datasets on disk (GTA5, SYNTHIA, Cityscapes, folder datasets),
+//! the reference training pipelines, RCS, the statistics files of `omuda
+//! prepare`, and the prefetching real-dataset loader.
 
 pub mod classes;
+pub mod datasets;
+pub mod glob;
+pub mod labels;
 pub mod loader;
+pub mod pipeline;
+pub mod png_io;
+pub mod prefetch;
+pub mod prepare;
+pub mod rcs;
+pub mod source;
+pub mod stats;
 pub mod synth;

@@ -1,5 +1,6 @@
 //! Evaluation: confusion-matrix mIoU and inference over whole images or windows.
 
+pub mod dataset;
 pub mod inference;
 pub mod miou;
 

@@ -448,6 +448,22 @@ mod tests {
             [32, 64, 160, 256]
         );
         assert_eq!(MitConfig::by_name("mit_b5").unwrap().depths, [3, 6, 40, 3]);
+        // Reference §3.4 (mmseg `mit_b5`), shared by B1-B5 except the depths.
+        let b5 = MitConfig::b5();
+        assert_eq!(b5.hidden_sizes, [64, 128, 320, 512]);
+        assert_eq!(b5.num_heads, [1, 2, 5, 8]);
+        assert_eq!(b5.sr_ratios, [8, 4, 2, 1]);
+        assert_eq!((b5.patch_sizes, b5.strides), ([7, 3, 3, 3], [4, 2, 2, 2]));
+        assert_eq!(b5.mlp_ratio, 4);
+        assert_eq!((b5.block_ln_eps, b5.embed_ln_eps), (1e-6, 1e-5));
+        let depths: Vec<_> = ["b0", "b1", "b2", "b3", "b4"]
+            .iter()
+            .map(|n| MitConfig::by_name(n).unwrap().depths)
+            .collect();
+        assert_eq!(
+            depths,
+            vec![[2, 2, 2, 2], [2, 2, 2, 2], [3, 4, 6, 3], [3, 4, 18, 3], [3, 8, 27, 3]]
+        );
         assert_eq!(MitConfig::by_name("b2").unwrap().decoder_hidden_size, 768);
         assert_eq!(
             MitConfig::by_name("tiny").unwrap().hidden_sizes,

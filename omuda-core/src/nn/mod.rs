@@ -1,15 +1,22 @@
-//! Trainable segmentation networks. Weight names follow the Hugging Face
-//! `transformers` layout (`segformer.encoder...`, `decode_head...`) so that
-//! published checkpoints load unchanged.
+//! Trainable segmentation networks: SegFormer and DAFormer (MiT encoder), and
+//! DeepLabV2 (ResNet V1c). Weight names are the layouts of the published
+//! checkpoints: Hugging Face `transformers` for the MiT encoder and the SegFormer
+//! head (`segformer.encoder...`, `decode_head...`), mmseg for the DAFormer and
+//! DLV2 heads and the ResNet (`decode_head.fuse_layer...`, `backbone.layer1...`).
+//! [`weights`] maps the other published layouts onto these names.
 //!
 //! Every layer here has a working backward pass: Candle's fused `LayerNorm` and
 //! `softmax_last_dim` silently cut the graph and are never used.
 
+pub mod daformer_head;
+pub mod deeplabv2;
 pub mod init;
 pub mod layers;
 pub mod mit;
+pub mod resnet;
 pub mod segformer_head;
 pub mod segmentor;
+pub mod weights;
 
 pub use init::seeded_var_builder;
 pub use segmentor::{build_segmentor, ModelConfig, SegModel};

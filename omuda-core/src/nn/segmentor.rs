@@ -4,11 +4,15 @@ use candle_core::{bail, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use super::daformer_head::{DaformerHead, DaformerHeadConfig};
+use super::deeplabv2::DeepLabV2;
 use super::mit::{MitConfig, MixTransformer};
+use super::resnet::ResNetConfig;
 use super::segformer_head::SegformerHead;
 use super::ForwardCtx;
 
-/// Which network to build. `name` is e.g. `"segformer_tiny"`, `"segformer_mitb0"` … `"segformer_mitb5"`.
+/// Which network to build, and the weights it starts from. `name` is one of
+/// [`SEGMENTOR_NAMES`], e.g. `"segformer_tiny"`, `"daformer_mitb5"`, `"dlv2_r101"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
@@ -18,6 +22,21 @@ pub struct ModelConfig {
     pub drop_path_rate: f64,
     /// Dropout2d rate before the classifier.
     pub dropout: f64,
+    /// Pretrained weights loaded over the initialisation: `"hf:org/name"` (the
+    /// Hugging Face hub cache, downloading only when missing and
+    /// `HF_HUB_OFFLINE` is unset), or a local `.safetensors` path. See
+    /// `docs/models.md` and [`super::weights`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+    /// Fail on any missing, unexpected or shape-mismatched tensor (otherwise
+    /// load the matching ones and report the rest). Written out only when
+    /// false, so the default configuration serialises as before.
+    #[serde(skip_serializing_if = "is_true")]
+    pub strict: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Default for ModelConfig {
@@ -27,6 +46,8 @@ impl Default for ModelConfig {
             num_classes: 19,
             drop_path_rate: 0.1,
             dropout: 0.1,
+            weights: None,
+            strict: true,
         }
     }
 }
@@ -47,7 +68,7 @@ pub trait SegModel: Send + Sync {
 }
 
 /// Names accepted by [`build_segmentor`].
-pub const SEGMENTOR_NAMES: [&str; 7] = [
+pub const SEGMENTOR_NAMES: [&str; 17] = [
     "segformer_tiny",
     "segformer_mitb0",
     "segformer_mitb1",
@@ -55,7 +76,108 @@ pub const SEGMENTOR_NAMES: [&str; 7] = [
     "segformer_mitb3",
     "segformer_mitb4",
     "segformer_mitb5",
+    "daformer_tiny",
+    "daformer_mitb0",
+    "daformer_mitb1",
+    "daformer_mitb2",
+    "daformer_mitb3",
+    "daformer_mitb4",
+    "daformer_mitb5",
+    "dlv2_tiny",
+    "dlv2_r50",
+    "dlv2_r101",
 ];
+
+/// The network family and hyper-parameters a model name stands for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Architecture {
+    /// MiT encoder + SegFormer all-MLP head.
+    SegFormer(MitConfig),
+    /// MiT encoder + DAFormer context-aware fusion head.
+    DaFormer(MitConfig, DaformerHeadConfig),
+    /// ResNet V1c (dilated, output stride 8) + DLV2 head.
+    DeepLabV2(ResNetConfig),
+}
+
+/// The architecture of `cfg.name`, or an error listing the valid names.
+pub fn architecture(cfg: &ModelConfig) -> Result<Architecture> {
+    let name = cfg.name.as_str();
+    let unknown = || {
+        candle_core::Error::Msg(format!(
+            "unknown model name {name:?}; valid names: {}",
+            SEGMENTOR_NAMES.join(", ")
+        ))
+    };
+    if !SEGMENTOR_NAMES.contains(&name) {
+        return Err(unknown());
+    }
+    if let Some(v) = name.strip_prefix("segformer_") {
+        return Ok(Architecture::SegFormer(MitConfig::by_name(v)?));
+    }
+    if let Some(v) = name.strip_prefix("daformer_") {
+        let mit = MitConfig::by_name(v)?;
+        let mut head = DaformerHeadConfig::daformer(cfg.dropout);
+        if v == "tiny" {
+            head.channels = mit.decoder_hidden_size;
+        }
+        return Ok(Architecture::DaFormer(mit, head));
+    }
+    match name {
+        "dlv2_tiny" => Ok(Architecture::DeepLabV2(ResNetConfig::tiny())),
+        "dlv2_r50" => Ok(Architecture::DeepLabV2(ResNetConfig::r50_v1c())),
+        "dlv2_r101" => Ok(Architecture::DeepLabV2(ResNetConfig::r101_v1c())),
+        _ => Err(unknown()),
+    }
+}
+
+/// DAFormer: MiT encoder (`segformer.encoder`, the Hugging Face names, so MiT
+/// ImageNet checkpoints load unchanged) + DAFormer head (`decode_head`, mmseg names).
+#[derive(Debug, Clone)]
+pub struct DaFormer {
+    encoder: MixTransformer,
+    head: DaformerHead,
+}
+
+impl DaFormer {
+    pub fn new(
+        mit: &MitConfig,
+        head: &DaformerHeadConfig,
+        cfg: &ModelConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let encoder =
+            MixTransformer::new(mit, vb.pp("segformer").pp("encoder"), cfg.drop_path_rate)?;
+        let head = DaformerHead::new(
+            &mit.hidden_sizes,
+            head,
+            cfg.num_classes,
+            vb.pp("decode_head"),
+        )?;
+        Ok(Self { encoder, head })
+    }
+
+    pub fn encoder(&self) -> &MixTransformer {
+        &self.encoder
+    }
+
+    pub fn head(&self) -> &DaformerHead {
+        &self.head
+    }
+}
+
+impl SegModel for DaFormer {
+    fn features(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Vec<Tensor>> {
+        self.encoder.forward(x, ctx)
+    }
+
+    fn decode(&self, features: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor> {
+        self.head.forward(features, ctx)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.head.num_classes()
+    }
+}
 
 /// SegFormer: MiT encoder (`segformer.encoder`) + all-MLP head (`decode_head`),
 /// the parameter layout of Hugging Face `SegformerForSemanticSegmentation`.
@@ -107,27 +229,15 @@ impl SegModel for SegFormer {
 /// Builds the network named by `cfg.name` (one of [`SEGMENTOR_NAMES`]) with its
 /// parameters in `vb` (use `VarBuilder::from_varmap` for a trainable model).
 pub fn build_segmentor(cfg: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn SegModel>> {
-    let variant = match cfg.name.as_str() {
-        "segformer_tiny" => "tiny",
-        "segformer_mitb0" => "b0",
-        "segformer_mitb1" => "b1",
-        "segformer_mitb2" => "b2",
-        "segformer_mitb3" => "b3",
-        "segformer_mitb4" => "b4",
-        "segformer_mitb5" => "b5",
-        other => bail!(
-            "unknown model name {other:?}; valid names: {}",
-            SEGMENTOR_NAMES.join(", ")
-        ),
-    };
+    let arch = architecture(cfg)?;
     if cfg.num_classes == 0 {
         bail!("model {}: num_classes must be positive", cfg.name);
     }
-    Ok(Box::new(SegFormer::new(
-        &MitConfig::by_name(variant)?,
-        cfg,
-        vb,
-    )?))
+    Ok(match arch {
+        Architecture::SegFormer(mit) => Box::new(SegFormer::new(&mit, cfg, vb)?),
+        Architecture::DaFormer(mit, head) => Box::new(DaFormer::new(&mit, &head, cfg, vb)?),
+        Architecture::DeepLabV2(resnet) => Box::new(DeepLabV2::new(&resnet, cfg, vb)?),
+    })
 }
 
 #[cfg(test)]
@@ -141,10 +251,25 @@ mod tests {
     #[test]
     fn every_listed_name_has_a_config_and_tiny_builds() {
         for name in SEGMENTOR_NAMES {
-            let variant = name
-                .trim_start_matches("segformer_")
-                .trim_start_matches("mit");
-            assert!(MitConfig::by_name(variant).is_ok(), "{name}");
+            let cfg = ModelConfig {
+                name: name.into(),
+                ..ModelConfig::default()
+            };
+            assert!(architecture(&cfg).is_ok(), "{name}");
+        }
+        for name in ["daformer_tiny", "dlv2_tiny"] {
+            let vm = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+            let cfg = ModelConfig {
+                name: name.into(),
+                num_classes: 4,
+                ..ModelConfig::default()
+            };
+            let model = build_segmentor(&cfg, vb).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let y = model.forward(&x, &mut ForwardCtx::train(&mut rng)).unwrap();
+            assert_eq!(y.dims()[..2], [2, 4], "{name}");
         }
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
@@ -158,6 +283,23 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let y = model.forward(&x, &mut ForwardCtx::eval(&mut rng)).unwrap();
         assert_eq!(y.dims(), &[1, 7, 8, 16]);
+    }
+
+    #[test]
+    fn weights_keys_round_trip_and_the_default_serialises_as_before() {
+        let text = toml::to_string(&ModelConfig::default()).unwrap();
+        assert!(
+            !text.contains("weights") && !text.contains("strict"),
+            "{text}"
+        );
+        let cfg: ModelConfig = toml::from_str(
+            "name = \"daformer_mitb5\"\nweights = \"hf:nvidia/mit-b5\"\nstrict = false\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.weights.as_deref(), Some("hf:nvidia/mit-b5"));
+        assert!(!cfg.strict);
+        let back: ModelConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
     }
 
     #[test]

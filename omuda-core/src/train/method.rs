@@ -17,12 +17,33 @@ pub struct StepLog {
     pub losses: Vec<(String, f64)>,
     /// Other scalars (confident share of pseudo-labels, hook metrics, …).
     pub metrics: Vec<(String, f64)>,
+    /// Why the parameter update was skipped (a non-finite loss or gradient
+    /// under the skip policy); `None` for a normal step.
+    pub skipped: Option<String>,
 }
 
 impl StepLog {
     pub fn total_loss(&self) -> f64 {
         self.losses.iter().map(|(_, v)| v).sum()
     }
+}
+
+/// What a debug image shows in one tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebugKind {
+    /// (B, 3, H, W) ImageNet-normalised RGB.
+    Image,
+    /// (B, H, W) u32 trainIds (255 = ignore), drawn with the Cityscapes palette.
+    Labels,
+    /// (B, H, W) or (B, 1, H, W) values in [0, 1], drawn as grey levels.
+    Gray,
+}
+
+/// Intermediate tensors of one training step, for debug images.
+#[derive(Debug, Clone, Default)]
+pub struct StepDebug {
+    /// (title, kind, tensor), in display order.
+    pub tiles: Vec<(String, DebugKind, Tensor)>,
 }
 
 /// A UDA method: trains on (labelled source, unlabelled target) batches and
@@ -46,4 +67,13 @@ pub trait UdaMethod {
 
     /// Restore what `save_state` wrote.
     fn load_state(&mut self, dir: &Path) -> Result<()>;
+
+    /// Keep the intermediate tensors of the following steps (for debug
+    /// images) while `on`. Methods without intermediates ignore it.
+    fn capture_debug(&mut self, _on: bool) {}
+
+    /// The intermediate tensors kept from the last step, if any.
+    fn take_debug(&mut self) -> Option<StepDebug> {
+        None
+    }
 }

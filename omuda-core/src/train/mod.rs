@@ -2,17 +2,20 @@
 //! points, EMA teacher, optimizer, LR schedule, checkpoints and the trainer loop.
 
 pub mod batch;
+pub mod checkpoint;
 pub mod ema;
 pub mod hooks;
 pub mod method;
 pub mod objective;
 pub mod optimizer;
+pub mod plugin;
 pub mod rng_state;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
 
 pub use batch::UdaBatch;
-pub use hooks::{ChaCha8Rng, NamedLoss, StepHook, StepView};
+pub use hooks::{class_balanced_weight, ChaCha8Rng, NamedLoss, StepHook, StepView, TargetAveraging};
+pub use plugin::{MaskingPlugin, PluginsConfig};
 pub use method::{StepLog, UdaMethod};
 pub use step::{SelfTraining, UdaConfig};

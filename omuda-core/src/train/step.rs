@@ -35,8 +35,8 @@ use crate::ops::mix::{class_masks, class_mix, MixedBatch};
 use crate::ops::pseudo::{pseudo_label_and_weight, zero_rows, PseudoLabels};
 use crate::train::batch::UdaBatch;
 use crate::train::ema::{copy_parameters, ema_alpha, ema_update};
-use crate::train::hooks::{StepHook, StepView};
-use crate::train::method::{StepLog, UdaMethod};
+use crate::train::hooks::{StepHook, StepView, TargetAveraging};
+use crate::train::method::{DebugKind, StepDebug, StepLog, UdaMethod};
 use crate::train::objective::{SegObjective, WholeImage};
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::rng_state::RngState;
@@ -99,19 +99,33 @@ pub struct SelfTraining {
     objective: Box<dyn SegObjective>,
     optimizer: AdamW,
     hooks: Vec<Box<dyn StepHook>>,
+    /// (replaced hook, replacing hook) for every hook dropped by [`StepHook::replaces`].
+    replaced_hooks: Vec<(String, String)>,
     /// Every random draw of the step (dropout, masks, augmentation).
     rng: ChaCha8Rng,
     iter: usize,
     device: Device,
+    /// Skip (instead of failing) a step whose loss or gradient is not finite.
+    skip_nonfinite: bool,
+    /// Steps skipped for a non-finite loss or gradient so far.
+    skipped_steps: usize,
+    /// Keep the step's intermediate tensors for debug images.
+    debug_on: bool,
+    debug: Option<StepDebug>,
 }
 
 impl SelfTraining {
     pub fn new(spec: SelfTrainingSpec, device: &Device) -> Result<Self> {
         let student_vars = VarMap::new();
         let student = build_segmentor(&spec.model, seeded_var_builder(&student_vars, spec.seed, DType::F32, device))?;
+        // Pretrained weights (`model.weights`), strict unless `model.strict = false`.
+        if let Some(report) = crate::nn::weights::apply_model_weights(&spec.model, &student_vars)? {
+            eprintln!("{}: {}", spec.name, report.summary());
+        }
         let teacher = if spec.uda.self_training {
             let vars = VarMap::new();
             let model = build_segmentor(&spec.model, seeded_var_builder(&vars, spec.seed, DType::F32, device))?;
+            crate::nn::weights::apply_model_weights(&spec.model, &vars)?;
             Some((model, vars))
         } else {
             None
@@ -127,21 +141,53 @@ impl SelfTraining {
             objective: Box::new(WholeImage::default()),
             optimizer,
             hooks: Vec::new(),
+            replaced_hooks: Vec::new(),
             rng,
             iter: 0,
             device: device.clone(),
+            skip_nonfinite: false,
+            skipped_steps: 0,
+            debug_on: false,
+            debug: None,
         })
     }
 
     /// The same method with `hook` attached (builder form of [`Self::add_hook`]).
     pub fn with(mut self, hook: impl StepHook + 'static) -> Self {
-        self.hooks.push(Box::new(hook));
+        self.add_hook(Box::new(hook));
         self
     }
 
-    /// Attach a hook; hooks run in the order attached.
+    /// Attach a hook; hooks run in the order attached. Attached hooks named in
+    /// `hook.replaces()` are removed; `hook` is not added if an attached hook
+    /// replaces its name. Both are recorded in [`Self::replaced_hooks`].
     pub fn add_hook(&mut self, hook: Box<dyn StepHook>) {
+        if let Some(by) = self.hooks.iter().find(|h| h.replaces().iter().any(|r| r == hook.name())) {
+            self.replaced_hooks.push((hook.name().to_string(), by.name().to_string()));
+            return;
+        }
+        let replaces = hook.replaces();
+        let new_name = hook.name().to_string();
+        let replaced = &mut self.replaced_hooks;
+        self.hooks.retain(|h| {
+            let drop = replaces.iter().any(|r| r == h.name());
+            if drop {
+                replaced.push((h.name().to_string(), new_name.clone()));
+            }
+            !drop
+        });
         self.hooks.push(hook);
+    }
+
+    /// Names of the attached hooks, in the order they run.
+    pub fn hook_names(&self) -> Vec<String> {
+        self.hooks.iter().map(|h| h.name().to_string()).collect()
+    }
+
+    /// (replaced, replacing) hook names, for every hook left out because
+    /// another one replaces it.
+    pub fn replaced_hooks(&self) -> &[(String, String)] {
+        &self.replaced_hooks
     }
 
     /// Replace how the network is run and scored (e.g. multi-resolution training).
@@ -165,6 +211,19 @@ impl SelfTraining {
         &self.device
     }
 
+    /// What a non-finite loss term or gradient does: `false` (the default)
+    /// makes the step an error naming the term or parameter and the
+    /// iteration; `true` skips the parameter update, counts the step in
+    /// [`Self::skipped_steps`] and logs it as the metric `nonfinite_skipped`.
+    pub fn set_skip_nonfinite(&mut self, skip: bool) {
+        self.skip_nonfinite = skip;
+    }
+
+    /// Steps whose update was skipped for a non-finite loss or gradient.
+    pub fn skipped_steps(&self) -> usize {
+        self.skipped_steps
+    }
+
     /// One iteration of the shared step.
     pub fn step(&mut self, batch: &UdaBatch) -> Result<StepLog> {
         let t = self.iter;
@@ -184,6 +243,8 @@ impl SelfTraining {
         let teacher_model: Option<&dyn SegModel> = teacher.as_ref().map(|(m, _)| m.as_ref());
         let objective: &dyn SegObjective = objective.as_ref();
         let num_classes = spec.model.num_classes;
+        let spec: &SelfTrainingSpec = spec;
+        let averaging = hooks.iter().filter_map(|h| h.target_averaging()).last().unwrap_or_default();
 
         // (1) Source, supervised.
         let (src_loss, src_features) = {
@@ -206,7 +267,7 @@ impl SelfTraining {
                 pl.weight = zero_rows(&pl.weight, top, bottom)?;
             }
             {
-                let view = view(t, batch, student, Some(teacher_model), objective, &src_features, None, None, num_classes);
+                let view = view(t, batch, student, Some(teacher_model), objective, &src_features, None, None, spec, averaging);
                 for h in hooks.iter_mut() {
                     h.on_pseudo_labels(&mut pl, &view, rng)?;
                 }
@@ -215,7 +276,7 @@ impl SelfTraining {
             // (3) ClassMix + strong augmentation, mixed loss.
             let mut masks = class_masks(&batch.source_label, rng, spec.uda.per_image_classes)?;
             {
-                let view = view(t, batch, student, Some(teacher_model), objective, &src_features, Some(&pl), None, num_classes);
+                let view = view(t, batch, student, Some(teacher_model), objective, &src_features, Some(&pl), None, spec, averaging);
                 for h in hooks.iter_mut() {
                     h.on_mix_masks(&mut masks, &view, rng)?;
                 }
@@ -230,9 +291,17 @@ impl SelfTraining {
             )?;
             let aug = spec.uda.strong_aug.sample(rng, mb.image.dim(0)?);
             mb.image = strong_augment(&mb.image, &aug)?;
+            // The target part's averaging (class-balanced when a hook asks for it).
+            let mix_weight = match averaging {
+                TargetAveraging::PerPixel => mb.weight.clone(),
+                other => {
+                    let pasted = Tensor::stack(&mb.masks, 0)?.to_dtype(DType::F32)?;
+                    other.weights(&mb.label, &pasted.affine(-1.0, 1.0)?, &mb.weight, num_classes)?
+                }
+            };
             let (mix_loss, _) = {
                 let mut ctx = ForwardCtx::train(rng);
-                objective.loss(student, &mb.image, &mb.label, Some(&mb.weight), &mut ctx)?
+                objective.loss(student, &mb.image, &mb.label, Some(&mix_weight), &mut ctx)?
             };
             terms.push(("loss_mix".into(), (mix_loss * spec.uda.mix_loss_weight)?));
             pseudo = Some(pl);
@@ -241,7 +310,7 @@ impl SelfTraining {
 
         // (4) Extra losses from hooks.
         {
-            let view = view(t, batch, student, teacher_model, objective, &src_features, pseudo.as_ref(), mixed.as_ref(), num_classes);
+            let view = view(t, batch, student, teacher_model, objective, &src_features, pseudo.as_ref(), mixed.as_ref(), spec, averaging);
             for h in hooks.iter_mut() {
                 for l in h.extra_losses(&view, rng)? {
                     terms.push((format!("{}.{}", h.name(), l.name), l.value));
@@ -251,10 +320,11 @@ impl SelfTraining {
 
         // Backward of the sum, one optimizer step.
         let mut total: Option<Tensor> = None;
+        let mut nonfinite: Option<String> = None;
         for (name, value) in &terms {
             let v = value.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !v.is_finite() {
-                return Err(Error::msg(format!("iteration {t}: loss `{name}` is {v}")));
+            if !v.is_finite() && nonfinite.is_none() {
+                nonfinite = Some(format!("iteration {t}: loss `{name}` is {v}"));
             }
             log.losses.push((name.clone(), v));
             total = Some(match total {
@@ -263,8 +333,21 @@ impl SelfTraining {
             });
         }
         let total = total.ok_or_else(|| Error::msg("no loss term"))?;
-        let grads = total.backward()?;
-        self.optimizer.step(&grads, lr)?;
+        if nonfinite.is_none() {
+            let grads = total.backward()?;
+            match first_nonfinite_grad(&self.student_vars, &grads)? {
+                Some(var) => nonfinite = Some(format!("iteration {t}: the gradient of `{var}` is not finite (loss terms: {})", fmt_terms(&log.losses))),
+                None => self.optimizer.step(&grads, lr)?,
+            }
+        }
+        if let Some(message) = nonfinite {
+            if !self.skip_nonfinite {
+                return Err(Error::NonFinite { iter: t, message });
+            }
+            self.skipped_steps += 1;
+            log.metrics.push(("nonfinite_skipped".into(), self.skipped_steps as f64));
+            log.skipped = Some(message);
+        }
 
         {
             let Self { student, teacher, objective, hooks, spec, .. } = &mut *self;
@@ -278,7 +361,8 @@ impl SelfTraining {
                 &[],
                 pseudo.as_ref(),
                 mixed.as_ref(),
-                spec.model.num_classes,
+                spec,
+                averaging,
             );
             for h in hooks.iter_mut() {
                 h.after_step(&view)?;
@@ -287,8 +371,37 @@ impl SelfTraining {
                 }
             }
         }
+        if self.debug_on {
+            self.debug = Some(self.debug_tiles(batch, pseudo.as_ref(), mixed.as_ref())?);
+        }
         self.iter += 1;
         Ok(log)
+    }
+
+    /// The tensors a debug image shows for the step just run.
+    fn debug_tiles(&self, batch: &UdaBatch, pseudo: Option<&PseudoLabels>, mixed: Option<&MixedBatch>) -> Result<StepDebug> {
+        let mut tiles = vec![
+            ("source".to_string(), DebugKind::Image, batch.source_image.clone()),
+            ("source label".to_string(), DebugKind::Labels, batch.source_label.clone()),
+            ("target".to_string(), DebugKind::Image, batch.target_image.clone()),
+        ];
+        if let Some(pl) = pseudo {
+            tiles.push(("pseudo-label".into(), DebugKind::Labels, pl.label.clone()));
+            tiles.push(("teacher confidence".into(), DebugKind::Gray, pl.confidence.clone()));
+            tiles.push(("pseudo-weight".into(), DebugKind::Gray, pl.weight.clone()));
+        }
+        if let Some(mb) = mixed {
+            tiles.push(("mix mask".into(), DebugKind::Gray, Tensor::stack(&mb.masks, 0)?.to_dtype(DType::F32)?));
+            tiles.push(("mixed image".into(), DebugKind::Image, mb.image.clone()));
+            tiles.push(("mixed label".into(), DebugKind::Labels, mb.label.clone()));
+            tiles.push(("mixed weight".into(), DebugKind::Gray, mb.weight.clone()));
+        }
+        for h in &self.hooks {
+            for (name, mask) in h.debug_masks() {
+                tiles.push((format!("{}.{}", h.name(), name), DebugKind::Gray, mask));
+            }
+        }
+        Ok(StepDebug { tiles })
     }
 
     /// Logits at the input size with the student in evaluation mode.
@@ -327,6 +440,7 @@ impl SelfTraining {
             iter: self.iter,
             optimizer_steps: self.optimizer.steps(),
             rng: RngState::capture(&self.rng),
+            skipped_steps: self.skipped_steps,
         };
         let path = dir.join("state.json");
         let json = serde_json::to_string_pretty(&state).map_err(|e| Error::file(&path, e.to_string()))?;
@@ -352,6 +466,7 @@ impl SelfTraining {
         }
         self.iter = state.iter;
         self.rng = state.rng.restore()?;
+        self.skipped_steps = state.skipped_steps;
         Ok(())
     }
 }
@@ -375,6 +490,12 @@ impl UdaMethod for SelfTraining {
     fn load_state(&mut self, dir: &Path) -> Result<()> {
         SelfTraining::load_state(self, dir)
     }
+    fn capture_debug(&mut self, on: bool) {
+        self.debug_on = on;
+    }
+    fn take_debug(&mut self) -> Option<StepDebug> {
+        self.debug.take()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -384,6 +505,9 @@ struct StepState {
     iter: usize,
     optimizer_steps: usize,
     rng: RngState,
+    /// Steps skipped for a non-finite loss or gradient (absent in older checkpoints).
+    #[serde(default)]
+    skipped_steps: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -396,7 +520,8 @@ fn view<'a>(
     source_features: &'a [Tensor],
     pseudo: Option<&'a PseudoLabels>,
     mixed: Option<&'a MixedBatch>,
-    num_classes: usize,
+    spec: &'a SelfTrainingSpec,
+    target_averaging: TargetAveraging,
 ) -> StepView<'a> {
     StepView {
         iter,
@@ -407,8 +532,41 @@ fn view<'a>(
         source_features: (!source_features.is_empty()).then_some(source_features),
         pseudo,
         mixed,
-        num_classes,
+        num_classes: spec.model.num_classes,
+        spec,
+        target_averaging,
     }
+}
+
+fn fmt_terms(losses: &[(String, f64)]) -> String {
+    losses.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The name of the first parameter (in name order) whose gradient holds a NaN
+/// or an infinity; one device round trip when every gradient is finite.
+fn first_nonfinite_grad(vars: &VarMap, grads: &candle_core::backprop::GradStore) -> Result<Option<String>> {
+    let data = vars.data().lock().map_err(|_| Error::msg("VarMap lock poisoned"))?;
+    let mut probes: Vec<(&String, Tensor)> = Vec::new();
+    for (name, var) in data.iter() {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            // x - x is 0 for finite x and NaN for NaN and ±inf.
+            probes.push((name, g.sub(g)?.to_dtype(DType::F32)?.sum_all()?));
+        }
+    }
+    if probes.is_empty() {
+        return Ok(None);
+    }
+    let all = Tensor::stack(&probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(), 0)?.sum_all()?.to_scalar::<f32>()?;
+    if all.is_finite() {
+        return Ok(None);
+    }
+    probes.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, p) in probes {
+        if !p.to_scalar::<f32>()?.is_finite() {
+            return Ok(Some(name.clone()));
+        }
+    }
+    Ok(None)
 }
 
 fn mean_scalar(t: &Tensor) -> Result<f64> {

@@ -19,7 +19,8 @@
 //! - `layer_norm`, `batch_norm`: the normalisations;
 //! - `depthwise` (layer and ops), `depthwise_geom` (window geometry),
 //!   `depthwise_nchw` and `depthwise_nhwc` (kernels): stride-1 depthwise convolution;
-//! - `activation`: GELU, ReLU and softmax.
+//! - `activation`: GELU, ReLU and softmax;
+//! - `pool`: max-pooling with padding and a backward pass.
 
 mod activation;
 mod batch_norm;
@@ -35,6 +36,7 @@ mod im2col;
 mod layer_norm;
 mod linear;
 mod math;
+mod pool;
 
 pub use activation::{gelu, relu, softmax_last_dim};
 pub use batch_norm::{batch_norm_train_composed, BatchNorm2d};
@@ -45,6 +47,7 @@ pub use dropout::{DropPath, Dropout2d};
 pub use layer_norm::{layer_norm, layer_norm_composed, LayerNorm};
 pub use linear::{channels_first_affine, Linear};
 pub use math::exp_f32;
+pub use pool::{max_pool2d, max_pool2d_composed};
 
 use candle_core::{DType, Result, Tensor};
 

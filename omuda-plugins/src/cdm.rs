@@ -1,0 +1,168 @@
+//! CDM, Class Decoupling Masking (design: `docs/omuda.md`).
+//!
+//! Replaces the host's one batch-wide pseudo-label weight (DACS: the share of
+//! confident pixels, `dacs.py::DACS.get_pseudo_label_and_weight`) by class-wise
+//! masking: each class has its own confidence threshold, derived from a
+//! running mean of the teacher's confidence on that class, and the target
+//! part of the mixed (and masked) losses is averaged per class.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use omuda_core::data::classes::class_name;
+use omuda_core::ops::pseudo::{zero_rows, PseudoLabels};
+use omuda_core::train::plugin::{CdmConfig, CdmMode};
+use omuda_core::train::{ChaCha8Rng, StepHook, StepView, TargetAveraging};
+use omuda_core::{Error, Result};
+
+/// Class Decoupling Masking.
+pub struct Cdm {
+    cfg: CdmConfig,
+    /// Running mean confidence μ_c per class (empty until the first step).
+    mu: Vec<f64>,
+    metrics: Vec<(String, f64)>,
+}
+
+impl Default for Cdm {
+    fn default() -> Self {
+        Self::new(CdmConfig::default())
+    }
+}
+
+/// `τ_c = τ · μ_c / max_k μ_k` (all `τ` when every μ is 0).
+pub fn class_thresholds(mu: &[f64], tau: f32) -> Vec<f32> {
+    let max = mu.iter().cloned().fold(0.0f64, f64::max);
+    mu.iter().map(|&m| if max > 0.0 { (tau as f64 * m / max) as f32 } else { tau }).collect()
+}
+
+/// The weight of a pixel with confidence `conf` and class threshold `thr`:
+/// hard `1[conf ≥ thr]`, soft `min(1, conf / thr)` (1 when `thr` is 0).
+pub fn pixel_weight(conf: f32, thr: f32, mode: CdmMode) -> f32 {
+    match mode {
+        CdmMode::Hard => {
+            if conf >= thr {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        CdmMode::Soft => {
+            if thr <= 0.0 {
+                1.0
+            } else {
+                (conf / thr).min(1.0)
+            }
+        }
+    }
+}
+
+/// EMA update of the class means: for every class `c` predicted on at least
+/// one pixel, `μ_c ← m·μ_c + (1 − m)·mean(conf | label = c)`; other classes
+/// keep their value. Labels outside `0..μ.len()` are skipped.
+pub fn update_class_means(mu: &mut [f64], label: &[u32], conf: &[f32], momentum: f64) {
+    let k = mu.len();
+    let mut sum = vec![0f64; k];
+    let mut count = vec![0usize; k];
+    for (&l, &c) in label.iter().zip(conf) {
+        if (l as usize) < k {
+            sum[l as usize] += c as f64;
+            count[l as usize] += 1;
+        }
+    }
+    for c in 0..k {
+        if count[c] > 0 {
+            mu[c] = momentum * mu[c] + (1.0 - momentum) * (sum[c] / count[c] as f64);
+        }
+    }
+}
+
+impl Cdm {
+    pub fn new(cfg: CdmConfig) -> Self {
+        Self { cfg, mu: Vec::new(), metrics: Vec::new() }
+    }
+
+    /// The running class means μ (empty before the first step).
+    pub fn class_means(&self) -> &[f64] {
+        &self.mu
+    }
+
+    fn ensure_init(&mut self, num_classes: usize) {
+        if self.mu.len() != num_classes {
+            self.mu = vec![1.0 / num_classes as f64; num_classes];
+        }
+    }
+
+    /// Pixel weights (B, H, W) of pseudo-labels under the current class thresholds.
+    pub fn weights(&self, pseudo: &PseudoLabels, tau: f32) -> Result<Tensor> {
+        let thr = class_thresholds(&self.mu, tau);
+        let label = pseudo.label.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let conf = pseudo.confidence.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let w: Vec<f32> = label
+            .iter()
+            .zip(&conf)
+            .map(|(&l, &c)| match thr.get(l as usize) {
+                Some(&t) => pixel_weight(c, t, self.cfg.mode),
+                None => 0.0,
+            })
+            .collect();
+        Ok(Tensor::from_vec(w, pseudo.confidence.shape(), pseudo.confidence.device())?)
+    }
+}
+
+impl StepHook for Cdm {
+    fn name(&self) -> &str {
+        "cdm"
+    }
+
+    fn target_averaging(&self) -> Option<TargetAveraging> {
+        self.cfg.class_balanced.then_some(TargetAveraging::ClassBalanced)
+    }
+
+    fn on_pseudo_labels(&mut self, pseudo: &mut PseudoLabels, view: &StepView, _rng: &mut ChaCha8Rng) -> Result<()> {
+        self.ensure_init(view.num_classes);
+        let tau = self.cfg.threshold.unwrap_or(view.spec.uda.pseudo_threshold);
+        let mut w = self.weights(pseudo, tau)?;
+        // The host's border margins still apply.
+        if let Some([top, bottom]) = view.spec.uda.pseudo_label_crop {
+            w = zero_rows(&w, top, bottom)?;
+        }
+        pseudo.weight = w.to_dtype(pseudo.weight.dtype())?;
+        Ok(())
+    }
+
+    fn after_step(&mut self, view: &StepView) -> Result<()> {
+        self.metrics.clear();
+        let Some(pseudo) = view.pseudo else {
+            return Ok(());
+        };
+        self.ensure_init(view.num_classes);
+        let label = pseudo.label.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let conf = pseudo.confidence.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        update_class_means(&mut self.mu, &label, &conf, self.cfg.momentum);
+        let mean_w = pseudo.weight.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?;
+        self.metrics.push(("weight_mean".into(), mean_w));
+        for (c, m) in self.mu.iter().enumerate() {
+            let name = if c < 256 { class_name(c as u8).replace(' ', "_") } else { c.to_string() };
+            self.metrics.push((format!("mu.{name}"), *m));
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> Vec<(String, f64)> {
+        self.metrics.clone()
+    }
+
+    fn state(&self) -> Result<HashMap<String, Tensor>> {
+        if self.mu.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let n = self.mu.len();
+        Ok(HashMap::from([("mu".to_string(), Tensor::from_vec(self.mu.clone(), n, &candle_core::Device::Cpu)?)]))
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        let mu = state.get("mu").ok_or_else(|| Error::msg("cdm state: no tensor `mu` (expected the class means, shape (K,))"))?;
+        self.mu = mu.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,466 @@
+//! `omuda compare`: a host method alone and with each plugin set, over several
+//! seeds, with identical data order and seeds per seed; writes `compare.md`,
+//! `compare.json` and two PNG charts. Finished runs in the output folder are
+//! reused, so an interrupted comparison continues where it stopped.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use omuda::core::eval::miou::MiouReport;
+use omuda::core::io::write_atomic;
+use omuda::core::train::trainer::BatchSource;
+use omuda::core::train::StepLog;
+use omuda::{build_method, Error, Result, RunConfig, UdaMethod};
+use serde::{Deserialize, Serialize};
+
+use super::report::write_json;
+
+/// Presets shipped with the binary: name → TOML (the built-in configuration
+/// plus what the file changes).
+const PRESETS: [(&str, &str); 1] = [("synth-dacs", include_str!("../../configs/synth-dacs.toml"))];
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// A preset name (synth-dacs) or a TOML configuration file.
+    #[arg(long, default_value = "synth-dacs")]
+    pub preset: String,
+    /// Plugin sets, comma-separated: `none` is the host alone, `+` joins
+    /// plugins (e.g. none,cam,fdm,cdm,cam+fdm+cdm).
+    #[arg(long, value_delimiter = ',', default_value = "none,cam+fdm+cdm")]
+    pub plugins: Vec<String>,
+    /// Seeds, comma-separated; every plugin set runs with each.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub seeds: Vec<u64>,
+    /// Training iterations (default: the preset's).
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Output folder (default: runs/compare-<preset>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Resolve a preset name or a TOML path into a configuration.
+pub fn preset_config(preset: &str) -> Result<RunConfig> {
+    if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == preset) {
+        return RunConfig::from_toml_str(text, &format!("preset {preset}"));
+    }
+    let path = Path::new(preset);
+    if path.is_file() {
+        return RunConfig::from_file(path);
+    }
+    Err(Error::Config {
+        origin: "--preset".into(),
+        message: format!(
+            "{preset:?} is neither a preset ({}) nor a configuration file",
+            PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+/// Parse `cam+fdm` into plugin names; `none` is the empty set.
+pub fn parse_set(set: &str) -> Result<Vec<String>> {
+    if set == "none" {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = set.split('+').map(|s| s.trim().to_string()).collect();
+    for n in &names {
+        if !omuda::plugins::PLUGIN_NAMES.contains(&n.as_str()) {
+            return Err(Error::Config {
+                origin: "--plugins".into(),
+                message: format!("unknown plugin {n:?} in {set:?}; available: none, {}", omuda::plugins::PLUGIN_NAMES.join(", ")),
+            });
+        }
+    }
+    Ok(names)
+}
+
+/// What one finished run of a comparison stores (`run.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub host: String,
+    pub plugins: String,
+    pub seed: u64,
+    pub iters: usize,
+    /// Training loop wall time, evaluations excluded.
+    pub train_seconds: f64,
+    /// (iteration, target-val mIoU) over training, the final one included.
+    pub target_curve: Vec<(usize, Option<f64>)>,
+    pub target_val: MiouReport,
+    /// The full configuration of the run, to decide whether it can be reused.
+    pub config: String,
+}
+
+/// One row of the comparison (a plugin set over all seeds).
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub plugins: String,
+    pub seeds: Vec<u64>,
+    pub miou: Vec<f64>,
+    pub mean: f64,
+    pub std: f64,
+    /// Mean over seeds of each class's IoU (null where undefined in a seed).
+    pub per_class_iou: Vec<Option<f64>>,
+    /// Paired gain over the baseline row: mean and std of the per-seed differences.
+    pub gain: Option<PairedGain>,
+    pub train_seconds_mean: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PairedGain {
+    pub mean: f64,
+    pub std: f64,
+    /// Per-seed differences (row − baseline).
+    pub diffs: Vec<f64>,
+    /// Seeds where the row beats the baseline.
+    pub wins: usize,
+    /// Paired t statistic, None with fewer than 2 seeds or zero spread.
+    pub t: Option<f64>,
+    pub note: String,
+    /// Mean per-class gain (null where a class is undefined).
+    pub per_class: Vec<Option<f64>>,
+}
+
+#[derive(Serialize)]
+struct CompareJson<'a> {
+    host: &'a str,
+    preset: &'a str,
+    iters: usize,
+    seeds: &'a [u64],
+    class_names: &'a [String],
+    baseline: &'a str,
+    rows: &'a [Row],
+}
+
+pub fn run(args: CompareArgs) -> Result<()> {
+    let mut cfg = preset_config(&args.preset)?;
+    if let Some(Some(d)) = super::DEVICE_FLAG.get() {
+        cfg.device = d.clone();
+    }
+    if let Some(n) = args.iters {
+        cfg.train.iters = n;
+    }
+    cfg.plugins.clear();
+    cfg.validate("command line")?;
+    if args.seeds.is_empty() || args.plugins.is_empty() {
+        return Err(Error::Config { origin: "command line".into(), message: "--seeds and --plugins need at least one value".into() });
+    }
+    let sets: Vec<(String, Vec<String>)> =
+        args.plugins.iter().map(|s| Ok((s.clone(), parse_set(s)?))).collect::<Result<_>>()?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/compare-{}", args.preset.replace(['/', '.'], "_"))));
+    let device = omuda::core::device::device_from_str(&cfg.device, "device")?;
+    for host in cfg.methods.clone() {
+        if !omuda::baselines::METHOD_NAMES.contains(&host.as_str()) {
+            return Err(Error::Config {
+                origin: "methods".into(),
+                message: format!("unknown method {host:?}; available: {}", omuda::baselines::METHOD_NAMES.join(", ")),
+            });
+        }
+        let start = Instant::now();
+        let mut records: Vec<Vec<RunRecord>> = Vec::new();
+        for (label, names) in &sets {
+            let mut per_seed = Vec::new();
+            for &seed in &args.seeds {
+                let mut run_cfg = cfg.clone();
+                run_cfg.seed = seed;
+                run_cfg.methods = vec![host.clone()];
+                run_cfg.plugins = names.clone();
+                run_cfg.out = out.join(&host).join(label).join(format!("seed{seed}"));
+                per_seed.push(run_one(&host, label, &run_cfg, &device)?);
+            }
+            records.push(per_seed);
+        }
+        let rows = summarise(&sets, &records, &args.seeds)?;
+        let class_names = records[0][0].target_val.class_names.clone();
+        let dir = out.join(&host);
+        let md = markdown(&host, &args.preset, cfg.train.iters, &args.seeds, &class_names, &rows);
+        write_atomic(&dir.join("compare.md"), md.as_bytes())?;
+        write_json(
+            &dir.join("compare.json"),
+            &CompareJson {
+                host: &host,
+                preset: &args.preset,
+                iters: cfg.train.iters,
+                seeds: &args.seeds,
+                class_names: &class_names,
+                baseline: &rows[0].plugins,
+                rows: &rows,
+            },
+        )?;
+        charts(&dir, &host, &class_names, &rows, &records)?;
+        println!("{md}");
+        println!("written: {}/compare.md, compare.json, compare_gains.png, compare_curves.png ({:.0} s)", dir.display(), start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// Train and evaluate one (plugin set, seed), or reuse its `run.json` when it
+/// was written with the same configuration.
+fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<RunRecord> {
+    let dir = cfg.out.clone();
+    let record_path = dir.join("run.json");
+    let config = cfg.to_toml()?;
+    if record_path.is_file() {
+        let text = std::fs::read_to_string(&record_path).map_err(|e| Error::io(&record_path, e))?;
+        let rec: RunRecord = serde_json::from_str(&text).map_err(|e| Error::file(&record_path, e.to_string()))?;
+        if rec.config == config {
+            eprintln!("{host} [{label}] seed {}: reusing {}", cfg.seed, record_path.display());
+            return Ok(rec);
+        }
+        eprintln!("{host} [{label}] seed {}: {} has another configuration; training again", cfg.seed, record_path.display());
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let method = build_method(host, cfg, device)?;
+    let mut method = omuda::attach_plugins(method, cfg)?;
+    let mut loader = omuda::core::data::source::build_batch_source(cfg, host, device)?;
+    eprintln!("{host} [{label}] seed {}: training {} iterations", cfg.seed, cfg.train.iters);
+    let eval_seconds = std::cell::Cell::new(0.0);
+    let evaluate = |m: &dyn UdaMethod| -> Result<MiouReport> {
+        let t0 = Instant::now();
+        let r = omuda::core::data::source::evaluate_target_val(cfg, device, &|x| Ok(m.predict(x)?));
+        eval_seconds.set(eval_seconds.get() + t0.elapsed().as_secs_f64());
+        r
+    };
+    let mut obs = Lines { name: format!("{host} [{label}] seed {}", cfg.seed), iters: cfg.train.iters, log_interval: cfg.train.log_interval.max(1), start: Instant::now(), curve: Vec::new() };
+    let start = Instant::now();
+    // The same loop as `omuda train`: one batch per step in loader order,
+    // target-val evaluation every `eval_interval` iterations.
+    while method.iteration() < cfg.train.iters {
+        let t0 = Instant::now();
+        let batch = loader.next_batch()?;
+        let log = method.step(&batch)?;
+        obs.on_step(&log, t0.elapsed().as_secs_f64());
+        let done = method.iteration();
+        let every = cfg.train.eval_interval;
+        if every > 0 && done.is_multiple_of(every) && done < cfg.train.iters {
+            let report = evaluate(&method)?;
+            obs.on_eval(done, &report);
+        }
+    }
+    let train_seconds = start.elapsed().as_secs_f64() - eval_seconds.get();
+    let target = evaluate(&method)?;
+    let mut curve = obs.curve;
+    curve.push((cfg.train.iters, target.miou));
+    eprintln!("{host} [{label}] seed {}: target-val mIoU {:.2} ({train_seconds:.0} s of training)", cfg.seed, target.miou.unwrap_or(f64::NAN));
+    let rec = RunRecord {
+        host: host.into(),
+        plugins: label.into(),
+        seed: cfg.seed,
+        iters: cfg.train.iters,
+        train_seconds,
+        target_curve: curve,
+        target_val: target,
+        config,
+    };
+    write_json(&record_path, &rec)?;
+    Ok(rec)
+}
+
+struct Lines {
+    name: String,
+    iters: usize,
+    log_interval: usize,
+    start: Instant,
+    curve: Vec<(usize, Option<f64>)>,
+}
+
+impl Lines {
+    fn on_step(&mut self, log: &StepLog, step_seconds: f64) {
+        let done = log.iter + 1;
+        if done.is_multiple_of(self.log_interval) || done == self.iters {
+            let losses: Vec<String> = log.losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            eprintln!(
+                "{} iter {done}/{} {} | {:.3} s/it | {:.0} s",
+                self.name,
+                self.iters,
+                losses.join(", "),
+                step_seconds,
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    fn on_eval(&mut self, iter: usize, report: &MiouReport) {
+        self.curve.push((iter, report.miou));
+        eprintln!("{} iter {iter}: target-val mIoU {:.2}", self.name, report.miou.unwrap_or(f64::NAN));
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+/// Sample standard deviation (n − 1); 0 for one value.
+fn std(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(v);
+    (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+}
+
+/// Two-sided 5 % critical value of Student's t with `df` degrees of freedom.
+pub fn t_critical_05(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110,
+        2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        d if d <= 30 => T[d - 1],
+        _ => 1.96,
+    }
+}
+
+/// Paired comparison of `row` against `base` (same seeds, same order).
+pub fn paired_gain(row: &[f64], base: &[f64]) -> PairedGain {
+    let diffs: Vec<f64> = row.iter().zip(base).map(|(a, b)| a - b).collect();
+    let n = diffs.len();
+    let (m, s) = (mean(&diffs), std(&diffs));
+    let wins = diffs.iter().filter(|&&d| d > 0.0).count();
+    let t = (n >= 2 && s > 0.0).then(|| m / (s / (n as f64).sqrt()));
+    let note = match t {
+        None if n < 2 => "1 seed: no significance test".to_string(),
+        None => "identical differences on every seed".to_string(),
+        Some(t) => {
+            let crit = t_critical_05(n - 1);
+            let verdict = if t.abs() > crit { "significant" } else { "not significant" };
+            format!("{verdict} at 5 % (paired t = {t:.2}, df = {}, critical {crit:.2}); better on {wins}/{n} seeds", n - 1)
+        }
+    };
+    PairedGain { mean: m, std: s, diffs, wins, t, note, per_class: Vec::new() }
+}
+
+fn summarise(sets: &[(String, Vec<String>)], records: &[Vec<RunRecord>], seeds: &[u64]) -> Result<Vec<Row>> {
+    let miou = |r: &RunRecord| -> Result<f64> {
+        r.target_val.miou.ok_or_else(|| Error::msg(format!("run {} seed {}: no target mIoU", r.plugins, r.seed)))
+    };
+    let k = records[0][0].target_val.per_class_iou.len();
+    let class_mean = |recs: &[RunRecord]| -> Vec<Option<f64>> {
+        (0..k)
+            .map(|c| {
+                let v: Vec<f64> = recs.iter().filter_map(|r| r.target_val.per_class_iou.get(c).copied().flatten()).collect();
+                (v.len() == recs.len()).then(|| mean(&v))
+            })
+            .collect()
+    };
+    let base: Vec<f64> = records[0].iter().map(miou).collect::<Result<_>>()?;
+    let base_class = class_mean(&records[0]);
+    let mut rows = Vec::new();
+    for (i, ((label, _), recs)) in sets.iter().zip(records).enumerate() {
+        let m: Vec<f64> = recs.iter().map(miou).collect::<Result<_>>()?;
+        let per_class = class_mean(recs);
+        let gain = (i > 0).then(|| {
+            let mut g = paired_gain(&m, &base);
+            g.per_class = per_class.iter().zip(&base_class).map(|(a, b)| Some((*a)? - (*b)?)).collect();
+            g
+        });
+        rows.push(Row {
+            plugins: label.clone(),
+            seeds: seeds.to_vec(),
+            mean: mean(&m),
+            std: std(&m),
+            miou: m,
+            per_class_iou: per_class,
+            gain,
+            train_seconds_mean: mean(&recs.iter().map(|r| r.train_seconds).collect::<Vec<_>>()),
+        });
+    }
+    Ok(rows)
+}
+
+fn markdown(host: &str, preset: &str, iters: usize, seeds: &[u64], class_names: &[String], rows: &[Row]) -> String {
+    let mut s = format!(
+        "# {host}: plugin comparison\n\npreset `{preset}`, {iters} iterations, seeds {:?}; target-val mIoU (%). \
+         Gains are paired over seeds against the first row (`{}`).\n\n",
+        seeds, rows[0].plugins
+    );
+    let seed_cols: Vec<String> = seeds.iter().map(|s| format!("seed {s}")).collect();
+    s += &format!("| plugins | {} | mean ± std | gain ± std | significance | train time (s/run) |\n", seed_cols.join(" | "));
+    s += &format!("|---|{}---|---|---|---:|\n", "---:|".repeat(seeds.len()));
+    for r in rows {
+        let per: Vec<String> = r.miou.iter().map(|v| format!("{v:.2}")).collect();
+        let (gain, note) = match &r.gain {
+            Some(g) => (format!("{:+.2} ± {:.2}", g.mean, g.std), g.note.clone()),
+            None => ("baseline".into(), String::new()),
+        };
+        s += &format!("| {} | {} | {:.2} ± {:.2} | {gain} | {note} | {:.0} |\n", r.plugins, per.join(" | "), r.mean, r.std, r.train_seconds_mean);
+    }
+    s += "\nPer-class IoU (%), mean over seeds:\n\n";
+    s += &format!("| plugins | {} |\n|---|{}\n", class_names.join(" | "), "---:|".repeat(class_names.len()));
+    let cell = |v: &Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "n/a".into());
+    for r in rows {
+        s += &format!("| {} | {} |\n", r.plugins, r.per_class_iou.iter().map(cell).collect::<Vec<_>>().join(" | "));
+    }
+    s
+}
+
+fn charts(dir: &Path, host: &str, class_names: &[String], rows: &[Row], records: &[Vec<RunRecord>]) -> Result<()> {
+    // Per-class gains of the last row over the baseline.
+    if let Some(last) = rows.iter().skip(1).last() {
+        if let Some(g) = &last.gain {
+            let (labels, values): (Vec<String>, Vec<f64>) =
+                class_names.iter().zip(&g.per_class).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).unzip();
+            if !labels.is_empty() {
+                let title = format!("{host}: per-class IoU gain of {} over {} (points)", last.plugins, rows[0].plugins);
+                omuda::plot::bar_chart(&dir.join("compare_gains.png"), &title, &labels, &values)?;
+            }
+        }
+    }
+    // Target mIoU over iterations, mean over seeds at each evaluated iteration.
+    let series: Vec<omuda::plot::Series> = rows
+        .iter()
+        .zip(records)
+        .map(|(r, recs)| {
+            let pts: Vec<(f64, f64)> = recs[0]
+                .target_curve
+                .iter()
+                .filter_map(|&(it, _)| {
+                    let v: Vec<f64> = recs
+                        .iter()
+                        .filter_map(|rec| rec.target_curve.iter().find(|p| p.0 == it).and_then(|p| p.1))
+                        .collect();
+                    (v.len() == recs.len()).then(|| (it as f64, mean(&v)))
+                })
+                .collect();
+            (r.plugins.clone(), pts)
+        })
+        .collect();
+    omuda::plot::line_chart(&dir.join("compare_curves.png"), &format!("{host}: target-val mIoU"), "iteration", "mIoU (%)", &series)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_gain_and_t_test() {
+        let g = paired_gain(&[22.0, 23.0, 24.5], &[20.0, 21.5, 22.0]);
+        assert_eq!(g.diffs, [2.0, 1.5, 2.5]);
+        assert!((g.mean - 2.0).abs() < 1e-12);
+        assert!((g.std - 0.5).abs() < 1e-12);
+        // t = 2 / (0.5 / √3) = 6.93 > 4.303 (df 2).
+        assert!((g.t.unwrap() - 6.928203).abs() < 1e-5);
+        assert!(g.note.starts_with("significant"), "{}", g.note);
+        assert_eq!(g.wins, 3);
+        let g = paired_gain(&[21.0, 20.0, 22.5], &[20.0, 21.5, 22.0]);
+        assert!(g.note.starts_with("not significant"), "{}", g.note);
+        let g = paired_gain(&[21.0], &[20.0]);
+        assert!(g.t.is_none() && g.note.contains("1 seed"));
+        assert_eq!(t_critical_05(2), 4.303);
+        assert_eq!(t_critical_05(100), 1.96);
+    }
+
+    #[test]
+    fn plugin_sets_and_presets() {
+        assert!(parse_set("none").unwrap().is_empty());
+        assert_eq!(parse_set("cam+fdm+cdm").unwrap(), ["cam", "fdm", "cdm"]);
+        assert!(parse_set("cam+mixup").unwrap_err().to_string().contains("mixup"));
+        let cfg = preset_config("synth-dacs").unwrap();
+        assert_eq!(cfg.methods, ["dacs"]);
+        assert_eq!(cfg.train.iters, RunConfig::default().train.iters);
+    }
+}

@@ -1,0 +1,80 @@
+//! `omuda predict`: segment images with a saved checkpoint and write, per
+//! image, a colourised PNG (Cityscapes palette), a raw trainId PNG (8-bit
+//! grey, one class index per pixel) and optionally an overlay on the image.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+use omuda::core::data::classes::colorize;
+use omuda::core::data::loader::{IMAGENET_MEAN, IMAGENET_STD};
+use omuda::core::eval::predict_classes;
+use omuda::plot::{encode_png, write_rgb_png};
+use omuda::visual::{overlay, Rgb};
+use omuda::{Error, Result};
+
+use super::eval::{restore, Restored};
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// Checkpoint folder written by `omuda train` (e.g. `<out>/<method>/checkpoint` or `best`).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Configuration (default: the `config.toml` saved in the checkpoint); its `eval` section sets whole or sliding inference.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write `<name>_overlay.png`: the prediction colours over the image at this opacity (0–1).
+    #[arg(long)]
+    pub opacity: Option<f32>,
+    /// PNG images to segment.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    if let Some(a) = args.opacity {
+        if !(0.0..=1.0).contains(&a) {
+            return Err(Error::Config { origin: "--opacity".into(), message: format!("{a}: expected a value in [0, 1]") });
+        }
+    }
+    // Distinct output names before any work.
+    let mut stems = HashSet::new();
+    for p in &args.images {
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).ok_or_else(|| Error::file(p, "no file name"))?;
+        if !stems.insert(stem.clone()) {
+            return Err(Error::file(p, format!("another input has the same name {stem:?}; outputs would collide")));
+        }
+    }
+    let Restored { name, cfg, method, device } = restore(&args.checkpoint, args.config.as_ref())?;
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    eprintln!("{name} (iteration {}) from {}", method.iteration(), args.checkpoint.display());
+    for path in &args.images {
+        let img = image::open(path).map_err(|e| Error::file(path, format!("cannot read image: {e}")))?.to_rgb8();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let mut data = Vec::with_capacity(3 * h * w);
+        for c in 0..3 {
+            data.extend(img.pixels().map(|p| (p.0[c] as f32 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]));
+        }
+        let x = Tensor::from_vec(data, (1, 3, h, w), &device)?;
+        let classes = predict_classes(&x, &cfg.eval, &|t| Ok(method.predict(t)?))
+            .map_err(|e| Error::file(path, format!("prediction: {e}")))?;
+        let ids: Vec<u8> = classes.flatten_all()?.to_vec1::<u32>()?.iter().map(|&c| c.min(255) as u8).collect();
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let colour = colorize(&ids);
+        write_rgb_png(&args.out.join(format!("{stem}_color.png")), &colour, w as u32, h as u32)?;
+        let gray = image::GrayImage::from_raw(w as u32, h as u32, ids.clone())
+            .ok_or_else(|| Error::file(path, "trainId image size mismatch"))?;
+        encode_png(&args.out.join(format!("{stem}_trainid.png")), &image::DynamicImage::ImageLuma8(gray))?;
+        if let Some(a) = args.opacity {
+            let base = Rgb { width: w, height: h, data: img.into_raw() };
+            let over = Rgb { width: w, height: h, data: colour };
+            let o = overlay(&base, &over, a);
+            write_rgb_png(&args.out.join(format!("{stem}_overlay.png")), &o.data, w as u32, h as u32)?;
+        }
+        println!("{} -> {}/{stem}_{{color,trainid{}}}.png", path.display(), args.out.display(), if args.opacity.is_some() { ",overlay" } else { "" });
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! `omuda compare` end to end at tiny size: every (plugin set, seed) trained,
+//! the report files written, finished runs reused on a second call, and clear
+//! errors for bad plugin sets.
+
+use std::process::Command;
+
+fn omuda() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_omuda"))
+}
+
+#[test]
+fn compare_writes_reports_and_reuses_finished_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let preset = dir.path().join("tiny.toml");
+    std::fs::write(
+        &preset,
+        "methods = [\"dacs\"]\n[train]\niters = 2\nlog_interval = 1\neval_interval = 1\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 2\n[schedule]\nwarmup_iters = 1\n",
+    )
+    .unwrap();
+    let out = dir.path().join("cmp");
+    let args = ["compare", "--preset", preset.to_str().unwrap(), "--plugins", "none,cdm,cam+cdm", "--seeds", "0,1", "--out", out.to_str().unwrap()];
+    let res = omuda().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    let dacs = out.join("dacs");
+    for f in ["compare.md", "compare.json", "compare_gains.png", "compare_curves.png"] {
+        assert!(dacs.join(f).is_file(), "{f} missing");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dacs.join("compare.json")).unwrap()).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["plugins"], "none");
+    assert!(rows[0]["gain"].is_null());
+    for r in rows {
+        assert_eq!(r["miou"].as_array().unwrap().len(), 2);
+        assert_eq!(r["per_class_iou"].as_array().unwrap().len(), 19);
+    }
+    // The paired gain is the mean of the per-seed differences.
+    let m = |r: &serde_json::Value, i: usize| r["miou"][i].as_f64().unwrap();
+    let g = &rows[2]["gain"];
+    let expect = ((m(&rows[2], 0) - m(&rows[0], 0)) + (m(&rows[2], 1) - m(&rows[0], 1))) / 2.0;
+    assert!((g["mean"].as_f64().unwrap() - expect).abs() < 1e-9);
+    let md = std::fs::read_to_string(dacs.join("compare.md")).unwrap();
+    assert!(md.contains("| cam+cdm |") && md.contains("mean ± std"), "{md}");
+    // One folder per (set, seed).
+    assert!(dacs.join("cdm").join("seed1").join("run.json").is_file());
+
+    // A second call trains nothing.
+    let res = omuda().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("reusing").count(), 6, "{stderr}");
+    assert!(!stderr.contains("training 2 iterations"), "{stderr}");
+
+    let res = omuda().args(["compare", "--preset", preset.to_str().unwrap(), "--plugins", "none,cutmix", "--out", out.to_str().unwrap()]).output().unwrap();
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("cutmix"));
+    let res = omuda().args(["compare", "--preset", "no-such-preset"]).output().unwrap();
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("synth-dacs"));
+}
