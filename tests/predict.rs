@@ -126,3 +126,26 @@ fn multi_seed_training_writes_mean_std_and_median_checkpoint() {
     let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(again, summary);
 }
+
+#[test]
+fn debug_grid_shows_the_cam_mask() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut widths = Vec::new();
+    for (name, plugins) in [("plain", "[]"), ("cam", "[\"cam\"]")] {
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "plugins = {plugins}\n[train]\niters = 2\ndebug_interval = 2\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 4\n[schedule]\nwarmup_iters = 1\n"
+            ),
+        )
+        .unwrap();
+        let out = dir.path().join(name);
+        run_ok(omuda().args(["train", "--config", cfg.to_str().unwrap(), "--method", "dacs", "--out", out.to_str().unwrap()]));
+        let grid = image::open(out.join("dacs/debug/iter_00000002.png")).unwrap().to_rgb8();
+        widths.push((grid.width(), grid.height()));
+    }
+    // CAM adds one tile per row: a wider grid of the same height.
+    assert_eq!(widths[0].1, widths[1].1, "{widths:?}");
+    assert!(widths[1].0 > widths[0].0, "{widths:?}");
+}

@@ -25,6 +25,8 @@ pub struct Cam {
     cfg: CamConfig,
     thing_classes: Vec<u32>,
     metrics: Vec<(String, f64)>,
+    /// The last step's keep mask (1 = pixel seen), for debug images.
+    last_mask: Option<Tensor>,
 }
 
 impl Default for Cam {
@@ -36,7 +38,7 @@ impl Default for Cam {
 
 impl Cam {
     pub fn new(cfg: CamConfig, thing_classes: Vec<u32>) -> Self {
-        Self { cfg, thing_classes, metrics: Vec::new() }
+        Self { cfg, thing_classes, metrics: Vec::new(), last_mask: None }
     }
 
     pub fn config(&self) -> &CamConfig {
@@ -114,6 +116,7 @@ impl StepHook for Cam {
 
     fn extra_losses(&mut self, view: &StepView, rng: &mut ChaCha8Rng) -> Result<Vec<NamedLoss>> {
         self.metrics.clear();
+        self.last_mask = None;
         let Some(pseudo): Option<&PseudoLabels> = view.pseudo else {
             return Ok(Vec::new());
         };
@@ -124,6 +127,7 @@ impl StepHook for Cam {
         let image = strong_augment(target, &aug)?;
         let (keep, stats) = self.batch_mask(&pseudo.label, view.num_classes, rng)?;
         let masked = image.broadcast_mul(&keep.to_dtype(image.dtype())?)?;
+        self.last_mask = Some(keep.clone());
         // 4. The host's loss with the host's pixel weights and target averaging.
         let ones = pseudo.weight.ones_like()?;
         let weight = view.target_averaging.weights(&pseudo.label, &ones, &pseudo.weight, view.num_classes)?;
@@ -143,5 +147,9 @@ impl StepHook for Cam {
 
     fn metrics(&self) -> Vec<(String, f64)> {
         self.metrics.clone()
+    }
+
+    fn debug_masks(&self) -> Vec<(String, Tensor)> {
+        self.last_mask.iter().map(|m| ("CAM mask".to_string(), m.clone())).collect()
     }
 }
