@@ -9,7 +9,7 @@ use std::time::Instant;
 use candle_core::Device;
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
-use omuda::core::train::trainer::BatchSource;
+use omuda::core::train::trainer::{fit, BatchSource, LoopConfig, StepTiming, TrainObserver};
 use omuda::core::train::StepLog;
 use omuda::{build_method, Error, Result, RunConfig, UdaMethod};
 use serde::{Deserialize, Serialize};
@@ -223,20 +223,10 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     };
     let mut obs = Lines { name: format!("{host} [{label}] seed {}", cfg.seed), iters: cfg.train.iters, log_interval: cfg.train.log_interval.max(1), start: Instant::now(), curve: Vec::new() };
     let start = Instant::now();
-    // The same loop as `omuda train`: one batch per step in loader order,
+    // The loop of `omuda train`: one batch per step in loader order,
     // target-val evaluation every `eval_interval` iterations.
-    while method.iteration() < cfg.train.iters {
-        let t0 = Instant::now();
-        let batch = loader.next_batch()?;
-        let log = method.step(&batch)?;
-        obs.on_step(&log, t0.elapsed().as_secs_f64());
-        let done = method.iteration();
-        let every = cfg.train.eval_interval;
-        if every > 0 && done.is_multiple_of(every) && done < cfg.train.iters {
-            let report = evaluate(&method)?;
-            obs.on_eval(done, &report);
-        }
-    }
+    let loop_cfg = LoopConfig { iters: cfg.train.iters, eval_interval: cfg.train.eval_interval, checkpoint_interval: 0, debug_interval: 0 };
+    fit(&mut method, &mut loader, loop_cfg, &mut |m: &dyn UdaMethod| evaluate(m), &mut obs)?;
     let train_seconds = start.elapsed().as_secs_f64() - eval_seconds.get();
     let target = evaluate(&method)?;
     let mut curve = obs.curve;
@@ -264,8 +254,8 @@ struct Lines {
     curve: Vec<(usize, Option<f64>)>,
 }
 
-impl Lines {
-    fn on_step(&mut self, log: &StepLog, step_seconds: f64) {
+impl TrainObserver for Lines {
+    fn on_step(&mut self, log: &StepLog, timing: StepTiming) -> Result<()> {
         let done = log.iter + 1;
         if done.is_multiple_of(self.log_interval) || done == self.iters {
             let losses: Vec<String> = log.losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
@@ -274,14 +264,16 @@ impl Lines {
                 self.name,
                 self.iters,
                 losses.join(", "),
-                step_seconds,
+                timing.data + timing.step,
                 self.start.elapsed().as_secs_f64()
             );
         }
+        Ok(())
     }
-    fn on_eval(&mut self, iter: usize, report: &MiouReport) {
+    fn on_eval(&mut self, iter: usize, report: &MiouReport, _method: &dyn UdaMethod, _data: &dyn BatchSource) -> Result<()> {
         self.curve.push((iter, report.miou));
         eprintln!("{} iter {iter}: target-val mIoU {:.2}", self.name, report.miou.unwrap_or(f64::NAN));
+        Ok(())
     }
 }
 
