@@ -130,69 +130,54 @@ pub fn architecture(cfg: &ModelConfig) -> Result<Architecture> {
     }
 }
 
-/// DAFormer: MiT encoder (`segformer.encoder`, the Hugging Face names, so MiT
-/// ImageNet checkpoints load unchanged) + DAFormer head (`decode_head`, mmseg names).
-#[derive(Debug, Clone)]
-pub struct DaFormer {
-    encoder: MixTransformer,
-    head: DaformerHead,
+/// A decode head over the four MiT feature levels.
+pub trait MitHead: std::fmt::Debug + Clone + Send + Sync {
+    fn forward(&self, features: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor>;
+    fn num_classes(&self) -> usize;
 }
 
-impl DaFormer {
-    pub fn new(
-        mit: &MitConfig,
-        head: &DaformerHeadConfig,
-        cfg: &ModelConfig,
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        let encoder =
-            MixTransformer::new(mit, vb.pp("segformer").pp("encoder"), cfg.drop_path_rate)?;
-        let head = DaformerHead::new(
-            &mit.hidden_sizes,
-            head,
-            cfg.num_classes,
-            vb.pp("decode_head"),
-        )?;
-        Ok(Self { encoder, head })
+impl MitHead for SegformerHead {
+    fn forward(&self, features: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor> {
+        SegformerHead::forward(self, features, ctx)
     }
-
-    pub fn encoder(&self) -> &MixTransformer {
-        &self.encoder
-    }
-
-    pub fn head(&self) -> &DaformerHead {
-        &self.head
-    }
-}
-
-impl SegModel for DaFormer {
-    fn features(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Vec<Tensor>> {
-        self.encoder.forward(x, ctx)
-    }
-
-    fn decode(&self, features: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor> {
-        self.head.forward(features, ctx)
-    }
-
     fn num_classes(&self) -> usize {
-        self.head.num_classes()
+        SegformerHead::num_classes(self)
     }
 }
 
-/// SegFormer: MiT encoder (`segformer.encoder`) + all-MLP head (`decode_head`),
-/// the parameter layout of Hugging Face `SegformerForSemanticSegmentation`.
-#[derive(Debug, Clone)]
-pub struct SegFormer {
-    encoder: MixTransformer,
-    head: SegformerHead,
+impl MitHead for DaformerHead {
+    fn forward(&self, features: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor> {
+        DaformerHead::forward(self, features, ctx)
+    }
+    fn num_classes(&self) -> usize {
+        DaformerHead::num_classes(self)
+    }
 }
 
-impl SegFormer {
+/// MiT encoder (`segformer.encoder`, the Hugging Face names, so MiT ImageNet
+/// checkpoints load unchanged) + a decode head (`decode_head`).
+#[derive(Debug, Clone)]
+pub struct MitSegmentor<H: MitHead> {
+    encoder: MixTransformer,
+    head: H,
+}
+
+/// SegFormer: MiT + all-MLP head, the parameter layout of Hugging Face
+/// `SegformerForSemanticSegmentation`.
+pub type SegFormer = MitSegmentor<SegformerHead>;
+
+/// DAFormer: MiT + DAFormer head (mmseg names under `decode_head`).
+pub type DaFormer = MitSegmentor<DaformerHead>;
+
+fn mit_encoder(mit: &MitConfig, cfg: &ModelConfig, vb: &VarBuilder) -> Result<MixTransformer> {
+    MixTransformer::new(mit, vb.pp("segformer").pp("encoder"), cfg.drop_path_rate)
+}
+
+impl MitSegmentor<SegformerHead> {
     /// `vb` is the model root; the encoder lives under `segformer.encoder`, the
     /// head under `decode_head`.
     pub fn new(mit: &MitConfig, cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
-        let encoder =
-            MixTransformer::new(mit, vb.pp("segformer").pp("encoder"), cfg.drop_path_rate)?;
+        let encoder = mit_encoder(mit, cfg, &vb)?;
         let head = SegformerHead::new(
             &mit.hidden_sizes,
             mit.decoder_hidden_size,
@@ -202,17 +187,27 @@ impl SegFormer {
         )?;
         Ok(Self { encoder, head })
     }
+}
 
+impl MitSegmentor<DaformerHead> {
+    pub fn new(mit: &MitConfig, head: &DaformerHeadConfig, cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let encoder = mit_encoder(mit, cfg, &vb)?;
+        let head = DaformerHead::new(&mit.hidden_sizes, head, cfg.num_classes, vb.pp("decode_head"))?;
+        Ok(Self { encoder, head })
+    }
+}
+
+impl<H: MitHead> MitSegmentor<H> {
     pub fn encoder(&self) -> &MixTransformer {
         &self.encoder
     }
 
-    pub fn head(&self) -> &SegformerHead {
+    pub fn head(&self) -> &H {
         &self.head
     }
 }
 
-impl SegModel for SegFormer {
+impl<H: MitHead> SegModel for MitSegmentor<H> {
     fn features(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Vec<Tensor>> {
         self.encoder.forward(x, ctx)
     }
