@@ -4,6 +4,7 @@
 //! training, evaluation, config) and [`baselines`] (source-only, DACS).
 
 pub mod plot;
+pub mod presets;
 pub mod tensorboard;
 pub mod visual;
 

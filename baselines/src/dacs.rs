@@ -17,7 +17,12 @@ pub struct Dacs;
 impl Dacs {
     /// DACS with the `[uda]` settings of `cfg` (whose defaults are DACS's).
     pub fn new(cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
-        let mut spec = crate::base_spec("dacs", cfg);
+        Self::named("dacs", cfg, device)
+    }
+
+    /// DACS under another name (e.g. the host of `mic_dacs`).
+    pub fn named(name: &str, cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
+        let mut spec = crate::base_spec(name, cfg);
         spec.uda.self_training = true;
         crate::build(spec, device)
     }

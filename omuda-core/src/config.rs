@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::synth::SynthConfig;
 use crate::nn::ModelConfig;
+use crate::train::components::{FdConfig, MicConfig};
+use crate::train::multires::HrdaConfig;
 use crate::train::optimizer::AdamWConfig;
 use crate::train::plugin::{PluginsConfig, PLUGIN_NAMES};
 use crate::train::schedule::PolySchedule;
@@ -16,7 +18,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
-    /// Methods to train, in order (`source_only`, `dacs`, `oracle`).
+    /// Methods to train, in order (`source_only`, `dacs`, `oracle`, `daformer`,
+    /// `hrda`, `mic_dacs`, `mic_daformer`, `mic_hrda`).
     pub methods: Vec<String>,
     /// Masking plugins attached to every self-training method, in order
     /// (`"cam"`, `"fdm"`, `"cdm"`); settings in the `[plugin.*]` tables.
@@ -32,6 +35,12 @@ pub struct RunConfig {
     pub optimizer: AdamWConfig,
     pub schedule: ScheduleConfig,
     pub uda: UdaConfig,
+    /// DAFormer's thing-class feature distance (`daformer`, `mic_daformer`, HRDA-based methods).
+    pub fd: FdConfig,
+    /// MIC's masked image consistency (`mic_*` methods).
+    pub mic: MicConfig,
+    /// HRDA multi-resolution training and inference (`hrda`, `mic_hrda`).
+    pub hrda: HrdaConfig,
     /// Settings of the masking plugins (`[plugin]`, `[plugin.cam]`, …).
     pub plugin: PluginsConfig,
     pub train: TrainConfig,
@@ -58,6 +67,9 @@ impl Default for RunConfig {
             optimizer: AdamWConfig::default(),
             schedule: ScheduleConfig { lr: 6e-4, warmup_iters: 80, ..ScheduleConfig::default() },
             uda: UdaConfig::default(),
+            fd: FdConfig::default(),
+            mic: MicConfig::default(),
+            hrda: HrdaConfig::default(),
             plugin: PluginsConfig::default(),
             train: TrainConfig {
                 iters: 800,
@@ -231,7 +243,11 @@ impl RunConfig {
     pub fn validate(&self, origin: &str) -> Result<()> {
         let err = |message: String| Err(Error::Config { origin: origin.into(), message });
         match self.data.dataset.as_str() {
-            "synth" => {}
+            "synth" => {
+                if let Some(Err(e)) = self.data.rcs.as_ref().map(|r| r.validate()) {
+                    return err(format!("data.rcs: {e}"));
+                }
+            }
             "files" => {
                 if let Err(e) = crate::data::source::validate_files(&self.data) {
                     return err(e);
@@ -265,6 +281,12 @@ impl RunConfig {
             return err(format!("plugins: unknown plugin {p:?}; available: {}", PLUGIN_NAMES.join(", ")));
         }
         if let Err(e) = self.plugin.validate(self.model.num_classes) {
+            return err(e);
+        }
+        if let Err(e) = self.fd.validate(self.model.num_classes).and_then(|_| self.mic.validate()) {
+            return err(e);
+        }
+        if let Err(e) = self.hrda.validate() {
             return err(e);
         }
         if self.methods.is_empty() {

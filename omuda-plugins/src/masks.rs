@@ -1,12 +1,12 @@
 //! The plugins' mask and label maths on plain per-image buffers, so each rule
 //! can be tested on hand-made inputs with an injected generator.
 
-use candle_core::{DType, Tensor};
+use omuda_core::ops::feature_distance::downscale_label_cells;
 use omuda_core::{Error, Result};
 use rand::Rng;
 
-/// Label value of ignored pixels.
-pub const IGNORE: u32 = 255;
+/// The feature-distance maths shared with DAFormer's FD (`omuda-core`).
+pub use omuda_core::ops::feature_distance::{masked_feature_distance, DISTANCE_EPS, IGNORE};
 
 /// Parameters of [`cam_mask`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -164,34 +164,21 @@ fn cell_size(h: usize, w: usize, hf: usize, wf: usize) -> Result<(usize, usize)>
 }
 
 /// One image's label downscaled to an `hf × wf` grid (DAFormer
-/// `seg/mmseg/utils/utils.py::downscale_label_ratio`): cells of `(h/hf) ×
-/// (w/wf)` pixels; ignored pixels count as an extra class; the cell gets its
-/// majority class if that class is a real class covering at least
+/// `seg/mmseg/utils/utils.py::downscale_label_ratio`, implemented in
+/// [`omuda_core::ops::feature_distance::downscale_label_cells`]): cells of
+/// `(h/hf) × (w/wf)` pixels; ignored pixels count as an extra class; the cell
+/// gets its majority class if that class is a real class covering at least
 /// `min_ratio` of the cell, else [`IGNORE`]. Ties go to the lowest class.
 pub fn downscale_label_ratio(label: &[u32], h: usize, w: usize, hf: usize, wf: usize, min_ratio: f32, num_classes: usize) -> Result<Vec<u32>> {
     if label.len() != h * w {
         return Err(Error::msg(format!("downscale_label_ratio: label has {} values, expected {h}×{w}", label.len())));
     }
-    let (sh, sw) = cell_size(h, w, hf, wf)?;
-    let mut out = vec![IGNORE; hf * wf];
-    let mut hist = vec![0usize; num_classes + 1];
-    for cy in 0..hf {
-        for cx in 0..wf {
-            hist.iter_mut().for_each(|v| *v = 0);
-            for y in cy * sh..(cy + 1) * sh {
-                for &c in &label[y * w + cx * sw..y * w + (cx + 1) * sw] {
-                    let k = if (c as usize) < num_classes { c as usize } else { num_classes };
-                    hist[k] += 1;
-                }
-            }
-            let (best, &count) = hist.iter().enumerate().fold((0, &0), |acc, (k, n)| if *n > *acc.1 { (k, n) } else { acc });
-            let ratio = count as f32 / (sh * sw) as f32;
-            if best < num_classes && ratio >= min_ratio {
-                out[cy * wf + cx] = best as u32;
-            }
-        }
-    }
-    Ok(out)
+    let cells = cell_size(h, w, hf, wf)?;
+    let out = downscale_label_cells(label, (h, w), cells, min_ratio, num_classes)?;
+    // When the cells do not tile the image exactly there can be more of them
+    // than the feature grid has: keep the top-left `hf × wf`.
+    let full_w = w / cells.1;
+    Ok((0..hf).flat_map(|y| out[y * full_w..y * full_w + wf].iter().copied()).collect())
 }
 
 /// Mean of `values` (h·w) over each cell of an `hf × wf` grid (cells as in
@@ -212,31 +199,4 @@ pub fn cell_mean(values: &[f32], h: usize, w: usize, hf: usize, wf: usize) -> Re
         }
     }
     Ok(out)
-}
-
-/// Added under the square root of the feature distance so its gradient is
-/// finite where the two features coincide.
-pub const DISTANCE_EPS: f64 = 1e-12;
-
-/// Mean over the cells where `mask` (B, h, w) is non-zero of the channel L2
-/// distance `‖f − f0‖₂` between features (B, C, h, w) (DAFormer
-/// `dacs.py::DACS.masked_feat_dist`: not squared). `f0` is a constant. None
-/// when the mask is empty (no loss, no gradient).
-pub fn masked_feature_distance(f: &Tensor, f0: &Tensor, mask: &Tensor) -> Result<Option<Tensor>> {
-    let (b, _, h, w) = f.dims4()?;
-    if f0.dims() != f.dims() || mask.dims() != [b, h, w] {
-        return Err(Error::msg(format!(
-            "masked_feature_distance: features {:?} and {:?} must match, mask {:?} must be (B, h, w)",
-            f.dims(),
-            f0.dims(),
-            mask.dims()
-        )));
-    }
-    let mask = mask.to_dtype(f.dtype())?;
-    let count = mask.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-    if count <= 0.0 {
-        return Ok(None);
-    }
-    let d = (f - f0.detach())?.sqr()?.sum(1)?.affine(1.0, DISTANCE_EPS)?.sqrt()?;
-    Ok(Some(((d * mask)?.sum_all()? / count)?))
 }

@@ -142,7 +142,7 @@ fn random_batch(b: usize, h: usize, w: usize, classes: usize, device: &Device) -
         .narrow(3, 0, w)?
         .squeeze(1)?
         .to_dtype(DType::U32)?;
-    Ok(UdaBatch { source_image, source_label, target_image })
+    Ok(UdaBatch { source_image, source_label, target_image, target_valid: None })
 }
 
 /// Median wall time of `f` over `iters` runs after `warmup` runs; waits for

@@ -16,13 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::report::write_json;
 
-/// Presets shipped with the binary: name → TOML (the built-in configuration
-/// plus what the file changes).
-const PRESETS: [(&str, &str); 1] = [("synth-dacs", include_str!("../../configs/synth-dacs.toml"))];
-
 #[derive(clap::Args)]
 pub struct CompareArgs {
-    /// A preset name (synth-dacs) or a TOML configuration file.
+    /// A preset name (`omuda config list`) or a TOML configuration file.
     #[arg(long, default_value = "synth-dacs")]
     pub preset: String,
     /// Plugin sets, comma-separated: `none` is the host alone, `+` joins
@@ -42,20 +38,7 @@ pub struct CompareArgs {
 
 /// Resolve a preset name or a TOML path into a configuration.
 pub fn preset_config(preset: &str) -> Result<RunConfig> {
-    if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == preset) {
-        return RunConfig::from_toml_str(text, &format!("preset {preset}"));
-    }
-    let path = Path::new(preset);
-    if path.is_file() {
-        return RunConfig::from_file(path);
-    }
-    Err(Error::Config {
-        origin: "--preset".into(),
-        message: format!(
-            "{preset:?} is neither a preset ({}) nor a configuration file",
-            PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-        ),
-    })
+    omuda::presets::resolve(preset, "--preset")
 }
 
 /// Parse `cam+fdm` into plugin names; `none` is the empty set.

@@ -58,10 +58,12 @@ enum Command {
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// TOML run configuration (default: the built-in synthetic benchmark).
+    /// A preset name (`omuda config list`) or a TOML run configuration
+    /// (default: the built-in synthetic benchmark).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Methods to train, comma-separated (source_only, dacs, oracle).
+    /// Methods to train, comma-separated (source_only, dacs, oracle, daformer,
+    /// mic_dacs, mic_daformer, mic_hrda, …; see `omuda_baselines::METHOD_NAMES`).
     #[arg(long, value_delimiter = ',')]
     pub method: Option<Vec<String>>,
     /// Training iterations.
@@ -98,13 +100,29 @@ pub struct EvalArgs {
 
 #[derive(clap::Args)]
 pub struct ConfigArgs {
+    /// A preset name or TOML file (default: the built-in configuration).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: Option<ConfigAction>,
 }
 
+#[derive(Subcommand)]
+pub enum ConfigAction {
+    /// Print the fully resolved configuration of a preset or a TOML file.
+    Show {
+        /// A preset name (`omuda config list`) or a TOML configuration file.
+        preset: String,
+    },
+    /// List the presets shipped with the binary.
+    List,
+}
+
+/// The configuration of `--config` (a preset name or a TOML file; default:
+/// the built-in one), with the global `--device` flag applied.
 pub fn load_config(path: Option<&PathBuf>) -> Result<RunConfig> {
     let mut cfg = match path {
-        Some(p) => RunConfig::from_file(p)?,
+        Some(p) => omuda::presets::resolve(&p.to_string_lossy(), "--config")?,
         None => RunConfig::default(),
     };
     if let Some(Some(d)) = DEVICE_FLAG.get() {
@@ -127,9 +145,21 @@ pub fn run() -> Result<()> {
         Command::Compare(args) => compare::run(args),
         Command::Weights(args) => weights::run(args),
         Command::Prepare(args) => prepare::run(args),
-        Command::Config(args) => {
-            print!("{}", load_config(args.config.as_ref())?.to_toml()?);
-            Ok(())
-        }
+        Command::Config(args) => match args.action {
+            None => {
+                print!("{}", load_config(args.config.as_ref())?.to_toml()?);
+                Ok(())
+            }
+            Some(ConfigAction::Show { preset }) => {
+                print!("{}", load_config(Some(&PathBuf::from(preset)))?.to_toml()?);
+                Ok(())
+            }
+            Some(ConfigAction::List) => {
+                for name in omuda::presets::preset_names() {
+                    println!("{name}");
+                }
+                Ok(())
+            }
+        },
     }
 }

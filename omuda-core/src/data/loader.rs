@@ -56,8 +56,14 @@ pub struct SynthPairLoader {
     /// Domain used as the labelled source (`Target` for the oracle run).
     pub source_domain: Domain,
     pub batch_size: usize,
+    /// Pseudo-label margins `[top, bottom, left, right]` of the target frames
+    /// (`uda.pseudo_margins`); the frames are not cropped, so the mask is
+    /// built at frame size and flipped with the image.
+    pub target_margins: Option<[usize; 4]>,
     rng: ChaCha8Rng,
     device: Device,
+    /// Rare Class Sampling of the labelled frames (`[data.rcs]`); None: uniform.
+    rcs: Option<std::sync::Arc<crate::data::rcs::RcsSampler>>,
 }
 
 impl SynthPairLoader {
@@ -67,9 +73,19 @@ impl SynthPairLoader {
             dataset_seed,
             source_domain,
             batch_size,
+            target_margins: None,
             rng: ChaCha8Rng::seed_from_u64(order_seed ^ 0x4441_5441_5f4f_5244),
             device: device.clone(),
+            rcs: None,
         }
+    }
+
+    /// Draw the labelled frames with Rare Class Sampling
+    /// ([`crate::data::synth_rcs::synth_rcs`]); the draws come from the
+    /// loader's own generator, so the data order stays a function of the seed.
+    pub fn with_rcs(mut self, rcs: std::sync::Arc<crate::data::rcs::RcsSampler>) -> Self {
+        self.rcs = Some(rcs);
+        self
     }
 
     pub fn rng(&self) -> &ChaCha8Rng {
@@ -87,15 +103,47 @@ impl SynthPairLoader {
         (idx, flips)
     }
 
+    /// Labelled frames with RCS: per slot a (class, frame) draw, then a flip.
+    fn draw_rcs(&mut self, rcs: &crate::data::rcs::RcsSampler) -> (Vec<usize>, Vec<bool>) {
+        let mut idx = Vec::with_capacity(self.batch_size);
+        let mut flips = Vec::with_capacity(self.batch_size);
+        for _ in 0..self.batch_size {
+            idx.push(rcs.draw(&mut self.rng).1);
+            flips.push(self.rng.gen_bool(0.5));
+        }
+        (idx, flips)
+    }
+
     pub fn next_batch(&mut self) -> Result<UdaBatch> {
-        let (src_idx, src_flip) = self.draw();
+        let (src_idx, src_flip) = match self.rcs.clone() {
+            Some(r) => self.draw_rcs(&r),
+            None => self.draw(),
+        };
         let (tgt_idx, tgt_flip) = self.draw();
         let src = generate_many(&self.synth, self.dataset_seed, self.source_domain, Split::Train, &src_idx);
         let tgt = generate_many(&self.synth, self.dataset_seed, Domain::Target, Split::Train, &tgt_idx);
         let (source_image, source_label) = samples_to_tensors(&src, &src_flip, &self.device)?;
         let (target_image, _) = samples_to_tensors(&tgt, &tgt_flip, &self.device)?;
-        Ok(UdaBatch { source_image, source_label, target_image })
+        let target_valid = match self.target_margins {
+            Some(m) => Some(synth_valid_masks(&tgt, &tgt_flip, m, &self.device)?),
+            None => None,
+        };
+        Ok(UdaBatch { source_image, source_label, target_image, target_valid })
     }
+}
+
+/// (B, H, W) valid-pseudo-label masks of uncropped frames, flipped like the images.
+fn synth_valid_masks(samples: &[Sample], flips: &[bool], margins: [usize; 4], device: &Device) -> Result<Tensor> {
+    use crate::data::pipeline::CropBox;
+    use crate::data::valid_region::{margin_mask, transform_mask};
+    let mut out = Vec::new();
+    for (s, &flip) in samples.iter().zip(flips) {
+        let (w, h) = (s.width, s.height);
+        let whole = CropBox { y: 0, x: 0, h, w };
+        out.extend(transform_mask(&margin_mask(w, h, margins), (w, h), (w, h), whole, flip, (w, h)));
+    }
+    let first = samples.first().ok_or_else(|| crate::Error::msg("empty batch"))?;
+    Ok(Tensor::from_vec(out, (samples.len(), first.height, first.width), device)?)
 }
 
 /// Labelled evaluation batches of one split, in index order.

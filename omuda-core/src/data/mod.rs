@@ -16,3 +16,5 @@ pub mod rcs;
 pub mod source;
 pub mod stats;
 pub mod synth;
+pub mod synth_rcs;
+pub mod valid_region;

@@ -29,6 +29,7 @@ use super::loader::{IMAGENET_MEAN, IMAGENET_STD};
 use super::pipeline::{PipelineConfig, Prepared};
 use super::rcs::{crop_has_class, RcsSampler};
 use super::synth::Sample;
+use super::valid_region::{margin_mask, transform_mask};
 use crate::train::batch::UdaBatch;
 use crate::{Error, Result};
 
@@ -59,6 +60,8 @@ pub struct HostBatch {
     pub source_label: Vec<u32>,
     pub target_dims: (usize, usize, usize),
     pub target_image: Vec<f32>,
+    /// (B, H, W) valid-pseudo-label mask of the targets (empty: none).
+    pub target_valid: Vec<f32>,
     /// Source and target frame indices of each slot.
     pub source_frames: Vec<usize>,
     pub target_frames: Vec<usize>,
@@ -74,6 +77,11 @@ impl HostBatch {
             source_image: Tensor::from_slice(&self.source_image, (b, 3, h, w), device)?,
             source_label: Tensor::from_slice(&self.source_label, (b, h, w), device)?,
             target_image: Tensor::from_slice(&self.target_image, (tb, 3, th, tw), device)?,
+            target_valid: if self.target_valid.is_empty() {
+                None
+            } else {
+                Some(Tensor::from_slice(&self.target_valid, (tb, th, tw), device)?)
+            },
         })
     }
 }
@@ -107,6 +115,9 @@ pub struct Producer {
     pub rcs: Option<RcsSampler>,
     pub batch_size: usize,
     pub seed: u64,
+    /// Pseudo-label margins `[top, bottom, left, right]` at the target's
+    /// original frame resolution (`uda.pseudo_margins`); `None`: no mask.
+    pub target_margins: Option<[usize; 4]>,
 }
 
 impl Producer {
@@ -126,7 +137,13 @@ impl Producer {
         if batch_size == 0 {
             return Err(Error::msg("loader: batch size must be at least 1"));
         }
-        Ok(Self { source, target, rcs, batch_size, seed })
+        Ok(Self { source, target, rcs, batch_size, seed, target_margins: None })
+    }
+
+    /// The same producer with target valid-region masks (reference §4.7).
+    pub fn with_target_margins(mut self, margins: Option<[usize; 4]>) -> Self {
+        self.target_margins = margins;
+        self
     }
 
     /// One source sample of slot `slot` of batch `index`: (sample, frame, RCS class).
@@ -159,13 +176,29 @@ impl Producer {
     }
 
     pub fn target_sample(&self, index: u64, slot: usize) -> Result<(Sample, usize)> {
+        let (s, frame, _) = self.target_sample_valid(index, slot)?;
+        Ok((s, frame))
+    }
+
+    /// A target sample, its frame, and (with `target_margins`) its valid
+    /// pseudo-label mask: built at the original frame size and taken through
+    /// the same resize, crop and flip as the image.
+    pub fn target_sample_valid(&self, index: u64, slot: usize) -> Result<(Sample, usize, Option<Vec<f32>>)> {
         let mut rng = slot_rng(self.seed, index, slot as u64, 1);
         let ds = &self.target.dataset;
+        let p = &self.target.pipeline;
         let frame = rng.gen_range(0..ds.len());
         let (w, h, image) = ds.load_image(frame)?;
         // Target labels are never used for training: an all-ignore map.
-        let prep = Prepared::image_only(image, w, h, &self.target.pipeline);
-        Ok((prep.sample(&self.target.pipeline, &mut rng), frame))
+        let prep = Prepared::image_only(image, w, h, p);
+        // The draws of `Prepared::sample`, in its order.
+        let b = prep.draw_box(p, &mut rng);
+        let flip = rng.gen_bool(p.flip_prob);
+        let s = prep.finish(p, b, flip);
+        let valid = self.target_margins.map(|m| {
+            transform_mask(&margin_mask(w, h, m), (w, h), (prep.rw, prep.rh), b, flip, (s.width, s.height))
+        });
+        Ok((s, frame, valid))
     }
 
     /// Batch `index`, a pure function of (seed, index).
@@ -178,6 +211,7 @@ impl Producer {
             source_label: Vec::new(),
             target_dims: (bsz, 0, 0),
             target_image: Vec::new(),
+            target_valid: Vec::new(),
             source_frames: Vec::with_capacity(bsz),
             target_frames: Vec::with_capacity(bsz),
             rcs_classes: Vec::with_capacity(bsz),
@@ -189,9 +223,12 @@ impl Producer {
             out.source_label.extend(s.label.iter().map(|&l| u32::from(l)));
             out.source_frames.push(f);
             out.rcs_classes.push(c);
-            let (t, tf) = self.target_sample(index, slot)?;
+            let (t, tf, valid) = self.target_sample_valid(index, slot)?;
             check_dims(&mut out.target_dims, &t, "target", &self.target.dataset, tf)?;
             normalize_into(&t, &mut out.target_image);
+            if let Some(v) = valid {
+                out.target_valid.extend(v);
+            }
             out.target_frames.push(tf);
         }
         Ok(out)

@@ -124,10 +124,6 @@ impl RcsSampler {
         cfg: &RcsConfig,
         origin: &Path,
     ) -> Result<Self> {
-        let (classes, probs) = class_probs(stats, cfg.class_temp);
-        if classes.is_empty() {
-            return Err(Error::file(origin, "RCS statistics hold no class pixels (empty or all-ignore labels?)"));
-        }
         let mut by_path = HashMap::new();
         let mut by_base = HashMap::new();
         let mut by_key = HashMap::new();
@@ -141,32 +137,46 @@ impl RcsSampler {
             let k = f.key.rsplit('/').next().unwrap_or(&f.key).to_string();
             by_key.insert(k, i);
         }
+        let lookup = |file: &str| {
+            let (base, key) = stats_key(file);
+            by_path.get(file).or_else(|| by_base.get(&base)).or_else(|| by_key.get(&key)).copied().ok_or_else(|| {
+                format!(
+                    "lists {file}, which is not a frame of the {} dataset at {} (stale statistics? rerun `omuda prepare`)",
+                    dataset.name,
+                    dataset.root.display()
+                )
+            })
+        };
+        Self::from_lookup(stats, samples_with_class, cfg, origin, &dataset.class_names, lookup)
+    }
+
+    /// The sampler of statistics whose file names `lookup` maps to frame
+    /// indices (an `Err` message names a file that is not a frame).
+    /// `class_names` only names classes in errors.
+    pub fn from_lookup(
+        stats: &[FrameStats],
+        samples_with_class: &BTreeMap<u8, Vec<(String, u64)>>,
+        cfg: &RcsConfig,
+        origin: &Path,
+        class_names: &[String],
+        lookup: impl Fn(&str) -> std::result::Result<usize, String>,
+    ) -> Result<Self> {
+        let (classes, probs) = class_probs(stats, cfg.class_temp);
+        if classes.is_empty() {
+            return Err(Error::file(origin, "RCS statistics hold no class pixels (empty or all-ignore labels?)"));
+        }
         let mut files = Vec::with_capacity(classes.len());
         for &c in &classes {
             let mut idx = Vec::new();
             for file in candidate_files(samples_with_class, c, cfg.min_pixels) {
-                let (base, key) = stats_key(&file);
-                let i = by_path.get(&file).or_else(|| by_base.get(&base)).or_else(|| by_key.get(&key));
-                match i {
-                    Some(&i) => idx.push(i),
-                    None => {
-                        return Err(Error::file(
-                            origin,
-                            format!(
-                                "lists {file}, which is not a frame of the {} dataset at {} (stale statistics? rerun `omuda prepare`)",
-                                dataset.name,
-                                dataset.root.display()
-                            ),
-                        ))
-                    }
-                }
+                idx.push(lookup(&file).map_err(|m| Error::file(origin, m))?);
             }
             if idx.is_empty() {
                 return Err(Error::file(
                     origin,
                     format!(
                         "class {c} ({}) has no file with more than {} pixels of it; lower rcs.min_pixels for small images",
-                        dataset.class_names.get(usize::from(c)).map_or("?", |s| s.as_str()),
+                        class_names.get(usize::from(c)).map_or("?", |s| s.as_str()),
                         cfg.min_pixels
                     ),
                 ));

@@ -170,16 +170,16 @@ pub fn build_batch_source(cfg: &RunConfig, name: &str, device: &Device) -> Resul
     let oracle = name == "oracle";
     if cfg.data.dataset == "synth" {
         let domain = if oracle { Domain::Target } else { Domain::Source };
-        return Ok(RunBatchSource::Synth(SynthPairLoader::new(
-            cfg.data.synth.clone(),
-            cfg.data.dataset_seed,
-            domain,
-            cfg.train.batch_size,
-            cfg.seed,
-            device,
-        )));
+        let mut loader =
+            SynthPairLoader::new(cfg.data.synth.clone(), cfg.data.dataset_seed, domain, cfg.train.batch_size, cfg.seed, device);
+        loader.target_margins = cfg.uda.pseudo_margins;
+        if let Some(r) = &cfg.data.rcs {
+            loader = loader.with_rcs(Arc::new(super::synth_rcs::synth_rcs(&cfg.data.synth, cfg.data.dataset_seed, domain, r)?));
+        }
+        return Ok(RunBatchSource::Synth(loader));
     }
-    Ok(RunBatchSource::Files(build_uda_loader(&cfg.data, oracle, cfg.train.batch_size, cfg.seed, device)?))
+    let margins = cfg.uda.pseudo_margins;
+    Ok(RunBatchSource::Files(build_uda_loader_with_margins(&cfg.data, oracle, cfg.train.batch_size, cfg.seed, margins, device)?))
 }
 
 fn missing(key: &str) -> Error {
@@ -189,6 +189,19 @@ fn missing(key: &str) -> Error {
 /// The prefetching loader of a `dataset = "files"` configuration. With
 /// `oracle`, the target dataset (with its labels) is also the source.
 pub fn build_uda_loader(d: &DataConfig, oracle: bool, batch_size: usize, seed: u64, device: &Device) -> Result<UdaLoader> {
+    build_uda_loader_with_margins(d, oracle, batch_size, seed, None, device)
+}
+
+/// [`build_uda_loader`] whose target batches carry the valid-pseudo-label
+/// mask of `margins` (`uda.pseudo_margins`, reference §4.7).
+pub fn build_uda_loader_with_margins(
+    d: &DataConfig,
+    oracle: bool,
+    batch_size: usize,
+    seed: u64,
+    margins: Option<[usize; 4]>,
+    device: &Device,
+) -> Result<UdaLoader> {
     let sc = d.source.as_ref().ok_or_else(|| missing("data.source"))?;
     let tc = d.target.as_ref().ok_or_else(|| missing("data.target"))?;
     let target = Arc::new(tc.open("train")?);
@@ -210,7 +223,8 @@ pub fn build_uda_loader(d: &DataConfig, oracle: bool, batch_size: usize, seed: u
         rcs,
         batch_size,
         seed,
-    )?;
+    )?
+    .with_target_margins(margins);
     let lc = d.loader.clone().unwrap_or_default();
     UdaLoader::new(producer, LoaderOptions { batch_size, seed, workers: lc.workers, prefetch: lc.prefetch }, device)
 }

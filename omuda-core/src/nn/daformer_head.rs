@@ -120,12 +120,24 @@ impl AsppBranch {
     }
 }
 
+/// How the concatenated embeddings are fused.
+#[derive(Debug, Clone)]
+enum Fusion {
+    /// DAFormer's depthwise-separable ASPP + 3x3 bottleneck (`fuse_layer.aspp_modules.*`, `fuse_layer.bottleneck`).
+    Aspp {
+        branches: Vec<AsppBranch>,
+        bottleneck: ConvBnRelu,
+    },
+    /// One 1x1 `ConvModule` + BN + ReLU (`fuse_layer.{conv,bn}`): the
+    /// `daformer_conv1` variant, used by HRDA's scale-attention head.
+    Conv1x1(ConvBnRelu),
+}
+
 /// The DAFormer decode head over four encoder levels.
 #[derive(Debug, Clone)]
 pub struct DaformerHead {
     embed: Vec<Linear>,
-    branches: Vec<AsppBranch>,
-    bottleneck: ConvBnRelu,
+    fusion: Fusion,
     dropout: Dropout2d,
     conv_seg: Conv2d,
     num_classes: usize,
@@ -166,6 +178,42 @@ impl DaformerHead {
             });
         }
         let bottleneck = ConvBnRelu::dense(cfg.dilations.len() * c, c, 3, fuse.pp("bottleneck"))?;
+        Self::assemble(embed, Fusion::Aspp { branches, bottleneck }, c, cfg.dropout, num_classes, vb)
+    }
+
+    /// The head with a single 1x1 `ConvModule` fusion instead of the ASPP
+    /// (`fusion_cfg = dict(type='conv', kernel_size=1)`): HRDA's scale-attention
+    /// head (`hrda_head.py::HRDAHead.__init__`, reference §4.2). Parameter
+    /// names: `embed_layers.{i}.proj`, `fuse_layer.{conv,bn}`, `conv_seg`.
+    pub fn with_conv1x1_fusion(
+        in_channels: &[usize],
+        channels: usize,
+        dropout: f64,
+        num_classes: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        if in_channels.is_empty() || num_classes == 0 || channels == 0 {
+            bail!(
+                "DaformerHead (1x1 fusion): needs input levels, channels > 0 and classes > 0 (got {in_channels:?}, C={channels}, K={num_classes})"
+            );
+        }
+        let embed = in_channels
+            .iter()
+            .enumerate()
+            .map(|(i, &ci)| Linear::new(ci, channels, vb.pp("embed_layers").pp(i).pp("proj")))
+            .collect::<Result<Vec<_>>>()?;
+        let fuse = ConvBnRelu::dense(in_channels.len() * channels, channels, 1, vb.pp("fuse_layer"))?;
+        Self::assemble(embed, Fusion::Conv1x1(fuse), channels, dropout, num_classes, vb)
+    }
+
+    fn assemble(
+        embed: Vec<Linear>,
+        fusion: Fusion,
+        c: usize,
+        dropout: f64,
+        num_classes: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let conv_seg = Conv2d::with_init(
             c,
             num_classes,
@@ -180,9 +228,8 @@ impl DaformerHead {
         )?;
         Ok(Self {
             embed,
-            branches,
-            bottleneck,
-            dropout: Dropout2d::new(cfg.dropout)?,
+            fusion,
+            dropout: Dropout2d::new(dropout)?,
             conv_seg,
             num_classes,
         })
@@ -213,12 +260,16 @@ impl DaformerHead {
             });
         }
         let x = Tensor::cat(&embedded, 1)?;
-        let outs = self
-            .branches
-            .iter()
-            .map(|b| b.forward(&x, ctx))
-            .collect::<Result<Vec<_>>>()?;
-        let y = self.bottleneck.forward(&Tensor::cat(&outs, 1)?, ctx)?;
+        let y = match &self.fusion {
+            Fusion::Aspp { branches, bottleneck } => {
+                let outs = branches
+                    .iter()
+                    .map(|b| b.forward(&x, ctx))
+                    .collect::<Result<Vec<_>>>()?;
+                bottleneck.forward(&Tensor::cat(&outs, 1)?, ctx)?
+            }
+            Fusion::Conv1x1(conv) => conv.forward(&x, ctx)?,
+        };
         let y = self.dropout.forward(&y, ctx)?;
         self.conv_seg.forward(&y)
     }

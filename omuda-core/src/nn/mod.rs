@@ -8,6 +8,7 @@
 //! Every layer here has a working backward pass: Candle's fused `LayerNorm` and
 //! `softmax_last_dim` silently cut the graph and are never used.
 
+pub mod autocast;
 pub mod daformer_head;
 pub mod deeplabv2;
 pub mod init;

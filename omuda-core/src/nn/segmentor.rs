@@ -33,10 +33,29 @@ pub struct ModelConfig {
     /// false, so the default configuration serialises as before.
     #[serde(skip_serializing_if = "is_true")]
     pub strict: bool,
+    /// Compute precision of the student's training forward: `"f32"`
+    /// (default), `"bf16"` (CUDA) or `"f16"`; master weights stay f32
+    /// ([`super::autocast`], docs/cuda.md). Written out only when not f32.
+    #[serde(skip_serializing_if = "super::autocast::Autocast::is_f32")]
+    pub autocast: super::autocast::Autocast,
+    /// Add HRDA's scale-attention head (`decode_head.scale_attention.*`, the
+    /// names of HRDA's checkpoints): a DAFormer head with a 1x1 fusion conv
+    /// over the encoder features (reference §4.2). `daformer_*` models only.
+    /// Written out only when true.
+    #[serde(skip_serializing_if = "is_false")]
+    pub scale_attention: bool,
+    /// One attention channel per class (HRDA `attention_classwise`), else one
+    /// shared channel. Written out only when false.
+    #[serde(skip_serializing_if = "is_true")]
+    pub scale_attention_classwise: bool,
 }
 
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for ModelConfig {
@@ -48,6 +67,9 @@ impl Default for ModelConfig {
             dropout: 0.1,
             weights: None,
             strict: true,
+            autocast: super::autocast::Autocast::F32,
+            scale_attention: false,
+            scale_attention_classwise: true,
         }
     }
 }
@@ -60,6 +82,12 @@ pub trait SegModel: Send + Sync {
     fn decode(&self, features: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor>;
     /// Number of classes K.
     fn num_classes(&self) -> usize;
+    /// Scale-attention logits (B, A, h, w) (before the sigmoid; A = K or 1)
+    /// from encoder `features`, for models built with a scale-attention head
+    /// (HRDA); `None` otherwise.
+    fn scale_attention(&self, _features: &[Tensor], _ctx: &mut ForwardCtx) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
     /// Logits at the head's resolution.
     fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let f = self.features(x, ctx)?;
@@ -160,6 +188,8 @@ impl MitHead for DaformerHead {
 pub struct MitSegmentor<H: MitHead> {
     encoder: MixTransformer,
     head: H,
+    /// HRDA's scale-attention head (`decode_head.scale_attention`).
+    attention: Option<DaformerHead>,
 }
 
 /// SegFormer: MiT + all-MLP head, the parameter layout of Hugging Face
@@ -185,15 +215,32 @@ impl MitSegmentor<SegformerHead> {
             cfg.dropout,
             vb.pp("decode_head"),
         )?;
-        Ok(Self { encoder, head })
+        if cfg.scale_attention {
+            bail!("model {}: model.scale_attention needs a daformer_* model", cfg.name);
+        }
+        Ok(Self { encoder, head, attention: None })
     }
 }
 
 impl MitSegmentor<DaformerHead> {
     pub fn new(mit: &MitConfig, head: &DaformerHeadConfig, cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let encoder = mit_encoder(mit, cfg, &vb)?;
+        let attention = if cfg.scale_attention {
+            // HRDA copies the head's config (same width and dropout) and
+            // replaces the ASPP fusion by a 1x1 ConvModule.
+            let classes = if cfg.scale_attention_classwise { cfg.num_classes } else { 1 };
+            Some(DaformerHead::with_conv1x1_fusion(
+                &mit.hidden_sizes,
+                head.channels,
+                head.dropout,
+                classes,
+                vb.pp("decode_head").pp("scale_attention"),
+            )?)
+        } else {
+            None
+        };
         let head = DaformerHead::new(&mit.hidden_sizes, head, cfg.num_classes, vb.pp("decode_head"))?;
-        Ok(Self { encoder, head })
+        Ok(Self { encoder, head, attention })
     }
 }
 
@@ -219,6 +266,10 @@ impl<H: MitHead> SegModel for MitSegmentor<H> {
     fn num_classes(&self) -> usize {
         self.head.num_classes()
     }
+
+    fn scale_attention(&self, features: &[Tensor], ctx: &mut ForwardCtx) -> Result<Option<Tensor>> {
+        self.attention.as_ref().map(|a| a.forward(features, ctx)).transpose()
+    }
 }
 
 /// Builds the network named by `cfg.name` (one of [`SEGMENTOR_NAMES`]) with its
@@ -227,6 +278,9 @@ pub fn build_segmentor(cfg: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn SegM
     let arch = architecture(cfg)?;
     if cfg.num_classes == 0 {
         bail!("model {}: num_classes must be positive", cfg.name);
+    }
+    if cfg.scale_attention && !matches!(arch, Architecture::DaFormer(..)) {
+        bail!("model {}: model.scale_attention needs a daformer_* model", cfg.name);
     }
     Ok(match arch {
         Architecture::SegFormer(mit) => Box::new(SegFormer::new(&mit, cfg, vb)?),

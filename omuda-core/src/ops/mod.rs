@@ -3,6 +3,8 @@
 //! Candle's own ops elsewhere.
 
 pub mod augment;
+pub mod block_mask;
+pub mod feature_distance;
 pub mod loss;
 pub mod mix;
 pub mod pseudo;

@@ -3,9 +3,11 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod components;
 pub mod ema;
 pub mod hooks;
 pub mod method;
+pub mod multires;
 pub mod objective;
 pub mod optimizer;
 pub mod plugin;

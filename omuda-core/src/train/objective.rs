@@ -23,6 +23,14 @@ pub trait SegObjective: Send + Sync {
 
     /// Logits at the input resolution (B,K,H,W).
     fn logits(&self, model: &dyn SegModel, image: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor>;
+
+    /// The image the encoder sees for the features that [`Self::loss`]
+    /// returns (the input itself here; the downscaled context image for
+    /// multi-resolution training). A frozen encoder compared with those
+    /// features (feature distance) runs on this image.
+    fn feature_input(&self, image: &Tensor) -> Result<Tensor> {
+        Ok(image.clone())
+    }
 }
 
 /// The mmseg single-scale objective: logits bilinearly resized to the label

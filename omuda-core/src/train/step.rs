@@ -28,10 +28,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::nn::autocast::AutocastModel;
 use crate::nn::segmentor::build_segmentor;
 use crate::nn::{seeded_var_builder, ForwardCtx, ModelConfig, SegModel};
 use crate::ops::augment::{strong_augment, StrongAugConfig};
 use crate::ops::mix::{class_masks, class_mix, MixedBatch};
+use crate::data::valid_region::scaled_row_crop;
 use crate::ops::pseudo::{pseudo_label_and_weight, zero_rows, PseudoLabels};
 use crate::train::batch::UdaBatch;
 use crate::train::ema::{copy_parameters, ema_alpha, ema_update};
@@ -58,8 +60,19 @@ pub struct UdaConfig {
     /// ClassMix picks classes from each image's own labels (original DACS)
     /// instead of the batch union (mmseg re-implementation, the default).
     pub per_image_classes: bool,
-    /// Zero the pseudo-label weight of the top/bottom rows (DAFormer: [15, 120]).
+    /// Zero the pseudo-label weight of the top/bottom rows (DAFormer "croppl
+    /// v1": [15, 120]), given for crops `pseudo_label_crop_height` high and
+    /// scaled to the batch's crop height.
     pub pseudo_label_crop: Option<[usize; 2]>,
+    /// Crop height at which `pseudo_label_crop` is given (512, DAFormer's crop).
+    pub pseudo_label_crop_height: usize,
+    /// HRDA / MIC "croppl v2" margins `[top, bottom, left, right]` in pixels
+    /// of the original target frame ([30, 240, 30, 30] for 1024×2048
+    /// Cityscapes): the loader builds the mask at frame size and transforms
+    /// it with the target crop (`UdaBatch::target_valid`), the step multiplies
+    /// it into the pseudo-label weight (reference §4.7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pseudo_margins: Option<[usize; 4]>,
     /// Colour jitter and blur applied to the mixed images.
     pub strong_aug: StrongAugConfig,
 }
@@ -74,6 +87,8 @@ impl Default for UdaConfig {
             mix_loss_weight: 1.0,
             per_image_classes: false,
             pseudo_label_crop: None,
+            pseudo_label_crop_height: 512,
+            pseudo_margins: None,
             strong_aug: StrongAugConfig::default(),
         }
     }
@@ -95,6 +110,9 @@ pub struct SelfTraining {
     spec: SelfTrainingSpec,
     student: Box<dyn SegModel>,
     student_vars: VarMap,
+    /// The student as its training forwards see it under `model.autocast`
+    /// (bf16/f16 compute on the f32 masters); `None` without autocast.
+    train_student: Option<Box<dyn SegModel>>,
     teacher: Option<(Box<dyn SegModel>, VarMap)>,
     objective: Box<dyn SegObjective>,
     optimizer: AdamW,
@@ -130,6 +148,10 @@ impl SelfTraining {
         } else {
             None
         };
+        let train_student: Option<Box<dyn SegModel>> = match spec.model.autocast.dtype() {
+            Some(_) => Some(Box::new(AutocastModel::new(&spec.model, &student_vars, spec.model.autocast, device)?)),
+            None => None,
+        };
         let optimizer = AdamW::new(&student_vars, spec.optimizer.clone())?;
         // The step's generator is independent of the initialisation and the data order.
         let rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5354_4550_5f52_4e47);
@@ -137,6 +159,7 @@ impl SelfTraining {
             spec,
             student,
             student_vars,
+            train_student,
             teacher,
             objective: Box::new(WholeImage::default()),
             optimizer,
@@ -238,8 +261,13 @@ impl SelfTraining {
             }
         }
 
-        let Self { student, teacher, objective, hooks, rng, spec, .. } = self;
-        let student: &dyn SegModel = student.as_ref();
+        let Self { student, train_student, teacher, objective, hooks, rng, spec, .. } = self;
+        // Every training forward of the student (host losses and hook losses)
+        // goes through autocast when it is on.
+        let student: &dyn SegModel = match train_student.as_deref() {
+            Some(cast) => cast,
+            None => student.as_ref(),
+        };
         let teacher_model: Option<&dyn SegModel> = teacher.as_ref().map(|(m, _)| m.as_ref());
         let objective: &dyn SegObjective = objective.as_ref();
         let num_classes = spec.model.num_classes;
@@ -263,8 +291,24 @@ impl SelfTraining {
             };
             let mut pl = pseudo_label_and_weight(&teacher_logits, spec.uda.pseudo_threshold)?;
             log.metrics.push(("pseudo_confident_share".into(), mean_scalar(&pl.weight)?));
-            if let Some([top, bottom]) = spec.uda.pseudo_label_crop {
+            // `DACS.filter_valid_pseudo_region`, after `q` was taken over all pixels.
+            if let Some(rows) = spec.uda.pseudo_label_crop {
+                let h = pl.weight.dim(1)?;
+                let [top, bottom] = scaled_row_crop(rows, spec.uda.pseudo_label_crop_height, h);
                 pl.weight = zero_rows(&pl.weight, top, bottom)?;
+            }
+            if spec.uda.pseudo_margins.is_some() {
+                let valid = batch.target_valid.as_ref().ok_or_else(|| {
+                    Error::msg("uda.pseudo_margins is set but the batch has no target valid mask (UdaBatch::target_valid)")
+                })?;
+                if valid.dims() != pl.weight.dims() {
+                    return Err(Error::msg(format!(
+                        "UdaBatch::target_valid has shape {:?}, expected the target batch's {:?}",
+                        valid.dims(),
+                        pl.weight.dims()
+                    )));
+                }
+                pl.weight = (&pl.weight * valid.to_dtype(pl.weight.dtype())?)?;
             }
             {
                 let view = view(t, batch, student, Some(teacher_model), objective, &src_features, None, None, spec, averaging);

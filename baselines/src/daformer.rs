@@ -1,0 +1,36 @@
+//! DAFormer (reference §3; `lhoyer/MIC
+//! configs/daformer/gta2cs_uda_warm_fdthings_rcs_croppl_a999_daformer_mitb5_s0.py`):
+//! the shared DACS step plus the thing-class ImageNet feature distance
+//! ([`crate::fd::FeatureDistance`], hook `"fd"`).
+//!
+//! Everything else DAFormer changes is a setting of the run configuration,
+//! not code, and the `daformer-*` presets hold the published values:
+//! `uda.ema_alpha = 0.999`, `uda.pseudo_label_crop = [15, 120]` (rows of the
+//! 512-high crop), `[data.rcs]` (T 0.01, 3000 px, crop ratio 0.5), the
+//! DAFormer network (`model.name = "daformer_mitb5"`), AdamW 6e-5 with head
+//! ×10 and no decay on norms, 1500 warm-up iterations then linear poly.
+
+use candle_core::Device;
+use omuda_core::config::RunConfig;
+use omuda_core::train::SelfTraining;
+use omuda_core::Result;
+
+use crate::fd::FeatureDistance;
+
+/// Constructors only: DAFormer is a configuration of the shared step.
+pub struct Daformer;
+
+#[allow(clippy::new_ret_no_self)]
+impl Daformer {
+    /// DAFormer with the `[uda]`, `[fd]` and model settings of `cfg`.
+    pub fn new(cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
+        Self::named("daformer", cfg, device)
+    }
+
+    /// DAFormer under another name (e.g. the host of `mic_daformer`).
+    pub fn named(name: &str, cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
+        let mut spec = crate::base_spec(name, cfg);
+        spec.uda.self_training = true;
+        Ok(crate::build(spec, device)?.with(FeatureDistance::new(cfg.fd.clone())))
+    }
+}

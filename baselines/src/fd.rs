@@ -1,0 +1,130 @@
+//! DAFormer's thing-class ImageNet feature distance as a hook of the shared
+//! step (reference §3.3; `lhoyer/MIC seg/mmseg/models/uda/dacs.py`,
+//! `DACS.calc_feat_dist` and `DACS.masked_feat_dist`).
+//!
+//! The student's source features (the ones the host's source loss computed,
+//! with graph) are pulled, on cells whose downscaled source label is a thing
+//! class, towards the features of a frozen copy of the initial network (the
+//! "ImageNet" model: same config, same initialisation and pretrained weights,
+//! never trained, evaluation mode). The frozen encoder sees
+//! `objective.feature_input(x_s)`, the image behind the student's features
+//! (HRDA: the downscaled context image, reference §4.4), so FD needs no
+//! method-specific code. The hook is named `"fd"`: OMUDA's FDM replaces it.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use omuda_core::nn::{build_segmentor, seeded_var_builder, ForwardCtx, SegModel};
+use omuda_core::ops::feature_distance::{class_mask, downscale_label_ratio, masked_feature_distance};
+use omuda_core::train::components::FdConfig;
+use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
+use omuda_core::{Error, Result};
+
+/// The feature-distance hook.
+pub struct FeatureDistance {
+    cfg: FdConfig,
+    /// The frozen encoder, built at the first step from the host's model spec.
+    frozen: Option<(Box<dyn SegModel>, VarMap)>,
+    metrics: Vec<(String, f64)>,
+}
+
+/// Index of `layer` (negative: from the end) among `n` encoder levels.
+pub fn level_index(layer: i64, n: usize) -> Result<usize> {
+    let idx = if layer < 0 { n as i64 + layer } else { layer };
+    if idx < 0 || idx >= n as i64 {
+        return Err(Error::Config {
+            origin: "fd.layer".into(),
+            message: format!("layer {layer} does not exist: the encoder has {n} levels"),
+        });
+    }
+    Ok(idx as usize)
+}
+
+/// The FD loss before λ: the masked distance between the student features
+/// `f` and the frozen features `f0` (both (B, C, h, w)) on the cells whose
+/// label, `label` (B, H, W) downscaled by `W / w` (`downscale_label_ratio`
+/// with `min_ratio`), is one of `thing_classes`. None when no cell is a
+/// thing cell (the reference's NaN mean: no loss, no gradient).
+pub fn feature_distance(
+    f: &Tensor,
+    f0: &Tensor,
+    label: &Tensor,
+    thing_classes: &[u32],
+    min_ratio: f32,
+    num_classes: usize,
+) -> Result<Option<Tensor>> {
+    let (_, _, hf, wf) = f.dims4()?;
+    let (_, h, w) = label.dims3()?;
+    // `scale_factor = gt.shape[-1] // feat[lay].shape[-1]`.
+    let s = w / wf.max(1);
+    let down = downscale_label_ratio(label, s, min_ratio, num_classes)?;
+    if down.dims()[1..] != [hf, wf] {
+        return Err(Error::msg(format!(
+            "feature distance: the {h}×{w} label downscaled by {s} is {:?}, the features are {hf}×{wf}",
+            &down.dims()[1..]
+        )));
+    }
+    let mask = class_mask(&down, thing_classes)?.to_device(f.device())?;
+    masked_feature_distance(f, f0, &mask)
+}
+
+impl FeatureDistance {
+    pub fn new(cfg: FdConfig) -> Self {
+        Self { cfg, frozen: None, metrics: Vec::new() }
+    }
+
+    pub fn config(&self) -> &FdConfig {
+        &self.cfg
+    }
+
+    /// The frozen network: built like the student (`SelfTraining::new`):
+    /// seeded initialisation, then the pretrained `model.weights` if set.
+    fn frozen(&mut self, view: &StepView, device: &Device) -> Result<&dyn SegModel> {
+        if self.frozen.is_none() {
+            let vars = VarMap::new();
+            let model = build_segmentor(&view.spec.model, seeded_var_builder(&vars, view.spec.seed, DType::F32, device))?;
+            omuda_core::nn::weights::apply_model_weights(&view.spec.model, &vars)?;
+            self.frozen = Some((model, vars));
+        }
+        match &self.frozen {
+            Some((m, _)) => Ok(m.as_ref()),
+            None => Err(Error::msg("fd: frozen encoder missing")),
+        }
+    }
+}
+
+impl StepHook for FeatureDistance {
+    fn name(&self) -> &str {
+        "fd"
+    }
+
+    fn extra_losses(&mut self, view: &StepView, rng: &mut ChaCha8Rng) -> Result<Vec<NamedLoss>> {
+        self.metrics.clear();
+        let Some(features) = view.source_features else {
+            return Err(Error::msg("fd: the host step passed no source features"));
+        };
+        let layer = level_index(self.cfg.layer, features.len())?;
+        let f = &features[layer];
+        let x = view.objective.feature_input(&view.batch.source_image)?;
+        let f0 = {
+            let device = x.device().clone();
+            let e0 = self.frozen(view, &device)?;
+            // `.eval()` under `no_grad` in the reference: no dropout, BN running stats.
+            let mut ctx = ForwardCtx::eval(rng);
+            let feats = e0.features(&x, &mut ctx)?;
+            feats[level_index(self.cfg.layer, feats.len())?].detach()
+        };
+        let d = feature_distance(f, &f0, &view.batch.source_label, &self.cfg.thing_classes, self.cfg.min_ratio, view.num_classes)?;
+        // An empty mask: the reference logs NaN and back-propagates nothing;
+        // here the term is a constant 0 and `fd.empty_mask` = 1 says why.
+        self.metrics.push(("empty_mask".into(), if d.is_none() { 1.0 } else { 0.0 }));
+        let value = match d {
+            Some(d) => (d * self.cfg.lambda)?,
+            None => Tensor::new(0f32, f.device())?,
+        };
+        Ok(vec![NamedLoss { name: "loss_fd".into(), value }])
+    }
+
+    fn metrics(&self) -> Vec<(String, f64)> {
+        self.metrics.clone()
+    }
+}
