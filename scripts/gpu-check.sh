@@ -10,10 +10,12 @@
 # 2. The test suite on the GPU (OMUDA_TEST_DEVICE=cuda) when cargo is present;
 #    with a prebuilt binary, test binaries in $OMUDA_CUDA_TESTS (a folder) are
 #    run instead, each with OMUDA_TEST_DEVICE=cuda.
-# 3. `omuda bench --device cuda` at the reference sizes (DAFormer: MiT-B5 +
-#    DAFormer head, 512x512, batch 2; HRDA: the same network on a 512x512
-#    context crop plus a 512x512 detail crop per image), sampling peak GPU
-#    memory with nvidia-smi while each runs.
+# 3. `omuda bench --device cuda` at the reference sizes, in f32 and with
+#    `--autocast bf16` (DAFormer: MiT-B5 + DAFormer head, 512x512 crops,
+#    batch 2; HRDA: the same network and scale attention on 1024x1024 crops,
+#    i.e. a 512x512 context plus a 512x512 detail crop per image and 3x3
+#    overlapping teacher windows), sampling peak GPU memory with nvidia-smi
+#    while each runs.
 # 4. A table of iteration time and peak GPU memory next to the reference
 #    repositories' numbers (DAFormer 1.44 s/iter on an RTX 2080 Ti; HRDA
 #    2.9 s/iter and 22.5 GB on a Titan RTX).
@@ -74,8 +76,10 @@ bench() {
   echo "| $label | $it | ${peak:-?} MiB |" >> "$OUT/rows.md"
 }
 : > "$OUT/rows.md"
-bench daformer_b5_512 --model daformer_mitb5 --crop 512 --batch 2 --iters 10
-bench hrda_b5_2x512 --model daformer_mitb5 --crop 512 --batch 4 --iters 10
+bench daformer_b5_512 --model daformer_mitb5 --crop 512 --batch 2 --iters 10 --method daformer
+bench daformer_b5_512_bf16 --model daformer_mitb5 --crop 512 --batch 2 --iters 10 --method daformer --autocast bf16
+bench hrda_b5_1024 --model daformer_mitb5 --crop 1024 --batch 2 --iters 10 --method hrda
+bench hrda_b5_1024_bf16 --model daformer_mitb5 --crop 1024 --batch 2 --iters 10 --method hrda --autocast bf16
 
 {
   echo "GPU: $(head -1 "$OUT/gpu.txt")"

@@ -8,6 +8,7 @@ use candle_core::{bail, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::bias::{add_optional_bias, zero_bias};
+use super::conv_shift;
 use super::cpu::{use_cpu_kernels, MapOrder};
 use super::im2col::{ColGeom, Im2Col};
 use super::linear::channels_first_affine;
@@ -140,8 +141,9 @@ fn dense_kernel(weight: &Tensor, c: usize) -> Result<Option<(usize, usize)>> {
 }
 
 /// Dense convolution (groups = 1, no bias) of (B, C, H, W) with `weight` (O, C, k, k).
-/// On the CPU in f32 it is im2col + one batched matmul: the backward is then a
-/// matmul plus a scatter (skipped for inputs that need no gradient, such as the
+/// On the CPU in f32 a stride-1 convolution is k² shifted GEMMs on the padded
+/// input (`conv_shift`: no column buffer); other strides are im2col + one
+/// batched matmul: the backward is then a matmul plus a scatter (skipped for inputs that need no gradient, such as the
 /// image), several times faster than Candle's convolution backward.
 pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: ConvCfg) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
@@ -154,6 +156,12 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: ConvCfg) -> Result<Tensor> {
     };
     if !use_cpu_kernels(x, &[weight]) {
         return x.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, 1);
+    }
+    if conv_shift::applies(k, cfg) {
+        // Stride 1: k² shifted GEMMs on the padded input, no column buffer.
+        return x
+            .contiguous()?
+            .apply_op2(&weight.contiguous()?, conv_shift::ConvShift { cfg });
     }
     let geom = ColGeom::new(k, cfg, h, w)?;
     let cols = x.contiguous()?.apply_op1(Im2Col {

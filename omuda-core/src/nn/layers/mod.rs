@@ -15,7 +15,8 @@
 //! - `bias`: bias addition with a cheap bias gradient;
 //! - `dropout`: drop-path and Dropout2d (constant per-group masks);
 //! - `linear`: fully connected layer and the channels-first 1x1 map;
-//! - `conv` (layer and entry points) and `im2col` (its kernels): dense convolution;
+//! - `conv` (layer and entry points), `conv_shift` (stride-1 kernel: shifted GEMMs)
+//!   and `im2col` (other strides): dense convolution;
 //! - `layer_norm`, `batch_norm`: the normalisations;
 //! - `depthwise` (layer and ops), `depthwise_geom` (window geometry),
 //!   `depthwise_nchw` and `depthwise_nhwc` (kernels): stride-1 depthwise convolution;
@@ -26,6 +27,7 @@ mod activation;
 mod batch_norm;
 mod bias;
 mod conv;
+mod conv_shift;
 mod cpu;
 mod depthwise;
 mod depthwise_geom;
