@@ -11,9 +11,10 @@
 //! (HRDA: the downscaled context image, reference §4.4), so FD needs no
 //! method-specific code. The hook is named `"fd"`: OMUDA's FDM replaces it.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use omuda_core::nn::{build_segmentor, seeded_var_builder, ForwardCtx, SegModel};
+use omuda_core::nn::weights::build_initial;
+use omuda_core::nn::{ForwardCtx, SegModel};
 use omuda_core::ops::feature_distance::{class_mask, downscale_label_ratio, masked_feature_distance};
 use omuda_core::train::components::FdConfig;
 use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
@@ -80,9 +81,7 @@ impl FeatureDistance {
     /// seeded initialisation, then the pretrained `model.weights` if set.
     fn frozen(&mut self, view: &StepView, device: &Device) -> Result<&dyn SegModel> {
         if self.frozen.is_none() {
-            let vars = VarMap::new();
-            let model = build_segmentor(&view.spec.model, seeded_var_builder(&vars, view.spec.seed, DType::F32, device))?;
-            omuda_core::nn::weights::apply_model_weights(&view.spec.model, &vars)?;
+            let (model, vars, _) = build_initial(&view.spec.model, view.spec.seed, device)?;
             self.frozen = Some((model, vars));
         }
         match &self.frozen {

@@ -1,4 +1,4 @@
-//! `model.autocast` inside the shared step: a DACS step in f16 compute
+//! `model.autocast` inside the shared step: DACS steps in f16 compute
 //! trains the f32 master weights with finite losses, and tracks the f32 step.
 
 use candle_core::{DType, Device};
@@ -13,14 +13,15 @@ fn tiny_config(autocast: Autocast) -> RunConfig {
     cfg.methods = vec!["dacs".into()];
     cfg.train.iters = 2;
     cfg.data.synth.height = 32;
-    cfg.data.synth.width = 64;
+    cfg.data.synth.width = 32;
     cfg.schedule.warmup_iters = 1;
     cfg.model.name = "daformer_tiny".into();
     cfg.model.autocast = autocast;
     cfg
 }
 
-/// Losses of two DACS steps and the student's f32 parameters afterwards.
+/// Losses of two DACS steps (the second with an EMA teacher) and the
+/// student's f32 parameters afterwards.
 fn two_steps(autocast: Autocast) -> (Vec<Vec<(String, f64)>>, Vec<f32>) {
     let cfg = tiny_config(autocast);
     cfg.validate("test").unwrap();

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use omuda_core::nn::{build_segmentor, seeded_var_builder, ForwardCtx, SegModel};
+use omuda_core::nn::weights::build_initial;
+use omuda_core::nn::{ForwardCtx, SegModel};
 use omuda_core::train::plugin::{scaled_block, FdmConfig, PluginsConfig};
 use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda_core::{Error, Result};
@@ -92,10 +93,8 @@ impl Fdm {
     /// `model.weights` if set), or those of `cfg.encoder`.
     fn frozen(&mut self, view: &StepView, device: &Device) -> Result<&dyn SegModel> {
         if self.frozen.is_none() {
-            let vars = VarMap::new();
-            let model = build_segmentor(&view.spec.model, seeded_var_builder(&vars, view.spec.seed, DType::F32, device))?;
-            // The student's pretrained weights (`model.weights`), if any, as SelfTraining::new loads them.
-            omuda_core::nn::weights::apply_model_weights(&view.spec.model, &vars)?;
+            // The student's initial network, as SelfTraining::new builds it.
+            let (model, vars, _) = build_initial(&view.spec.model, view.spec.seed, device)?;
             if let Some(path) = &self.cfg.encoder {
                 // `{seed}` in the path stands for the run's seed (one encoder per seed).
                 let path = PathBuf::from(path.to_string_lossy().replace("{seed}", &view.spec.seed.to_string()));

@@ -656,6 +656,18 @@ pub fn load_into(
     Ok(report)
 }
 
+/// The network of `cfg` as a run starts it: the seeded initialisation of
+/// `seed` (see [`super::seeded_var_builder`]), then the pretrained
+/// `model.weights` if set. The student, the EMA teacher and every frozen copy
+/// of the initial network (feature distance, FDM) are built by this one
+/// function, so they start from the same weights.
+pub fn build_initial(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<(Box<dyn super::SegModel>, VarMap, Option<LoadReport>)> {
+    let vars = VarMap::new();
+    let model = build_segmentor(cfg, super::seeded_var_builder(&vars, seed, DType::F32, device))?;
+    let report = apply_model_weights(cfg, &vars)?;
+    Ok((model, vars, report))
+}
+
 /// Loads `cfg.weights` (if any) into the model variables `vars` with
 /// `cfg.strict`. Returns the report, `None` when no weights are configured.
 pub fn apply_model_weights(cfg: &ModelConfig, vars: &VarMap) -> Result<Option<LoadReport>> {

@@ -29,8 +29,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::nn::autocast::AutocastModel;
-use crate::nn::segmentor::build_segmentor;
-use crate::nn::{seeded_var_builder, ForwardCtx, ModelConfig, SegModel};
+use crate::nn::weights::build_initial;
+use crate::nn::{ForwardCtx, ModelConfig, SegModel};
 use crate::ops::augment::{strong_augment, StrongAugConfig};
 use crate::ops::mix::{class_masks, class_mix, MixedBatch};
 use crate::data::valid_region::scaled_row_crop;
@@ -134,16 +134,13 @@ pub struct SelfTraining {
 
 impl SelfTraining {
     pub fn new(spec: SelfTrainingSpec, device: &Device) -> Result<Self> {
-        let student_vars = VarMap::new();
-        let student = build_segmentor(&spec.model, seeded_var_builder(&student_vars, spec.seed, DType::F32, device))?;
         // Pretrained weights (`model.weights`), strict unless `model.strict = false`.
-        if let Some(report) = crate::nn::weights::apply_model_weights(&spec.model, &student_vars)? {
+        let (student, student_vars, report) = build_initial(&spec.model, spec.seed, device)?;
+        if let Some(report) = report {
             eprintln!("{}: {}", spec.name, report.summary());
         }
         let teacher = if spec.uda.self_training {
-            let vars = VarMap::new();
-            let model = build_segmentor(&spec.model, seeded_var_builder(&vars, spec.seed, DType::F32, device))?;
-            crate::nn::weights::apply_model_weights(&spec.model, &vars)?;
+            let (model, vars, _) = build_initial(&spec.model, spec.seed, device)?;
             Some((model, vars))
         } else {
             None
