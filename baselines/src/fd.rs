@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use omuda_core::nn::weights::build_initial;
 use omuda_core::nn::{ForwardCtx, SegModel};
-use omuda_core::ops::feature_distance::{class_mask, downscale_label_ratio, masked_feature_distance};
+use omuda_core::ops::feature_distance::{class_mask, downscale_label_ratio, level_index, masked_feature_distance};
 use omuda_core::train::components::FdConfig;
 use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda_core::{Error, Result};
@@ -26,18 +26,6 @@ pub struct FeatureDistance {
     /// The frozen encoder, built at the first step from the host's model spec.
     frozen: Option<(Box<dyn SegModel>, VarMap)>,
     metrics: Vec<(String, f64)>,
-}
-
-/// Index of `layer` (negative: from the end) among `n` encoder levels.
-pub fn level_index(layer: i64, n: usize) -> Result<usize> {
-    let idx = if layer < 0 { n as i64 + layer } else { layer };
-    if idx < 0 || idx >= n as i64 {
-        return Err(Error::Config {
-            origin: "fd.layer".into(),
-            message: format!("layer {layer} does not exist: the encoder has {n} levels"),
-        });
-    }
-    Ok(idx as usize)
 }
 
 /// The FD loss before λ: the masked distance between the student features
@@ -101,7 +89,7 @@ impl StepHook for FeatureDistance {
         let Some(features) = view.source_features else {
             return Err(Error::msg("fd: the host step passed no source features"));
         };
-        let layer = level_index(self.cfg.layer, features.len())?;
+        let layer = level_index(self.cfg.layer, features.len(), "fd.layer")?;
         let f = &features[layer];
         let x = view.objective.feature_input(&view.batch.source_image)?;
         let f0 = {
@@ -110,7 +98,7 @@ impl StepHook for FeatureDistance {
             // `.eval()` under `no_grad` in the reference: no dropout, BN running stats.
             let mut ctx = ForwardCtx::eval(rng);
             let feats = e0.features(&x, &mut ctx)?;
-            feats[level_index(self.cfg.layer, feats.len())?].detach()
+            feats[level_index(self.cfg.layer, feats.len(), "fd.layer")?].detach()
         };
         let d = feature_distance(f, &f0, &view.batch.source_label, &self.cfg.thing_classes, self.cfg.min_ratio, view.num_classes)?;
         // An empty mask: the reference logs NaN and back-propagates nothing;

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use omuda_core::nn::weights::build_initial;
 use omuda_core::nn::{ForwardCtx, SegModel};
+use omuda_core::ops::feature_distance::level_index;
 use omuda_core::train::plugin::{scaled_block, FdmConfig, PluginsConfig};
 use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda_core::{Error, Result};
@@ -35,18 +36,6 @@ impl Default for Fdm {
         let p = PluginsConfig::default();
         Self::new(p.fdm, p.thing_classes)
     }
-}
-
-/// Index of `layer` (negative: from the end) among `n` encoder levels.
-pub fn level_index(layer: i64, n: usize) -> Result<usize> {
-    let idx = if layer < 0 { n as i64 + layer } else { layer };
-    if idx < 0 || idx >= n as i64 {
-        return Err(Error::Config {
-            origin: "plugin.fdm.layer".into(),
-            message: format!("layer {layer} does not exist: the encoder has {n} levels"),
-        });
-    }
-    Ok(idx as usize)
 }
 
 /// The feature-cell mask (B, hf, wf) of FDM: cells whose downscaled label is
@@ -122,7 +111,7 @@ impl Fdm {
             let e0 = self.frozen(view, &device)?;
             let mut ctx = ForwardCtx::eval(rng);
             let feats = e0.features(image, &mut ctx)?;
-            feats[level_index(cfg_layer, feats.len())?].detach()
+            feats[level_index(cfg_layer, feats.len(), "plugin.fdm.layer")?].detach()
         };
         let (_, _, hf, wf) = f0.dims4()?;
         let lab = label.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
@@ -144,7 +133,7 @@ impl Fdm {
         let f = {
             let mut ctx = ForwardCtx::train(rng);
             let feats = view.student.features(&masked, &mut ctx)?;
-            let i = level_index(cfg_layer, feats.len())?;
+            let i = level_index(cfg_layer, feats.len(), "plugin.fdm.layer")?;
             feats[i].clone()
         };
         let cells = Tensor::from_vec(cells, (b, hf, wf), &device)?;

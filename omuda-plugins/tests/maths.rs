@@ -4,7 +4,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use omuda_core::train::class_balanced_weight;
 use omuda_core::train::plugin::{scaled_block, CdmMode};
 use omuda_plugins::cdm::{class_thresholds, pixel_weight, update_class_means};
-use omuda_plugins::fdm::{cell_mask, level_index};
+use omuda_core::ops::feature_distance::level_index;
+use omuda_plugins::fdm::cell_mask;
 use omuda_plugins::masks::{
     cam_mask, cell_mean, downscale_label_ratio, fg_fraction, masked_feature_distance, random_block_mask, CamMaskParams, IGNORE,
 };
@@ -222,9 +223,10 @@ fn downscaled_labels_and_cell_means() {
     let conf = vec![0.5f32; 16];
     let mask = cell_mask(&l, Some(&conf), (1, 4, 4), (2, 2), &things(), 0.75, 0.968).unwrap();
     assert_eq!(mask, [0.0; 4]);
-    assert_eq!(level_index(-1, 4).unwrap(), 3);
-    assert_eq!(level_index(1, 4).unwrap(), 1);
-    assert!(level_index(-5, 4).is_err());
+    assert_eq!(level_index(-1, 4, "plugin.fdm.layer").unwrap(), 3);
+    assert_eq!(level_index(1, 4, "plugin.fdm.layer").unwrap(), 1);
+    let err = level_index(-5, 4, "plugin.fdm.layer").unwrap_err().to_string();
+    assert!(err.contains("plugin.fdm.layer"), "{err}");
 }
 
 #[test]

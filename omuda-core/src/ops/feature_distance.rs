@@ -9,6 +9,20 @@ use candle_core::{DType, Tensor};
 
 use crate::{Error, Result};
 
+/// Index of encoder level `layer` (negative: from the end) among `n`
+/// levels; an out-of-range layer is a configuration error naming `key`
+/// (e.g. `"fd.layer"`).
+pub fn level_index(layer: i64, n: usize, key: &str) -> Result<usize> {
+    let idx = if layer < 0 { n as i64 + layer } else { layer };
+    if idx < 0 || idx >= n as i64 {
+        return Err(Error::Config {
+            origin: key.into(),
+            message: format!("layer {layer} does not exist: the encoder has {n} levels"),
+        });
+    }
+    Ok(idx as usize)
+}
+
 /// Label value of ignored pixels.
 pub const IGNORE: u32 = 255;
 
