@@ -6,7 +6,8 @@
 //! (student on source, teacher on target, ClassMix step, EMA). Inputs are
 //! random images and labels of the crop size, so only the arithmetic is
 //! measured, not data loading. Each row also gives the counted FLOPs
-//! (`bench_flops`) and the achieved GFLOP/s. `--compare-pytorch` then runs
+//! (`bench_flops`) and the achieved GFLOP/s. The parameter updates (AdamW step,
+//! EMA update) are also timed alone, fused kernels against composed Candle ops. `--compare-pytorch` then runs
 //! `bench/pytorch_reference.py` on the same network, step and thread count
 //! (`bench_compare`) and prints the omuda/PyTorch ratios.
 
@@ -19,9 +20,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
 use omuda::core::io::write_atomic;
 use omuda::core::nn::autocast::Autocast;
 use omuda::core::nn::is_buffer;
+use omuda::core::train::ema::{ema_update, ema_update_composed};
+use omuda::core::train::optimizer::{AdamW, AdamWConfig};
 use omuda::core::train::UdaBatch;
 use omuda::{build_method, Error, Result, UdaMethod};
 use serde::Serialize;
@@ -50,6 +54,10 @@ pub struct BenchArgs {
     /// Skip the full UDA iteration.
     #[arg(long)]
     pub no_uda: bool,
+    /// Time the UDA iteration only (no evaluation forward, no supervised
+    /// step): for profiling it, e.g. under `perf record`.
+    #[arg(long, conflicts_with_all = ["no_uda", "compare_pytorch"])]
+    pub uda_only: bool,
     /// The UDA method of the third measurement (dacs, daformer, hrda,
     /// mic_hrda, …) with its default settings; the crop is its training crop
     /// (HRDA: context at half size plus a detail crop of `hrda.hr_crop`).
@@ -88,22 +96,37 @@ struct BenchReport {
     threads: usize,
     /// Counted FLOPs of each measurement (see `bench_flops`), when known for the model.
     flops: Option<Flops>,
-    eval_forward_s: f64,
-    train_step_s: f64,
+    /// `None` with `--uda-only`.
+    eval_forward_s: Option<f64>,
+    /// `None` with `--uda-only`.
+    train_step_s: Option<f64>,
     uda_iteration_s: Option<f64>,
     /// Median process CPU time (user + system, all threads) of the same runs:
     /// less sensitive to other load on the machine than the wall time.
     cpu_s: CpuTimes,
     /// Peak resident memory of the process (Linux VmHWM), MiB.
     peak_rss_mib: Option<f64>,
+    /// The parameter updates alone, fused CPU kernels against the composed
+    /// Candle ops (`None` with `--uda-only`).
+    updates: Option<UpdateTimes>,
     /// The PyTorch reference and the ratios, with `--compare-pytorch`.
     pytorch: Option<Comparison>,
 }
 
+/// Median wall times of one AdamW step (DAFormer parameter groups) and one EMA
+/// update over every parameter of the network.
+#[derive(Debug, Serialize)]
+struct UpdateTimes {
+    adamw_fused_s: f64,
+    adamw_composed_s: f64,
+    ema_fused_s: f64,
+    ema_composed_s: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct CpuTimes {
-    eval_forward: f64,
-    train_step: f64,
+    eval_forward: Option<f64>,
+    train_step: Option<f64>,
     uda_iteration: Option<f64>,
 }
 
@@ -200,14 +223,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.model, args.batch, cfg.device
     );
 
-    let (eval_forward_s, eval_cpu) = median_time(args.warmup, args.iters, &device, || {
-        supervised.predict(&batch.source_image)?;
-        Ok(())
-    })?;
-    let (train_step_s, train_cpu) = median_time(args.warmup, args.iters, &device, || {
-        supervised.train_step(&batch)?;
-        Ok(())
-    })?;
+    let (eval_forward_s, eval_cpu, train_step_s, train_cpu) = if args.uda_only {
+        (None, None, None, None)
+    } else {
+        let (eval_s, eval_cpu) = median_time(args.warmup, args.iters, &device, || {
+            supervised.predict(&batch.source_image)?;
+            Ok(())
+        })?;
+        let (train_s, train_cpu) = median_time(args.warmup, args.iters, &device, || {
+            supervised.train_step(&batch)?;
+            Ok(())
+        })?;
+        (Some(eval_s), Some(eval_cpu), Some(train_s), Some(train_cpu))
+    };
+    let updates = if args.uda_only {
+        None
+    } else {
+        Some(time_updates(supervised.student_vars(), args.warmup, args.iters, &device)?)
+    };
     drop(supervised);
     let (uda_iteration_s, uda_cpu) = if args.no_uda {
         (None, None)
@@ -242,9 +275,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         let t = compare::run_reference(&python, &repo, &run, &json)?;
         let _ = std::fs::remove_file(&json);
+        // `--uda-only` conflicts with `--compare-pytorch`: both rows were timed.
+        let (Some(eval_s), Some(train_s)) = (eval_forward_s, train_step_s) else {
+            return Err(Error::msg("omuda bench: --compare-pytorch needs the evaluation and training rows"));
+        };
         Some(Comparison {
-            ratio_eval_forward: eval_forward_s / t.eval_forward_s,
-            ratio_train_step: train_step_s / t.train_step_s,
+            ratio_eval_forward: eval_s / t.eval_forward_s,
+            ratio_train_step: train_s / t.train_step_s,
             ratio_uda_iteration: uda_iteration_s.zip(t.uda_iteration_s).map(|(a, b)| a / b),
             ratio_peak_rss: peak_rss_mib.map(|m| m / t.peak_rss_mib),
             framework: format!("{} ({} threads)", t.framework, t.threads),
@@ -275,6 +312,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         uda_iteration_s,
         cpu_s,
         peak_rss_mib,
+        updates,
         pytorch,
     };
     print_table(&report);
@@ -287,8 +325,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 fn print_table(r: &BenchReport) {
     let rows = [
-        ("eval forward", Some(r.eval_forward_s), r.flops.as_ref().map(|f| f.eval_forward), r.pytorch.as_ref().map(|p| p.eval_forward_s)),
-        ("supervised train step", Some(r.train_step_s), r.flops.as_ref().map(|f| f.train_step), r.pytorch.as_ref().map(|p| p.train_step_s)),
+        ("eval forward", r.eval_forward_s, r.flops.as_ref().map(|f| f.eval_forward), r.pytorch.as_ref().map(|p| p.eval_forward_s)),
+        ("supervised train step", r.train_step_s, r.flops.as_ref().map(|f| f.train_step), r.pytorch.as_ref().map(|p| p.train_step_s)),
         (r.uda_label.as_str(), r.uda_iteration_s, r.flops.as_ref().and_then(|f| f.uda_iteration), r.pytorch.as_ref().and_then(|p| p.uda_iteration_s)),
     ];
     let gflops = |f: Option<f64>, t: f64| f.map_or("-".to_string(), |f| format!("{:.1}", f / t / 1e9));
@@ -312,8 +350,8 @@ fn print_table(r: &BenchReport) {
         }
     }
     let cpu_rows = [
-        ("eval forward", Some(r.cpu_s.eval_forward), r.pytorch.as_ref().map(|p| p.cpu_s.eval_forward)),
-        ("supervised train step", Some(r.cpu_s.train_step), r.pytorch.as_ref().map(|p| p.cpu_s.train_step)),
+        ("eval forward", r.cpu_s.eval_forward, r.pytorch.as_ref().map(|p| p.cpu_s.eval_forward)),
+        ("supervised train step", r.cpu_s.train_step, r.pytorch.as_ref().map(|p| p.cpu_s.train_step)),
         (r.uda_label.as_str(), r.cpu_s.uda_iteration, r.pytorch.as_ref().and_then(|p| p.cpu_s.uda_iteration)),
     ];
     println!("CPU time (user + system, median), s:");
@@ -323,6 +361,11 @@ fn print_table(r: &BenchReport) {
             (Some(t), None) => println!("| {name} | {t:.3} |"),
             _ => {}
         }
+    }
+    if let Some(u) = &r.updates {
+        println!("parameter updates, s (fused kernel / composed Candle ops):");
+        println!("| AdamW step | {:.4} | {:.4} | {:.2} |", u.adamw_fused_s, u.adamw_composed_s, u.adamw_fused_s / u.adamw_composed_s);
+        println!("| EMA update | {:.4} | {:.4} | {:.2} |", u.ema_fused_s, u.ema_composed_s, u.ema_fused_s / u.ema_composed_s);
     }
     match (r.peak_rss_mib, &r.pytorch) {
         (Some(m), Some(p)) => println!("peak RSS: omuda {m:.0} MiB, PyTorch {:.0} MiB, ratio {:.2}", p.peak_rss_mib, m / p.peak_rss_mib),
@@ -354,6 +397,35 @@ fn random_batch(b: usize, h: usize, w: usize, classes: usize, device: &Device) -
         .squeeze(1)?
         .to_dtype(DType::U32)?;
     Ok(UdaBatch { source_image, source_label, target_image, target_valid: None })
+}
+
+/// Times one AdamW step and one EMA update over the parameters of `student`,
+/// each with the fused kernels and with the composed Candle ops.
+fn time_updates(student: &VarMap, warmup: usize, iters: usize, device: &Device) -> Result<UpdateTimes> {
+    // A gradient for every parameter (d/dp Σp = 1) and a teacher with the same names.
+    let teacher = VarMap::new();
+    let mut loss: Option<Tensor> = None;
+    {
+        let data = student.data().lock().map_err(|_| Error::msg("student VarMap lock poisoned"))?;
+        for (name, var) in data.iter().filter(|(name, _)| !is_buffer(name)) {
+            teacher.get(var.shape(), name, candle_nn::Init::Const(0.0), var.dtype(), device)?;
+            let s = var.as_tensor().sum_all()?;
+            loss = Some(match loss {
+                Some(l) => l.add(&s)?,
+                None => s,
+            });
+        }
+    }
+    let loss = loss.ok_or_else(|| Error::msg("omuda bench: the network has no parameters"))?;
+    let grads = loss.backward()?;
+    let lr = 6e-5;
+    let mut fused = AdamW::new(student, AdamWConfig::default())?;
+    let mut composed = AdamW::new_composed(student, AdamWConfig::default())?;
+    let (adamw_fused_s, _) = median_time(warmup, iters, device, || fused.step(&grads, lr))?;
+    let (adamw_composed_s, _) = median_time(warmup, iters, device, || composed.step(&grads, lr))?;
+    let (ema_fused_s, _) = median_time(warmup, iters, device, || Ok(ema_update(&teacher, student, 0.99)?))?;
+    let (ema_composed_s, _) = median_time(warmup, iters, device, || Ok(ema_update_composed(&teacher, student, 0.99)?))?;
+    Ok(UpdateTimes { adamw_fused_s, adamw_composed_s, ema_fused_s, ema_composed_s })
 }
 
 /// Median wall time and median process CPU time of `f` over `iters` runs

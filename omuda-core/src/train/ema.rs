@@ -2,11 +2,16 @@
 //! `DACS._init_ema_weights` / `DACS._update_ema`).
 //!
 //! Parameters only: BatchNorm running statistics are not averaged.
+//!
+//! For `f32` parameters on the CPU the update is one fused in-place pass
+//! (`fused_update::EmaKernel`), bit-identical to the composed Candle
+//! expression used elsewhere.
 
 use candle_core::Result;
 use candle_nn::VarMap;
 
 use crate::nn::is_buffer;
+use crate::train::fused_update::{self, EmaKernel};
 
 /// α_t = min(1 − 1/(t+1), α) for iteration t ≥ 1.
 pub fn ema_alpha(t: usize, alpha: f64) -> f64 {
@@ -20,10 +25,25 @@ pub fn copy_parameters(teacher: &VarMap, student: &VarMap) -> Result<()> {
 
 /// θ' ← α·θ' + (1−α)·θ for every parameter.
 pub fn ema_update(teacher: &VarMap, student: &VarMap, alpha: f64) -> Result<()> {
+    let kernel = EmaKernel::new(alpha);
     for_each_pair(teacher, student, |t, s| {
-        let mixed = ((t.as_tensor() * alpha)? + (s.as_tensor().detach() * (1.0 - alpha))?)?;
-        t.set(&mixed)
+        if fused_update::applies(&[t.as_tensor(), s.as_tensor()]) {
+            t.as_tensor().inplace_op2(s.as_tensor(), &kernel)
+        } else {
+            t.set(&ema_composed(t.as_tensor(), s.as_tensor(), alpha)?)
+        }
     })
+}
+
+/// [`ema_update`] as composed Candle ops on every device: the reference the
+/// fused CPU kernel is timed (`omuda bench`) and tested against.
+pub fn ema_update_composed(teacher: &VarMap, student: &VarMap, alpha: f64) -> Result<()> {
+    for_each_pair(teacher, student, |t, s| t.set(&ema_composed(t.as_tensor(), s.as_tensor(), alpha)?))
+}
+
+/// α·θ' + (1−α)·θ as composed Candle ops (any device or dtype).
+fn ema_composed(teacher: &candle_core::Tensor, student: &candle_core::Tensor, alpha: f64) -> Result<candle_core::Tensor> {
+    (teacher * alpha)? + (student.detach() * (1.0 - alpha))?
 }
 
 fn for_each_pair(
@@ -97,5 +117,28 @@ mod tests {
         let err = ema_update(&teacher, &student, 0.5).unwrap_err().to_string();
         assert!(err.contains("`v`"), "{err}");
         let _ = Tensor::zeros(1, DType::F32, &Device::Cpu);
+    }
+
+    /// The fused CPU kernel gives the same bits as the composed expression,
+    /// on a parameter larger than one kernel task.
+    #[test]
+    fn fused_update_is_bit_identical_to_composed() {
+        let dev = Device::Cpu;
+        let make = || {
+            let vm = VarMap::new();
+            vm.get(70_001, "w", candle_nn::Init::Const(0.0), DType::F32, &dev).unwrap();
+            let v = vm.data().lock().unwrap()["w"].clone();
+            v.set(&Tensor::randn(0f32, 1.0, 70_001, &dev).unwrap()).unwrap();
+            (vm, v)
+        };
+        let (teacher, t) = make();
+        let (student, s) = make();
+        let mut want = t.as_tensor().copy().unwrap();
+        for alpha in [0.5, 2.0 / 3.0, 0.999] {
+            ema_update(&teacher, &student, alpha).unwrap();
+            want = ema_composed(&want, s.as_tensor(), alpha).unwrap();
+        }
+        let bits = |x: &Tensor| x.to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(bits(t.as_tensor()) == bits(&want));
     }
 }

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod components;
 pub mod ema;
+mod fused_update;
 pub mod hooks;
 pub mod method;
 pub mod multires;

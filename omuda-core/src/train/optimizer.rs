@@ -5,16 +5,24 @@
 //! This one follows torch's `AdamW` update (decoupled decay, bias correction,
 //! eps added after the square root) and mmcv's `paramwise_cfg.custom_keys`
 //! rule for groups (reference §1.8).
+//!
+//! For `f32` parameters on the CPU the step is one fused in-place pass per
+//! parameter (`fused_update::AdamWKernel`) with the moments in host memory;
+//! elsewhere it is the composed Candle expression. Both give bit-identical
+//! parameters.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use std::cell::RefCell;
+
+use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::nn::is_buffer;
+use crate::train::fused_update::{self, AdamWKernel, AdamWScalars};
 use crate::{Error, Result};
 
 /// An lr / weight-decay multiplier for every parameter whose full name contains `key`.
@@ -79,8 +87,54 @@ struct Param {
     var: Var,
     lr_mult: f64,
     decay_mult: f64,
-    m: Tensor,
-    v: Tensor,
+    moments: Moments,
+}
+
+/// First and second moments of one parameter.
+enum Moments {
+    /// `f32` parameter on the CPU: updated in place by the fused kernel.
+    Host { m: Vec<f32>, v: Vec<f32> },
+    /// Any other device or dtype: the composed Candle update.
+    Tensors { m: Tensor, v: Tensor },
+}
+
+impl Moments {
+    fn zeros(var: &Var, fused: bool) -> Result<Self> {
+        if fused && fused_update::applies(&[var.as_tensor()]) {
+            let n = var.elem_count();
+            Ok(Moments::Host { m: vec![0.0; n], v: vec![0.0; n] })
+        } else {
+            let m = var.as_tensor().zeros_like()?;
+            let v = var.as_tensor().zeros_like()?;
+            Ok(Moments::Tensors { m, v })
+        }
+    }
+
+    /// (m, v) as tensors of the parameter's shape (copies for `Host`).
+    fn tensors(&self, var: &Var) -> Result<(Tensor, Tensor)> {
+        match self {
+            Moments::Host { m, v } => Ok((
+                Tensor::from_slice(m, var.shape(), &Device::Cpu)?,
+                Tensor::from_slice(v, var.shape(), &Device::Cpu)?,
+            )),
+            Moments::Tensors { m, v } => Ok((m.clone(), v.clone())),
+        }
+    }
+
+    /// Replace the moments with saved ones of the parameter's shape.
+    fn set(&mut self, var: &Var, m: &Tensor, v: &Tensor) -> Result<()> {
+        match self {
+            Moments::Host { m: hm, v: hv } => {
+                *hm = m.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+                *hv = v.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+            }
+            Moments::Tensors { m: tm, v: tv } => {
+                *tm = m.to_device(var.device())?.to_dtype(var.dtype())?;
+                *tv = v.to_device(var.device())?.to_dtype(var.dtype())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 pub struct AdamW {
@@ -94,6 +148,16 @@ pub struct AdamW {
 impl AdamW {
     /// One entry per trainable variable of `vars` (buffers excluded), in name order.
     pub fn new(vars: &VarMap, cfg: AdamWConfig) -> Result<Self> {
+        Self::build(vars, cfg, true)
+    }
+
+    /// The same optimizer with the composed Candle update on every device:
+    /// the reference the fused CPU kernel is timed (`omuda bench`) and tested against.
+    pub fn new_composed(vars: &VarMap, cfg: AdamWConfig) -> Result<Self> {
+        Self::build(vars, cfg, false)
+    }
+
+    fn build(vars: &VarMap, cfg: AdamWConfig, fused: bool) -> Result<Self> {
         let data = vars.data().lock().map_err(|_| Error::msg("VarMap lock poisoned"))?;
         let mut names: Vec<&String> = data.keys().filter(|n| !is_buffer(n)).collect();
         names.sort();
@@ -101,9 +165,8 @@ impl AdamW {
         for name in names {
             let var = data[name].clone();
             let (lr_mult, decay_mult) = cfg.multipliers(name);
-            let m = var.as_tensor().zeros_like()?;
-            let v = var.as_tensor().zeros_like()?;
-            params.push(Param { name: name.clone(), var, lr_mult, decay_mult, m, v });
+            let moments = Moments::zeros(&var, fused)?;
+            params.push(Param { name: name.clone(), var, lr_mult, decay_mult, moments });
         }
         Ok(Self { cfg, params, steps: 0 })
     }
@@ -129,30 +192,52 @@ impl AdamW {
             let Some(g) = grads.get(p.var.as_tensor()) else { continue };
             let lr_p = lr * p.lr_mult;
             let wd = self.cfg.weight_decay * p.decay_mult;
-            p.m = ((&p.m * b1)? + (g * (1.0 - b1))?)?;
-            p.v = ((&p.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let denom = ((p.v.sqrt()? / bias2.sqrt())? + self.cfg.eps)?;
-            let update = ((&p.m / denom)? * (lr_p / bias1))?;
-            let decayed = (p.var.as_tensor() * (1.0 - lr_p * wd))?;
-            p.var.set(&(decayed - update)?)?;
+            match &mut p.moments {
+                Moments::Host { m, v } if g.dtype() == candle_core::DType::F32 && g.device().is_cpu() => {
+                    let g = g.contiguous()?;
+                    let kernel = AdamWKernel {
+                        scalars: AdamWScalars::new(b1, b2, self.cfg.eps, bias1, bias2, lr_p, wd),
+                        m: RefCell::new(m.as_mut_slice()),
+                        v: RefCell::new(v.as_mut_slice()),
+                    };
+                    p.var.as_tensor().inplace_op2(&g, &kernel).map_err(|e| Error::msg(format!("AdamW on `{}`: {e}", p.name)))?;
+                }
+                Moments::Host { .. } => {
+                    return Err(Error::msg(format!(
+                        "AdamW: gradient of `{}` is {:?} on {:?}, expected f32 on the CPU like the parameter",
+                        p.name,
+                        g.dtype(),
+                        g.device()
+                    )))
+                }
+                Moments::Tensors { m, v } => {
+                    let (m2, v2, new) = composed_step(p.var.as_tensor(), g, m, v, (b1, b2, self.cfg.eps), (bias1, bias2), lr_p, wd)?;
+                    *m = m2;
+                    *v = v2;
+                    p.var.set(&new)?;
+                }
+            }
         }
         Ok(())
     }
 
     /// The moments as named tensors (`m.<name>`, `v.<name>`) and the step count.
-    pub fn state(&self) -> (HashMap<String, Tensor>, usize) {
+    pub fn state(&self) -> Result<(HashMap<String, Tensor>, usize)> {
         let mut map = HashMap::new();
         for p in &self.params {
-            map.insert(format!("m.{}", p.name), p.m.clone());
-            map.insert(format!("v.{}", p.name), p.v.clone());
+            let (m, v) = p.moments.tensors(&p.var)?;
+            map.insert(format!("m.{}", p.name), m);
+            map.insert(format!("v.{}", p.name), v);
         }
-        (map, self.steps)
+        Ok((map, self.steps))
     }
 
     /// Restore moments and step count saved by [`AdamW::state`].
     pub fn set_state(&mut self, tensors: &HashMap<String, Tensor>, steps: usize, origin: &str) -> Result<()> {
-        for p in self.params.iter_mut() {
-            for (prefix, slot) in [("m", &mut p.m), ("v", &mut p.v)] {
+        // Check every tensor before changing anything: a bad file leaves the optimizer as it was.
+        let mut loaded = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let [m, v] = ["m", "v"].map(|prefix| {
                 let key = format!("{prefix}.{}", p.name);
                 let t = tensors
                     .get(&key)
@@ -163,8 +248,12 @@ impl AdamW {
                         format!("optimizer tensor `{key}` has shape {:?}, expected {:?}", t.shape(), p.var.shape()),
                     ));
                 }
-                *slot = t.to_device(p.var.device())?.to_dtype(p.var.dtype())?;
-            }
+                Ok(t)
+            });
+            loaded.push((m?, v?));
+        }
+        for (p, (m, v)) in self.params.iter_mut().zip(loaded) {
+            p.moments.set(&p.var, m, v)?;
         }
         self.steps = steps;
         Ok(())
@@ -172,7 +261,7 @@ impl AdamW {
 
     /// Save the moments as safetensors (the step count goes in the run's JSON state).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let (map, _) = self.state();
+        let (map, _) = self.state()?;
         candle_core::safetensors::save(&map, path).map_err(|e| Error::file(path, e.to_string()))
     }
 
@@ -180,6 +269,28 @@ impl AdamW {
         let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| Error::file(path, e.to_string()))?;
         self.set_state(&map, steps, &path.display().to_string())
     }
+}
+
+/// The composed Candle AdamW update: new (m, v, parameter). The fused kernel
+/// evaluates exactly these expressions.
+#[allow(clippy::too_many_arguments)]
+fn composed_step(
+    param: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    (b1, b2, eps): (f64, f64, f64),
+    (bias1, bias2): (f64, f64),
+    lr: f64,
+    wd: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let m = ((m * b1)? + (g * (1.0 - b1))?)?;
+    let v = ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+    let denom = ((v.sqrt()? / bias2.sqrt())? + eps)?;
+    let update = ((&m / denom)? * (lr / bias1))?;
+    let decayed = (param * (1.0 - lr * wd))?;
+    let new = (decayed - update)?;
+    Ok((m, v, new))
 }
 
 #[cfg(test)]
@@ -230,8 +341,8 @@ mod tests {
         opt.save(&path).unwrap();
         let mut opt2 = AdamW::new(&vm, AdamWConfig::default()).unwrap();
         opt2.load(&path, opt.steps()).unwrap();
-        let (s1, n1) = opt.state();
-        let (s2, n2) = opt2.state();
+        let (s1, n1) = opt.state().unwrap();
+        let (s2, n2) = opt2.state().unwrap();
         assert_eq!(n1, n2);
         for (k, t) in s1 {
             let d = (t - &s2[&k]).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
@@ -241,5 +352,73 @@ mod tests {
         missing.insert("m.decode_head.w".to_string(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
         let err = opt2.set_state(&missing, 1, "x.safetensors").unwrap_err().to_string();
         assert!(err.contains("v.decode_head.w"), "{err}");
+    }
+
+    /// The fused CPU kernel gives the same bits as the composed Candle
+    /// expression, over several steps, groups and a parameter larger than one
+    /// kernel task.
+    #[test]
+    fn fused_step_is_bit_identical_to_composed() {
+        let dev = Device::Cpu;
+        let shapes: [(&str, &[usize]); 3] = [("decode_head.w", &[5, 7]), ("enc.norm.w", &[70_001]), ("enc.attn.w", &[3, 4, 3, 3])];
+        let vm = VarMap::new();
+        let mut reference = Vec::new();
+        for (name, shape) in shapes {
+            vm.get(shape, name, candle_nn::Init::Const(0.0), DType::F32, &dev).unwrap();
+            let var = vm.data().lock().unwrap()[name].clone();
+            var.set(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap();
+            let p = var.as_tensor().copy().unwrap();
+            reference.push((name, var, p.clone(), p.zeros_like().unwrap(), p.zeros_like().unwrap()));
+        }
+        let cfg = AdamWConfig::default();
+        let mut opt = AdamW::new(&vm, cfg.clone()).unwrap();
+        assert!(opt.params.iter().all(|p| matches!(p.moments, Moments::Host { .. })), "f32 on the CPU takes the fused path");
+        for (t, lr) in [1e-3, 6e-3, 2e-2].into_iter().enumerate() {
+            let mut loss = Tensor::zeros((), DType::F32, &dev).unwrap();
+            let mut grads = Vec::new();
+            for (_, var, ..) in &reference {
+                let g = Tensor::randn(0f32, 1.0, var.shape(), &dev).unwrap();
+                loss = (loss + (var.as_tensor() * &g).unwrap().sum_all().unwrap()).unwrap();
+                grads.push(g);
+            }
+            opt.step(&loss.backward().unwrap(), lr).unwrap();
+            let step = t as i32 + 1;
+            let (bias1, bias2) = (1.0 - cfg.beta1.powi(step), 1.0 - cfg.beta2.powi(step));
+            for ((name, _, p, m, v), g) in reference.iter_mut().zip(&grads) {
+                let (lr_mult, decay_mult) = cfg.multipliers(name);
+                let hyper = (cfg.beta1, cfg.beta2, cfg.eps);
+                let (m2, v2, p2) =
+                    composed_step(p, g, m, v, hyper, (bias1, bias2), lr * lr_mult, cfg.weight_decay * decay_mult).unwrap();
+                (*p, *m, *v) = (p2, m2, v2);
+            }
+        }
+        let (state, _) = opt.state().unwrap();
+        for (name, var, p, m, v) in &reference {
+            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(var.as_tensor()) == bits(p), "{name}: parameter bits differ");
+            assert!(bits(&state[&format!("m.{name}")]) == bits(m), "{name}: m bits differ");
+            assert!(bits(&state[&format!("v.{name}")]) == bits(v), "{name}: v bits differ");
+        }
+    }
+
+    /// A state file with a wrong shape is refused and leaves the moments as they were.
+    #[test]
+    fn bad_state_changes_nothing() {
+        let vm = VarMap::new();
+        let a = vm.get((3,), "a", candle_nn::Init::Const(1.0), DType::F32, &Device::Cpu).unwrap();
+        let _ = vm.get((2,), "b", candle_nn::Init::Const(1.0), DType::F32, &Device::Cpu).unwrap();
+        let mut opt = AdamW::new(&vm, AdamWConfig::default()).unwrap();
+        opt.step(&a.sum_all().unwrap().backward().unwrap(), 1e-2).unwrap();
+        let (before, _) = opt.state().unwrap();
+        let mut bad = before.clone();
+        bad.insert("v.b".into(), Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap());
+        bad.insert("m.a".into(), Tensor::ones(3, DType::F32, &Device::Cpu).unwrap());
+        let err = opt.set_state(&bad, 7, "bad.safetensors").unwrap_err().to_string();
+        assert!(err.contains("v.b") && err.contains("bad.safetensors"), "{err}");
+        let (after, steps) = opt.state().unwrap();
+        assert_eq!(steps, 1);
+        let m_a = after["m.a"].to_vec1::<f32>().unwrap();
+        assert_eq!(m_a, before["m.a"].to_vec1::<f32>().unwrap());
+        assert!(m_a.iter().all(|&x| x != 1.0));
     }
 }
