@@ -4,7 +4,34 @@ mod cli;
 
 use std::process::ExitCode;
 
+/// glibc malloc settings that keep freed large blocks in the heap for reuse
+/// (the same as `.cargo/config.toml` sets for `cargo run`/`cargo test`). Without
+/// them every tensor above the mmap threshold is a fresh `mmap` whose pages are
+/// faulted in and zeroed on first touch, every step.
+pub const MALLOC_TUNABLES: &str =
+    "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=268435456";
+
+/// glibc reads `GLIBC_TUNABLES` only at start-up: when it is unset, replace
+/// this process by itself with it set. Setting `GLIBC_TUNABLES` (even to an
+/// empty string) keeps the allocator's defaults.
+#[cfg(target_os = "linux")]
+fn exec_with_malloc_tunables() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("note: cannot find the omuda binary to restart it with GLIBC_TUNABLES; running with malloc defaults");
+        return;
+    };
+    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("GLIBC_TUNABLES", MALLOC_TUNABLES).exec();
+    // `exec` only returns on failure.
+    eprintln!("note: cannot restart with GLIBC_TUNABLES ({err}); running with malloc defaults");
+}
+
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    exec_with_malloc_tunables();
     // Candle's element-wise pool spins between ops by default; on few cores the
     // spinning worker competes with the matmul threads. Set before any Candle op.
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {

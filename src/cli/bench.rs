@@ -154,33 +154,24 @@ struct Comparison {
     ratio_peak_rss: Option<f64>,
 }
 
-/// glibc malloc settings that keep freed large blocks (as `.cargo/config.toml`
-/// sets for `cargo run`): without them every big tensor costs fresh page faults.
-const MALLOC_TUNABLES: &str =
-    "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=268435456";
-
 pub fn run(args: BenchArgs) -> Result<()> {
-    // glibc reads GLIBC_TUNABLES only at start-up: run again with it set. The
-    // PyTorch reference inherits the same environment.
-    // The thread count is read from the environment when the pools start.
+    // The thread count is read from the environment when the pools start: run
+    // again with it set. (`main` has already set the glibc malloc tunables; the
+    // PyTorch reference inherits the same environment.)
     let want_threads = args.threads.map(|n| n.to_string());
     let threads_differ = want_threads.as_ref().is_some_and(|n| std::env::var("RAYON_NUM_THREADS").ok().as_ref() != Some(n));
-    if cfg!(target_os = "linux") && (std::env::var_os("GLIBC_TUNABLES").is_none() || threads_differ) {
+    if threads_differ {
         if args.threads == Some(0) {
             return Err(Error::Config { origin: "--threads".into(), message: "must be at least 1".into() });
         }
         let exe = std::env::current_exe().map_err(|e| Error::msg(format!("omuda bench: cannot find its own binary: {e}")))?;
         let mut cmd = std::process::Command::new(exe);
         cmd.args(std::env::args_os().skip(1));
-        if std::env::var_os("GLIBC_TUNABLES").is_none() {
-            cmd.env("GLIBC_TUNABLES", MALLOC_TUNABLES);
-        }
         if let Some(n) = &want_threads {
             cmd.env("RAYON_NUM_THREADS", n).env("CANDLE_NUM_THREADS", n);
         }
-        let status = cmd
-            .status()
-            .map_err(|e| Error::msg(format!("omuda bench: cannot restart with GLIBC_TUNABLES: {e}")))?;
+        let status =
+            cmd.status().map_err(|e| Error::msg(format!("omuda bench: cannot restart with --threads {}: {e}", args.threads.unwrap_or(0))))?;
         std::process::exit(status.code().unwrap_or(1));
     }
     let [h, w] = parse_crop(&args.crop)?;
