@@ -21,7 +21,7 @@
 use candle_core::{bail, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::layers::{relu, BatchNorm2d, Conv2d, ConvCfg, DepthwiseConv2d, Dropout2d, Linear};
+use super::layers::{BatchNorm2d, Conv2d, ConvCfg, DepthwiseConv2d, Dropout2d, Linear};
 use super::ForwardCtx;
 use crate::ops::resize_bilinear;
 
@@ -92,7 +92,7 @@ impl ConvBnRelu {
             ConvKind::Dense(c) => c.forward(x)?,
             ConvKind::Depthwise(c) => c.forward(x)?,
         };
-        relu(&self.bn.forward(&y, ctx)?)
+        self.bn.forward_relu(&y, ctx)
     }
 }
 

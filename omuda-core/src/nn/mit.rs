@@ -11,7 +11,7 @@ use candle_core::{bail, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{
-    gelu, softmax_last_dim, Conv2d, ConvCfg, DepthwiseConv2d, DropPath, LayerNorm, Linear,
+    attention_probs, gelu, Conv2d, ConvCfg, DepthwiseConv2d, DropPath, LayerNorm, Linear,
 };
 use super::ForwardCtx;
 
@@ -234,9 +234,9 @@ impl EfficientSelfAttention {
         let q = self.split_heads(&(self.query.forward(x)? * self.scale)?)?;
         let k = self.split_heads(&self.key.forward(&kv_in)?)?;
         let v = self.split_heads(&self.value.forward(&kv_in)?)?;
-        let scores = q.matmul(&k.transpose(2, 3)?)?;
-        // Our softmax has a backward; Candle's `softmax_last_dim` has none.
-        let probs = softmax_last_dim(&scores)?;
+        // softmax(q·kᵀ) in one op: the graph keeps the probabilities, not the
+        // scores as well (and our softmax has a backward; Candle's has none).
+        let probs = attention_probs(&q, &k)?;
         let ctx = probs.matmul(&v)?; // (B, heads, N, C/heads)
         if self.heads == 1 {
             ctx.reshape((b, n, c))

@@ -10,7 +10,7 @@
 use candle_core::{bail, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::layers::{channels_first_affine, relu, BatchNorm2d, Conv2d, ConvCfg, Dropout2d, Linear};
+use super::layers::{channels_first_affine, BatchNorm2d, Conv2d, ConvCfg, Dropout2d, Linear};
 use super::ForwardCtx;
 use crate::ops::resize_bilinear;
 
@@ -156,7 +156,7 @@ impl SegformerHead {
 
     /// BatchNorm → ReLU → Dropout2d → classifier.
     fn finish(&self, fused: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let x = relu(&self.batch_norm.forward(fused, ctx)?)?;
+        let x = self.batch_norm.forward_relu(fused, ctx)?;
         let x = self.dropout.forward(&x, ctx)?;
         self.classifier.forward(&x)
     }

@@ -166,6 +166,12 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     unary::<Relu>(x)
 }
 
+/// The ReLU input gradient from its output `y` and output gradient (f32, CPU):
+/// for ops that end in a ReLU of their own.
+pub(super) fn relu_backward(y: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    y.apply_op2_no_bwd(&grad.contiguous()?, &UnaryBwd::<Relu>(PhantomData))
+}
+
 /// Softmax over the last dim, fused (numerically stable: max subtracted).
 struct SoftmaxOp;
 
@@ -178,12 +184,8 @@ impl CustomOp1 for SoftmaxOp {
         let x = f32_data(s, l, "softmax input")?;
         let n = last_dim(l, "softmax")?;
         let out = par_rows(x, n, |xrow, orow| {
-            let max = xrow.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            for (ov, &xv) in orow.iter_mut().zip(xrow) {
-                *ov = exp_f32(xv - max);
-            }
-            let inv = 1.0 / sum_f32(orow);
-            orow.iter_mut().for_each(|v| *v *= inv);
+            orow.copy_from_slice(xrow);
+            softmax_row_in_place(orow);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -195,8 +197,18 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
+/// Softmax of one row, in place (the kernel of every fused softmax).
+pub(super) fn softmax_row_in_place(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for v in row.iter_mut() {
+        *v = exp_f32(*v - max);
+    }
+    let inv = 1.0 / sum_f32(row);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
 /// (y, grad_y) → y·(g − Σ g·y) per row.
-struct SoftmaxBwd;
+pub(super) struct SoftmaxBwd;
 
 impl CustomOp2 for SoftmaxBwd {
     fn name(&self) -> &'static str {

@@ -1,12 +1,16 @@
 //! BatchNorm2d with running statistics stored in the VarBuilder. In train mode
 //! on the CPU in f32 the normalisation is a fused op whose backward accounts for
 //! the batch statistics itself; Candle's composed version reduces over batch and
-//! space with slow broadcast reductions in backward.
+//! space with slow broadcast reductions in backward. `forward_relu` fuses the
+//! ReLU that follows most BatchNorms into the same op, so the autograd graph
+//! keeps the input and the activated output, not the normalised map as well
+//! (as PyTorch's in-place ReLU after a BatchNorm saves).
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
+use super::activation::{relu, relu_backward};
 use super::cpu::{centered_dot, f32_data, split_at_axis, sq_dev_sum, sum_f32, use_cpu_kernels};
 use crate::nn::ForwardCtx;
 
@@ -45,9 +49,11 @@ impl CustomOp1 for ChannelStats {
     }
 }
 
-/// Train-mode BatchNorm: (x (B,C,H,W), stats (2,C) = [mean; var], wb (2,C) = [weight; bias]) → y.
+/// Train-mode BatchNorm: (x (B,C,H,W), stats (2,C) = [mean; var], wb (2,C) = [weight; bias]) → y,
+/// followed by a ReLU when `relu`.
 struct BatchNormTrainOp {
     eps: f32,
+    relu: bool,
 }
 
 impl CustomOp3 for BatchNormTrainOp {
@@ -76,8 +82,14 @@ impl CustomOp3 for BatchNormTrainOp {
                 let ci = plane % c;
                 let scale = wb[ci] / (st[c + ci] + self.eps).sqrt();
                 let shift = wb[c + ci] - st[ci] * scale;
-                for (ov, xv) in o.iter_mut().zip(xp.iter()) {
-                    *ov = xv * scale + shift;
+                if self.relu {
+                    for (ov, xv) in o.iter_mut().zip(xp.iter()) {
+                        *ov = (xv * scale + shift).max(0.0);
+                    }
+                } else {
+                    for (ov, xv) in o.iter_mut().zip(xp.iter()) {
+                        *ov = xv * scale + shift;
+                    }
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -88,10 +100,11 @@ impl CustomOp3 for BatchNormTrainOp {
         x: &Tensor,
         stats: &Tensor,
         wb: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+        // Through the ReLU first: the gradient passes where the output is positive.
+        let grad = if self.relu { relu_backward(res, grad)? } else { grad.contiguous()? };
         // [Σ g·x̂; Σ g] per channel: the weight/bias gradient, and the two sums
         // the input gradient needs.
         let sums = x.apply_op3_no_bwd(&grad, stats, &BatchNormBwdParams { eps: self.eps })?;
@@ -273,6 +286,15 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        self.forward_impl(x, ctx, false)
+    }
+
+    /// `relu(self.forward(x))`, as one op in train mode on the CPU in f32.
+    pub fn forward_relu(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        self.forward_impl(x, ctx, true)
+    }
+
+    fn forward_impl(&self, x: &Tensor, ctx: &mut ForwardCtx, with_relu: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         if c != self.weight.elem_count() {
             bail!(
@@ -283,7 +305,8 @@ impl BatchNorm2d {
             );
         }
         if !ctx.bn_train {
-            return self.forward_eval(x);
+            let y = self.forward_eval(x)?;
+            return if with_relu { relu(&y) } else { Ok(y) };
         }
         let n = b * h * w;
         if n < 2 {
@@ -303,15 +326,14 @@ impl BatchNorm2d {
                     &wb,
                     BatchNormTrainOp {
                         eps: self.eps as f32,
+                        relu: with_relu,
                     },
                 )?,
                 stats,
             )
         } else {
-            (
-                batch_norm_train_composed(x, &self.weight, &self.bias, self.eps)?,
-                channel_stats_composed(x)?,
-            )
+            let y = batch_norm_train_composed(x, &self.weight, &self.bias, self.eps)?;
+            (if with_relu { relu(&y)? } else { y }, channel_stats_composed(x)?)
         };
         self.update_running_stats(&stats, n)?;
         Ok(y)
@@ -375,5 +397,37 @@ mod tests {
         }
         close(&out[1], &out[0], 1e-5, "batch_norm output");
         close(&stats[1], &stats[0], 1e-5, "batch_norm running_var");
+    }
+
+    /// The fused BatchNorm + ReLU equals ReLU after BatchNorm in value (bit for
+    /// bit) and in the gradients of the input, weight and bias.
+    #[test]
+    fn fused_relu_matches_separate_relu() {
+        let x = candle_core::Var::from_tensor(&randn(&[2, 3, 5, 4])).unwrap();
+        let upstream = randn(&[2, 3, 5, 4]);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let vm = VarMap::new();
+        let bn = BatchNorm2d::new(3, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+        // Non-trivial affine parameters, so both gradients are exercised.
+        {
+            let data = vm.data().lock().unwrap();
+            for (name, var) in data.iter() {
+                if name.ends_with("weight") || name.ends_with("bias") {
+                    var.set(&randn(&[3])).unwrap();
+                }
+            }
+        }
+        let fused = bn.forward_relu(&x, &mut ForwardCtx::train(&mut rng)).unwrap();
+        let separate = relu(&bn.forward(&x, &mut ForwardCtx::train(&mut rng)).unwrap()).unwrap();
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&fused) == bits(&separate), "values differ");
+        let zeros = fused.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().filter(|v| **v == 0.0).count();
+        assert!(zeros > 0 && zeros < fused.elem_count(), "the ReLU must cut some values ({zeros})");
+        let gf = (&fused * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = (&separate * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5, "input gradient");
+        for t in [&bn.weight, &bn.bias] {
+            close(gf.get(t).unwrap(), gs.get(t).unwrap(), 1e-5, "weight/bias gradient");
+        }
     }
 }

@@ -17,10 +17,9 @@
 //! taps in a fixed order, so results do not depend on the thread count.
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use gemm::{gemm, Parallelism};
 
 use super::conv::ConvCfg;
-use super::cpu::{dims4, f32_data};
+use super::cpu::{dims4, f32_data, gemm_into};
 
 /// Geometry of one shifted-GEMM convolution.
 #[derive(Debug, Clone, Copy)]
@@ -69,61 +68,6 @@ impl Geom {
 /// True when this kernel applies: stride 1, a square kernel larger than 1x1.
 pub(super) fn applies(k: usize, cfg: ConvCfg) -> bool {
     cfg.stride == 1 && k > 1
-}
-
-fn threads() -> Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
-}
-
-/// dst (m×n, row-major, row stride `dst_rs`) (+)= lhs (m×k) · rhs (k×n), all
-/// given by raw row / column strides.
-#[allow(clippy::too_many_arguments)]
-fn gemm_into(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_rs: isize,
-    lhs_cs: isize,
-    rhs: &[f32],
-    rhs_rs: isize,
-    rhs_cs: isize,
-) {
-    // Bounds: every index the strides reach lies inside the slices.
-    debug_assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len());
-    // SAFETY: the callers size `dst`, `lhs` and `rhs` so that every element the
-    // (m, n, k) product addresses with these strides is in bounds (checked in
-    // debug builds above and by the geometry in `Geom`), and `dst` does not
-    // alias the operands.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            threads(),
-        )
-    }
 }
 
 /// Copies (C, H, W) planes into zero-padded (C, plane) planes.

@@ -5,6 +5,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor};
+use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 /// True when the fused CPU kernels apply: `x` is an f32 tensor on the CPU and
@@ -221,6 +222,62 @@ pub(super) fn par_rows2(
             }
         });
     out
+}
+
+/// gemm's parallelism for the current thread count.
+fn gemm_threads() -> Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// dst (m×n, row-major, row stride `dst_rs`) (+)= lhs (m×k) · rhs (k×n), all
+/// given by raw row / column strides.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: &[f32],
+    rhs_rs: isize,
+    rhs_cs: isize,
+) {
+    // Bounds: every index the strides reach lies inside the slices.
+    debug_assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len());
+    // SAFETY: the callers size `dst`, `lhs` and `rhs` so that every element the
+    // (m, n, k) product addresses with these strides is in bounds (checked in
+    // debug builds above and by the callers' shape checks), and `dst` does not
+    // alias the operands.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm_threads(),
+        )
+    }
 }
 
 #[cfg(test)]

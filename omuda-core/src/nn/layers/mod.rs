@@ -21,9 +21,11 @@
 //! - `depthwise` (layer and ops), `depthwise_geom` (window geometry),
 //!   `depthwise_nchw` and `depthwise_nhwc` (kernels): stride-1 depthwise convolution;
 //! - `activation`: GELU, ReLU and softmax;
+//! - `attention`: the attention probabilities softmax(q·kᵀ), without keeping the scores;
 //! - `pool`: max-pooling with padding and a backward pass.
 
 mod activation;
+mod attention;
 mod batch_norm;
 mod bias;
 mod conv;
@@ -41,6 +43,7 @@ mod math;
 mod pool;
 
 pub use activation::{gelu, relu, softmax_last_dim};
+pub use attention::{attention_probs, attention_probs_composed};
 pub use batch_norm::{batch_norm_train_composed, BatchNorm2d};
 pub use bias::add_bias;
 pub use conv::{conv2d, conv2d_nhwc, Conv2d, ConvCfg};
