@@ -32,6 +32,11 @@ fn daformer_tensors() -> Vec<(String, Tensor)> {
 }
 
 fn fixture_model() -> (VarMap, DaFormer) {
+    fixture_model_with(false)
+}
+
+/// The fixture model, with HRDA's scale-attention head when `scale_attention`.
+fn fixture_model_with(scale_attention: bool) -> (VarMap, DaFormer) {
     let mit = MitConfig {
         in_channels: 3,
         hidden_sizes: [8, 16, 24, 32],
@@ -52,6 +57,7 @@ fn fixture_model() -> (VarMap, DaFormer) {
     };
     let cfg = ModelConfig {
         num_classes: 5,
+        scale_attention,
         ..ModelConfig::default()
     };
     let vm = VarMap::new();
@@ -173,6 +179,44 @@ fn backbone_checkpoint_keeps_the_head_and_ignores_classifiers() {
         head_before
     );
     eprintln!("{}", r.summary());
+}
+
+/// An HRDA UDA checkpoint (MIC/HRDA layout: `model.*` student with the main
+/// head under `decode_head.head.*` and the scale attention under
+/// `decode_head.scale_attention.*`, plus the `ema_model.*` teacher) loads
+/// strictly into a DAFormer model with the scale-attention head.
+#[test]
+fn hrda_checkpoint_names_load_strictly() {
+    let (vm, _m) = fixture_model_with(true);
+    let own = var_shapes(&vm).unwrap();
+    let attention: Vec<(String, Tensor)> = {
+        let data = vm.data().lock().unwrap();
+        own.keys()
+            .filter(|k| k.starts_with("decode_head.scale_attention."))
+            .map(|k| (k.clone(), (data[k].as_tensor() + 0.5).unwrap()))
+            .collect()
+    };
+    assert!(!attention.is_empty());
+    let mut tensors = Vec::new();
+    for (name, t) in daformer_tensors().into_iter().chain(attention.clone()) {
+        let hrda = match name.strip_prefix("decode_head.") {
+            Some(rest) if !rest.starts_with("scale_attention.") => format!("decode_head.head.{rest}"),
+            _ => name.clone(),
+        };
+        tensors.push((format!("ema_model.{hrda}"), t.clone()));
+        tensors.push((format!("model.{hrda}"), t));
+    }
+    let r = load_into(&vm, tensors, "hrda.safetensors", "m", true).unwrap();
+    assert_eq!(r.problem_count(), 0, "{}", r.problems());
+    assert_eq!(r.loaded.len(), own.len());
+    let want: Vec<f32> = daformer_tensors()
+        .into_iter()
+        .find(|(n, _)| n == "decode_head.conv_seg.bias")
+        .map(|(_, t)| t.to_vec1().unwrap())
+        .unwrap();
+    assert_eq!(value(&vm, "decode_head.conv_seg.bias"), want);
+    let (name, t) = &attention[0];
+    assert_eq!(value(&vm, name), t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
 }
 
 /// Writes `tensors` as safetensors at `path`.

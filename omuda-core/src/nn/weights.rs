@@ -386,6 +386,12 @@ pub fn map_name(name: &str) -> NameMap {
     ) {
         return NameMap::Ignore("ImageNet classification head");
     }
+    // HRDA (`mmseg/models/decode_heads/hrda_head.py::HRDAHead`) wraps the
+    // DAFormer head as `decode_head.head`; its scale-attention head is
+    // `decode_head.scale_attention`, as ours.
+    if let Some(rest) = n.strip_prefix("decode_head.head.") {
+        return NameMap::To(format!("decode_head.{rest}"));
+    }
     if let Some(m) = map_hf5(n) {
         return NameMap::To(m);
     }
@@ -780,6 +786,14 @@ mod tests {
             "segformer.encoder.layer_norm.0.bias"
         );
         assert_eq!(to("stem.3.weight"), "backbone.stem.3.weight");
+        assert_eq!(
+            to("model.decode_head.head.fuse_layer.bottleneck.conv.weight"),
+            "decode_head.fuse_layer.bottleneck.conv.weight"
+        );
+        assert_eq!(
+            to("model.decode_head.scale_attention.conv_seg.bias"),
+            "decode_head.scale_attention.conv_seg.bias"
+        );
         assert_eq!(
             to("layer3.22.conv2.weight"),
             "backbone.layer3.22.conv2.weight"

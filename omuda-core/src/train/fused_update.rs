@@ -12,9 +12,10 @@
 
 use std::cell::RefCell;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, InplaceOp2, Layout, Result, Tensor};
 use rayon::prelude::*;
+
+use crate::nn::layers::cpu::{f32_data, f32_data_mut};
 
 /// Elements per rayon task: large enough to amortise the task, small enough to
 /// split the big convolution weights over both cores.
@@ -143,22 +144,5 @@ impl InplaceOp2 for EmaKernel {
             }
         });
         Ok(())
-    }
-}
-
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else { bail!("{what}: expected an f32 tensor, got {:?}", s.dtype()) };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("{what}: expected a contiguous tensor, got strides {:?}", l.stride()),
-    }
-}
-
-fn f32_data_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
-    let dtype = s.dtype();
-    let CpuStorage::F32(data) = s else { bail!("{what}: expected an f32 tensor, got {dtype:?}") };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&mut data[start..end]),
-        None => bail!("{what}: expected a contiguous tensor, got strides {:?}", l.stride()),
     }
 }

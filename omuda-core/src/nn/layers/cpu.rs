@@ -15,7 +15,7 @@ pub(super) fn use_cpu_kernels(x: &Tensor, others: &[&Tensor]) -> bool {
 }
 
 /// The contiguous `f32` data of a CPU storage, or an error naming the operand.
-pub(super) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
         other => bail!("{what}: expected an f32 tensor, got {:?}", other.dtype()),
@@ -26,6 +26,16 @@ pub(super) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<
             "{what}: expected a contiguous tensor, got strides {:?}",
             l.stride()
         ),
+    }
+}
+
+/// [`f32_data`] for the operand an in-place op writes.
+pub(crate) fn f32_data_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+    let dtype = s.dtype();
+    let CpuStorage::F32(data) = s else { bail!("{what}: expected an f32 tensor, got {dtype:?}") };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
+        None => bail!("{what}: expected a contiguous tensor, got strides {:?}", l.stride()),
     }
 }
 

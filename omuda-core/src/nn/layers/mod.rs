@@ -30,7 +30,7 @@ mod batch_norm;
 mod bias;
 mod conv;
 mod conv_shift;
-mod cpu;
+pub(crate) mod cpu;
 mod depthwise;
 mod depthwise_geom;
 mod depthwise_nchw;
