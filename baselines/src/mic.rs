@@ -100,14 +100,15 @@ impl StepHook for Mic {
         // 3. The host's loss with the host's pseudo-labels, weights and averaging.
         let ones = pseudo.weight.ones_like()?;
         let weight = view.target_averaging.weights(&pseudo.label, &ones, &pseudo.weight, view.num_classes)?;
+        // λ scales the host's main term only (HRDA's detail term keeps its weight).
         let (loss, _) = {
             let mut ctx = ForwardCtx::train(rng);
-            view.objective.loss(view.student, &masked, &pseudo.label, Some(&weight), &mut ctx)?
+            view.objective.loss_with_main_weight(view.student, &masked, &pseudo.label, Some(&weight), &mut ctx, self.cfg.lambda)?
         };
         let kept = keep.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         self.metrics.push(("masked_share".into(), 1.0 - kept));
         self.last_mask = Some(keep);
-        Ok(vec![NamedLoss { name: "loss_mic".into(), value: (loss * self.cfg.lambda)? }])
+        Ok(vec![NamedLoss { name: "loss_mic".into(), value: loss }])
     }
 
     fn metrics(&self) -> Vec<(String, f64)> {

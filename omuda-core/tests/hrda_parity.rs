@@ -235,6 +235,37 @@ fn scale_attention_head_has_hrda_names_and_only_when_asked() {
     assert!(err.contains("scale_attention"), "{err}");
 }
 
+/// MIC's `mask_lambda` scales HRDA's fused term only: the loss is linear in
+/// the main weight, and at weight 0 the detail term (0.1·CE) remains.
+#[test]
+fn main_weight_scales_the_fused_term_only() {
+    let vars = VarMap::new();
+    let model = tiny_model(&vars, true);
+    let obj = tiny_hrda();
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 128, 256), &Device::Cpu).unwrap();
+    let y = Tensor::from_vec(
+        (0..2 * 128 * 256).map(|i| ((i / 7) % 4) as u32).collect::<Vec<_>>(),
+        (2, 128, 256),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let at = |main_weight: f64| -> f64 {
+        // The same generator state each time: the same detail crop and dropout.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut ctx = ForwardCtx::train(&mut rng);
+        let (loss, _) = obj.loss_with_main_weight(model.as_ref(), &x, &y, None, &mut ctx, main_weight).unwrap();
+        loss.to_scalar::<f32>().unwrap() as f64
+    };
+    let plain = {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        obj.loss(model.as_ref(), &x, &y, None, &mut ForwardCtx::train(&mut rng)).unwrap().0.to_scalar::<f32>().unwrap() as f64
+    };
+    let (l0, l1, l2) = (at(0.0), at(1.0), at(2.0));
+    assert_eq!(l1, plain, "weight 1 is the plain loss");
+    assert!(l0 > 0.0 && l0 < l1, "the detail term remains at weight 0: {l0} vs {l1}");
+    assert!(((l2 - l1) - (l1 - l0)).abs() < 1e-5 * l1, "linear in the weight: {l0} {l1} {l2}");
+}
+
 #[test]
 fn loss_reaches_attention_head_and_shared_encoder() {
     let vars = VarMap::new();

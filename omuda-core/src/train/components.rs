@@ -45,7 +45,9 @@ pub struct MicConfig {
     pub reference_height: usize,
     /// A block is masked iff its uniform draw is `≤ mask_ratio` (kept iff `>`).
     pub mask_ratio: f32,
-    /// Weight of the masked loss.
+    /// Weight of the masked loss (`mask_lambda`): it scales the host's main
+    /// term, which is the whole loss except under HRDA, whose detail term
+    /// keeps its weight (as MIC scales only `decode.loss_seg`).
     pub lambda: f64,
     /// Colour jitter and blur of the target before masking (fresh draws). The
     /// reference's MIC blur ignores DACS's `uda.strong_aug.blur` flag, so

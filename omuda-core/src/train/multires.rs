@@ -320,20 +320,46 @@ pub fn hrda_loss(
     (hr_w, lr_w): (f64, f64),
     reduction: CeReduction,
 ) -> Result<Tensor> {
+    let (main, aux) = hrda_loss_terms(fused, hr_seg, lr_weighted, hr_box, label, weight, (hr_w, lr_w), reduction)?;
+    match aux {
+        Some(aux) => main + aux,
+        None => Ok(main),
+    }
+}
+
+/// The two parts of [`hrda_loss`]: the weighted fused term (mmseg's
+/// `decode.loss_seg`) and the sum of the weighted detail and context terms
+/// (`decode.hr.loss_seg`, `decode.lr.loss_seg`), `None` when both weights are 0.
+#[allow(clippy::too_many_arguments)]
+fn hrda_loss_terms(
+    fused: &Tensor,
+    hr_seg: &Tensor,
+    lr_weighted: &Tensor,
+    hr_box: &CropBox,
+    label: &Tensor,
+    weight: Option<&Tensor>,
+    (hr_w, lr_w): (f64, f64),
+    reduction: CeReduction,
+) -> Result<(Tensor, Option<Tensor>)> {
     let ce = |logits: &Tensor, y: &Tensor, wt: Option<&Tensor>| -> Result<Tensor> {
         let (_, hh, ww) = y.dims3()?;
         cross_entropy(&resize_bilinear(logits, hh, ww)?, y, wt, reduction)
     };
-    let mut loss = (ce(fused, label, weight)? * (1.0 - hr_w - lr_w))?;
+    let main = (ce(fused, label, weight)? * (1.0 - hr_w - lr_w))?;
+    let mut aux: Option<Tensor> = None;
     if hr_w > 0.0 {
         let y = crop_hw(label, hr_box)?;
         let wt = weight.map(|t| crop_hw(t, hr_box)).transpose()?;
-        loss = (loss + (ce(hr_seg, &y, wt.as_ref())? * hr_w)?)?;
+        aux = Some((ce(hr_seg, &y, wt.as_ref())? * hr_w)?);
     }
     if lr_w > 0.0 {
-        loss = (loss + (ce(lr_weighted, label, weight)? * lr_w)?)?;
+        let term = (ce(lr_weighted, label, weight)? * lr_w)?;
+        aux = Some(match aux {
+            Some(a) => (a + term)?,
+            None => term,
+        });
     }
-    Ok(loss)
+    Ok((main, aux))
 }
 
 /// HRDA as a [`SegObjective`]; the model must have a scale-attention head
@@ -421,6 +447,20 @@ impl SegObjective for MultiResolution {
         weight: Option<&Tensor>,
         ctx: &mut ForwardCtx,
     ) -> Result<(Tensor, Vec<Tensor>)> {
+        self.loss_with_main_weight(model, image, label, weight, ctx, 1.0)
+    }
+
+    /// Scales the fused term only; the detail (and context) terms keep their
+    /// weights, as MIC's `mask_lambda` leaves `decode.hr.loss_seg` alone.
+    fn loss_with_main_weight(
+        &self,
+        model: &dyn SegModel,
+        image: &Tensor,
+        label: &Tensor,
+        weight: Option<&Tensor>,
+        ctx: &mut ForwardCtx,
+        main_weight: f64,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let (_, _, h, w) = image.dims4()?;
         let (_, lh, lw) = label.dims3()?;
         if (lh, lw) != (h, w) {
@@ -444,7 +484,7 @@ impl SegObjective for MultiResolution {
             Some((crop_box.scaled_down(lr_os)?, crop_box.scaled_down(os)?)),
             (h / os, w / os),
         )?;
-        let loss = hrda_loss(
+        let (main, aux) = hrda_loss_terms(
             &fused.fused,
             &hr_seg,
             &fused.lr_weighted,
@@ -454,6 +494,11 @@ impl SegObjective for MultiResolution {
             (self.cfg.hr_loss_weight, self.cfg.lr_loss_weight),
             self.reduction,
         )?;
+        let main = if main_weight == 1.0 { main } else { (main * main_weight)? };
+        let loss = match aux {
+            Some(aux) => (main + aux)?,
+            None => main,
+        };
         Ok((loss, f_lr))
     }
 

@@ -21,6 +21,25 @@ pub trait SegObjective: Send + Sync {
         ctx: &mut ForwardCtx,
     ) -> Result<(Tensor, Vec<Tensor>)>;
 
+    /// [`Self::loss`] with its main term scaled by `main_weight`: the term
+    /// mmseg names `decode.loss_seg`, which MIC's `mask_lambda` scales (MIC
+    /// `seg/mmseg/models/uda/masking_consistency_module.py`,
+    /// `MaskingConsistencyModule.__call__`). For a single-resolution objective
+    /// that is the whole loss; multi-resolution training overrides this to
+    /// leave its auxiliary detail term unscaled.
+    fn loss_with_main_weight(
+        &self,
+        model: &dyn SegModel,
+        image: &Tensor,
+        label: &Tensor,
+        weight: Option<&Tensor>,
+        ctx: &mut ForwardCtx,
+        main_weight: f64,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let (loss, features) = self.loss(model, image, label, weight, ctx)?;
+        Ok(((loss * main_weight)?, features))
+    }
+
     /// Logits at the input resolution (B,K,H,W).
     fn logits(&self, model: &dyn SegModel, image: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor>;
 
