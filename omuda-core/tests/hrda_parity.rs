@@ -172,6 +172,7 @@ fn hrda_loss_and_gradients_match_the_reference() {
                 &label,
                 Some(&weight),
                 (hwf, lwf),
+                1.0,
                 CeReduction::MeanAll,
             )
             .unwrap();
@@ -194,6 +195,20 @@ fn tiny_model(vars: &VarMap, attention: bool) -> Box<dyn SegModel> {
         ..ModelConfig::default()
     };
     build_segmentor(&cfg, seeded_var_builder(vars, 3, DType::F32, &Device::Cpu)).unwrap()
+}
+
+/// A random 128×256 batch of 2 with a striped 4-class label: the 64×128
+/// context image is large enough for every MiT attention to see more than one
+/// key (otherwise query/key get no gradient).
+fn crop_batch() -> (Tensor, Tensor) {
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 128, 256), &Device::Cpu).unwrap();
+    let y = Tensor::from_vec(
+        (0..2 * 128 * 256).map(|i| ((i / 7) % 4) as u32).collect::<Vec<_>>(),
+        (2, 128, 256),
+        &Device::Cpu,
+    )
+    .unwrap();
+    (x, y)
 }
 
 fn tiny_hrda() -> MultiResolution {
@@ -242,13 +257,7 @@ fn main_weight_scales_the_fused_term_only() {
     let vars = VarMap::new();
     let model = tiny_model(&vars, true);
     let obj = tiny_hrda();
-    let x = Tensor::randn(0f32, 1.0, (2, 3, 128, 256), &Device::Cpu).unwrap();
-    let y = Tensor::from_vec(
-        (0..2 * 128 * 256).map(|i| ((i / 7) % 4) as u32).collect::<Vec<_>>(),
-        (2, 128, 256),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (x, y) = crop_batch();
     let at = |main_weight: f64| -> f64 {
         // The same generator state each time: the same detail crop and dropout.
         let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -272,15 +281,7 @@ fn loss_reaches_attention_head_and_shared_encoder() {
     let model = tiny_model(&vars, true);
     let obj = tiny_hrda();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    // A 128×256 crop: the 64×128 context image is large enough for every
-    // MiT attention to see more than one key (otherwise query/key get no gradient).
-    let x = Tensor::randn(0f32, 1.0, (2, 3, 128, 256), &Device::Cpu).unwrap();
-    let y = Tensor::from_vec(
-        (0..2 * 128 * 256).map(|i| ((i / 7) % 4) as u32).collect::<Vec<_>>(),
-        (2, 128, 256),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (x, y) = crop_batch();
     let (loss, feats) = obj.loss(model.as_ref(), &x, &y, None, &mut ForwardCtx::train(&mut rng)).unwrap();
     // The returned features are the context (0.5×) features.
     assert_eq!(feats[0].dims()[2..], [16, 32]);

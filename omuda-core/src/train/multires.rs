@@ -306,9 +306,11 @@ pub fn merge_windows(logits: &Tensor, bs: usize, boxes: &[CropBox], out_hw: (usi
     sum.broadcast_div(&count)
 }
 
-/// `HRDAHead.losses`: `(1 − λ_lr − λ_hr)·CE(up(fused), y, w) + λ_hr·CE(up(hr_seg), crop(y), crop(w))
+/// `HRDAHead.losses`: `m·(1 − λ_lr − λ_hr)·CE(up(fused), y, w) + λ_hr·CE(up(hr_seg), crop(y), crop(w))
 /// + λ_lr·CE(up(lr_w), y, w)`, each logit map bilinearly resized to its label.
-/// `hr_box` is the detail crop in label pixels.
+/// `hr_box` is the detail crop in label pixels. `main_weight` (m) scales the
+/// fused term only, mmseg's `decode.loss_seg`: 1 in HRDA, MIC's `mask_lambda`
+/// for the masked loss.
 #[allow(clippy::too_many_arguments)]
 pub fn hrda_loss(
     fused: &Tensor,
@@ -318,48 +320,23 @@ pub fn hrda_loss(
     label: &Tensor,
     weight: Option<&Tensor>,
     (hr_w, lr_w): (f64, f64),
+    main_weight: f64,
     reduction: CeReduction,
 ) -> Result<Tensor> {
-    let (main, aux) = hrda_loss_terms(fused, hr_seg, lr_weighted, hr_box, label, weight, (hr_w, lr_w), reduction)?;
-    match aux {
-        Some(aux) => main + aux,
-        None => Ok(main),
-    }
-}
-
-/// The two parts of [`hrda_loss`]: the weighted fused term (mmseg's
-/// `decode.loss_seg`) and the sum of the weighted detail and context terms
-/// (`decode.hr.loss_seg`, `decode.lr.loss_seg`), `None` when both weights are 0.
-#[allow(clippy::too_many_arguments)]
-fn hrda_loss_terms(
-    fused: &Tensor,
-    hr_seg: &Tensor,
-    lr_weighted: &Tensor,
-    hr_box: &CropBox,
-    label: &Tensor,
-    weight: Option<&Tensor>,
-    (hr_w, lr_w): (f64, f64),
-    reduction: CeReduction,
-) -> Result<(Tensor, Option<Tensor>)> {
     let ce = |logits: &Tensor, y: &Tensor, wt: Option<&Tensor>| -> Result<Tensor> {
         let (_, hh, ww) = y.dims3()?;
         cross_entropy(&resize_bilinear(logits, hh, ww)?, y, wt, reduction)
     };
-    let main = (ce(fused, label, weight)? * (1.0 - hr_w - lr_w))?;
-    let mut aux: Option<Tensor> = None;
+    let mut loss = (ce(fused, label, weight)? * ((1.0 - hr_w - lr_w) * main_weight))?;
     if hr_w > 0.0 {
         let y = crop_hw(label, hr_box)?;
         let wt = weight.map(|t| crop_hw(t, hr_box)).transpose()?;
-        aux = Some((ce(hr_seg, &y, wt.as_ref())? * hr_w)?);
+        loss = (loss + (ce(hr_seg, &y, wt.as_ref())? * hr_w)?)?;
     }
     if lr_w > 0.0 {
-        let term = (ce(lr_weighted, label, weight)? * lr_w)?;
-        aux = Some(match aux {
-            Some(a) => (a + term)?,
-            None => term,
-        });
+        loss = (loss + (ce(lr_weighted, label, weight)? * lr_w)?)?;
     }
-    Ok((main, aux))
+    Ok(loss)
 }
 
 /// HRDA as a [`SegObjective`]; the model must have a scale-attention head
@@ -484,7 +461,7 @@ impl SegObjective for MultiResolution {
             Some((crop_box.scaled_down(lr_os)?, crop_box.scaled_down(os)?)),
             (h / os, w / os),
         )?;
-        let (main, aux) = hrda_loss_terms(
+        let loss = hrda_loss(
             &fused.fused,
             &hr_seg,
             &fused.lr_weighted,
@@ -492,13 +469,9 @@ impl SegObjective for MultiResolution {
             label,
             weight,
             (self.cfg.hr_loss_weight, self.cfg.lr_loss_weight),
+            main_weight,
             self.reduction,
         )?;
-        let main = if main_weight == 1.0 { main } else { (main * main_weight)? };
-        let loss = match aux {
-            Some(aux) => (main + aux)?,
-            None => main,
-        };
         Ok((loss, f_lr))
     }
 
