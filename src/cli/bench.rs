@@ -27,7 +27,7 @@ use omuda::core::nn::is_buffer;
 use omuda::core::train::ema::{ema_update, ema_update_composed};
 use omuda::core::train::optimizer::{AdamW, AdamWConfig};
 use omuda::core::train::UdaBatch;
-use omuda::{build_method, Error, Result, UdaMethod};
+use omuda::{build_method, Error, Result, SelfTraining, UdaMethod};
 use serde::Serialize;
 
 use super::load_config;
@@ -202,21 +202,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let device = cfg.open_device()?;
     let batch = random_batch(args.batch, h, w, cfg.model.num_classes, &device)?;
 
-    let mut supervised = build_method("source_only", &cfg, &device)?;
-    // Trainable parameters only (BatchNorm running statistics live in the VarMap too).
-    let parameters = {
-        let data = supervised.student_vars().data().lock().map_err(|_| Error::msg("student VarMap lock poisoned"))?;
-        data.iter().filter(|(name, _)| !is_buffer(name)).map(|(_, v)| v.elem_count()).sum::<usize>()
-    };
     let threads = candle_core::utils::get_num_threads();
-    eprintln!(
-        "bench: {} ({parameters} parameters), {h}x{w}, batch {}, device {}, {threads} threads",
-        args.model, args.batch, cfg.device
-    );
-
-    let (eval_forward_s, eval_cpu, train_step_s, train_cpu) = if args.uda_only {
-        (None, None, None, None)
+    let announce = |parameters: usize| {
+        eprintln!(
+            "bench: {} ({parameters} parameters), {h}x{w}, batch {}, device {}, {threads} threads",
+            args.model, args.batch, cfg.device
+        )
+    };
+    // Without `--uda-only`: the evaluation forward, the supervised step and the
+    // parameter updates, on one source-only network.
+    let mut parameters = None;
+    let supervised_rows = if args.uda_only {
+        None
     } else {
+        let mut supervised = build_method("source_only", &cfg, &device)?;
+        let n = trainable_parameters(&supervised)?;
+        announce(n);
+        parameters = Some(n);
         let (eval_s, eval_cpu) = median_time(args.warmup, args.iters, &device, || {
             supervised.predict(&batch.source_image)?;
             Ok(())
@@ -225,24 +227,32 @@ pub fn run(args: BenchArgs) -> Result<()> {
             supervised.train_step(&batch)?;
             Ok(())
         })?;
-        (Some(eval_s), Some(eval_cpu), Some(train_s), Some(train_cpu))
+        let updates = time_updates(supervised.student_vars(), args.warmup, args.iters, &device)?;
+        Some(((eval_s, eval_cpu), (train_s, train_cpu), updates))
     };
-    let updates = if args.uda_only {
-        None
-    } else {
-        Some(time_updates(supervised.student_vars(), args.warmup, args.iters, &device)?)
-    };
-    drop(supervised);
     let (uda_iteration_s, uda_cpu) = if args.no_uda {
         (None, None)
     } else {
         let mut uda = build_method(&args.method, &cfg, &device)?;
+        if parameters.is_none() {
+            let n = trainable_parameters(&uda)?;
+            announce(n);
+            parameters = Some(n);
+        }
         let (wall, cpu) = median_time(args.warmup, args.iters, &device, || {
             uda.train_step(&batch)?;
             Ok(())
         })?;
         (Some(wall), Some(cpu))
     };
+    // `--uda-only` conflicts with `--no-uda`: one of the two branches ran.
+    let parameters = parameters.ok_or_else(|| Error::msg("omuda bench: nothing was timed"))?;
+    let (eval, train, updates) = match supervised_rows {
+        Some((eval, train, updates)) => (Some(eval), Some(train), Some(updates)),
+        None => (None, None, None),
+    };
+    let (eval_forward_s, eval_cpu) = (eval.map(|e| e.0), eval.map(|e| e.1));
+    let (train_step_s, train_cpu) = (train.map(|t| t.0), train.map(|t| t.1));
     let cpu_s = CpuTimes { eval_forward: eval_cpu, train_step: train_cpu, uda_iteration: uda_cpu };
     let flops = flops::forward_flops(&args.model, args.batch, h, w, cfg.model.num_classes).map(|f| Flops {
         eval_forward: f,
@@ -388,6 +398,13 @@ fn random_batch(b: usize, h: usize, w: usize, classes: usize, device: &Device) -
         .squeeze(1)?
         .to_dtype(DType::U32)?;
     Ok(UdaBatch { source_image, source_label, target_image, target_valid: None })
+}
+
+/// Trainable parameters of the method's student (BatchNorm running
+/// statistics live in the VarMap too and are not counted).
+fn trainable_parameters(method: &SelfTraining) -> Result<usize> {
+    let data = method.student_vars().data().lock().map_err(|_| Error::msg("student VarMap lock poisoned"))?;
+    Ok(data.iter().filter(|(name, _)| !is_buffer(name)).map(|(_, v)| v.elem_count()).sum())
 }
 
 /// Times one AdamW step and one EMA update over the parameters of `student`,

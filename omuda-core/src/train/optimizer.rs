@@ -11,13 +11,12 @@
 //! elsewhere it is the composed Candle expression. Both give bit-identical
 //! parameters.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use std::cell::RefCell;
-
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
@@ -125,8 +124,8 @@ impl Moments {
     fn set(&mut self, var: &Var, m: &Tensor, v: &Tensor) -> Result<()> {
         match self {
             Moments::Host { m: hm, v: hv } => {
-                *hm = m.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
-                *hv = v.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+                *hm = m.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                *hv = v.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
             }
             Moments::Tensors { m: tm, v: tv } => {
                 *tm = m.to_device(var.device())?.to_dtype(var.dtype())?;
@@ -193,7 +192,7 @@ impl AdamW {
             let lr_p = lr * p.lr_mult;
             let wd = self.cfg.weight_decay * p.decay_mult;
             match &mut p.moments {
-                Moments::Host { m, v } if g.dtype() == candle_core::DType::F32 && g.device().is_cpu() => {
+                Moments::Host { m, v } if g.dtype() == DType::F32 && g.device().is_cpu() => {
                     let g = g.contiguous()?;
                     let kernel = AdamWKernel {
                         scalars: AdamWScalars::new(b1, b2, self.cfg.eps, bias1, bias2, lr_p, wd),
