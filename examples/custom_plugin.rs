@@ -26,7 +26,12 @@ impl MaskingPlugin for CutMix {
         "cutmix"
     }
 
-    fn on_mix_masks(&mut self, masks: &mut Vec<Tensor>, _view: &StepView, rng: &mut ChaCha8Rng) -> omuda::Result<()> {
+    fn on_mix_masks(
+        &mut self,
+        masks: &mut Vec<Tensor>,
+        _view: &StepView,
+        rng: &mut ChaCha8Rng,
+    ) -> omuda::Result<()> {
         let mut pasted = 0.0;
         for m in masks.iter_mut() {
             let (h, w) = m.dims2()?;
@@ -37,7 +42,11 @@ impl MaskingPlugin for CutMix {
             let data: Vec<f32> = (0..h * w)
                 .map(|i| {
                     let (y, x) = (i / w, i % w);
-                    if (y0..y0 + rh).contains(&y) && (x0..x0 + rw).contains(&x) { 1.0 } else { 0.0 }
+                    if (y0..y0 + rh).contains(&y) && (x0..x0 + rw).contains(&x) {
+                        1.0
+                    } else {
+                        0.0
+                    }
                 })
                 .collect();
             pasted += (rh * rw) as f64 / (h * w) as f64;
@@ -61,15 +70,35 @@ fn main() -> omuda::Result<()> {
     cfg.data.synth.val_size = 8;
 
     // Any baseline built on the shared step takes the plugin the same way.
-    let mut method = Dacs::new(&cfg, &device)?.with(CutMix { area: 0.5, pasted: 0.0 });
-    let mut data = SynthPairLoader::new(cfg.data.synth.clone(), cfg.data.dataset_seed, Domain::Source, 2, cfg.seed, &device);
+    let mut method = Dacs::new(&cfg, &device)?.with(CutMix {
+        area: 0.5,
+        pasted: 0.0,
+    });
+    let mut data = SynthPairLoader::new(
+        cfg.data.synth.clone(),
+        cfg.data.dataset_seed,
+        Domain::Source,
+        2,
+        cfg.seed,
+        &device,
+    );
     for _ in 0..cfg.train.iters {
         let log = method.step(&data.next_batch()?)?;
-        println!("iter {:>3}  {:?}  {:?}", log.iter, log.losses, log.metrics.iter().find(|(k, _)| k == "cutmix.pasted"));
+        println!(
+            "iter {:>3}  {:?}  {:?}",
+            log.iter,
+            log.losses,
+            log.metrics.iter().find(|(k, _)| k == "cutmix.pasted")
+        );
     }
-    let report = evaluate_synth(&cfg.data.synth, cfg.data.dataset_seed, Domain::Target, &cfg.eval, &device, &|x| {
-        Ok(method.predict(x)?)
-    })?;
+    let report = evaluate_synth(
+        &cfg.data.synth,
+        cfg.data.dataset_seed,
+        Domain::Target,
+        &cfg.eval,
+        &device,
+        &|x| Ok(method.predict(x)?),
+    )?;
     print!("{}", report.table());
     Ok(())
 }

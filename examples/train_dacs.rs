@@ -18,14 +18,26 @@ fn main() -> omuda::Result<()> {
     cfg.data.synth.val_size = 8;
 
     let mut dacs = Dacs::new(&cfg, &device)?;
-    let mut data = SynthPairLoader::new(cfg.data.synth.clone(), cfg.data.dataset_seed, Domain::Source, 2, cfg.seed, &device);
+    let mut data = SynthPairLoader::new(
+        cfg.data.synth.clone(),
+        cfg.data.dataset_seed,
+        Domain::Source,
+        2,
+        cfg.seed,
+        &device,
+    );
     for _ in 0..cfg.train.iters {
         let log = dacs.step(&data.next_batch()?)?;
         println!("iter {:>3}  {:?}", log.iter, log.losses);
     }
-    let report = evaluate_synth(&cfg.data.synth, cfg.data.dataset_seed, Domain::Target, &cfg.eval, &device, &|x| {
-        Ok(dacs.predict(x)?)
-    })?;
+    let report = evaluate_synth(
+        &cfg.data.synth,
+        cfg.data.dataset_seed,
+        Domain::Target,
+        &cfg.eval,
+        &device,
+        &|x| Ok(dacs.predict(x)?),
+    )?;
     print!("{}", report.table());
     Ok(())
 }

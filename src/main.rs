@@ -24,7 +24,10 @@ fn exec_with_malloc_tunables() {
         eprintln!("note: cannot find the omuda binary to restart it with GLIBC_TUNABLES; running with malloc defaults");
         return;
     };
-    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("GLIBC_TUNABLES", MALLOC_TUNABLES).exec();
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("GLIBC_TUNABLES", MALLOC_TUNABLES)
+        .exec();
     // `exec` only returns on failure.
     eprintln!("note: cannot restart with GLIBC_TUNABLES ({err}); running with malloc defaults");
 }

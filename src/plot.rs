@@ -28,7 +28,9 @@ pub fn register_font() -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::msg("embedded font assets/DejaVuSans.ttf could not be parsed"))
+        Err(Error::msg(
+            "embedded font assets/DejaVuSans.ttf could not be parsed",
+        ))
     }
 }
 
@@ -37,19 +39,37 @@ pub type Series = (String, Vec<(f64, f64)>);
 
 /// Draw `series` as lines with a legend into the PNG `path`. Non-finite points
 /// are left out. A chart with no finite point is an error naming `path`.
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
     line_chart_scaled(path, title, x_label, y_label, series, false)
 }
 
 /// As [`line_chart`], with a logarithmic y axis when `log_y` (values ≤ 0 are left out).
-pub fn line_chart_scaled(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool) -> Result<()> {
+pub fn line_chart_scaled(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log_y: bool,
+) -> Result<()> {
     register_font()?;
     let keep = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!log_y || y > 0.0);
-    let clean: Vec<(String, Vec<(f64, f64)>)> =
-        series.iter().map(|(n, pts)| (n.clone(), pts.iter().copied().filter(keep).collect())).collect();
+    let clean: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(n, pts)| (n.clone(), pts.iter().copied().filter(keep).collect()))
+        .collect();
     let all: Vec<(f64, f64)> = clean.iter().flat_map(|(_, p)| p.iter().copied()).collect();
     if all.is_empty() {
-        return Err(Error::file(path, format!("chart {title:?}: no finite data point to plot")));
+        return Err(Error::file(
+            path,
+            format!("chart {title:?}: no finite data point to plot"),
+        ));
     }
     let (x0, x1) = padded_range(all.iter().map(|p| p.0), false);
     let (y0, y1) = padded_range(all.iter().map(|p| p.1), log_y);
@@ -60,7 +80,11 @@ pub fn line_chart_scaled(path: &Path, title: &str, x_label: &str, y_label: &str,
         let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let mut builder = ChartBuilder::on(&root);
-        builder.caption(title, (FONT, 24)).margin(16).x_label_area_size(44).y_label_area_size(72);
+        builder
+            .caption(title, (FONT, 24))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(72);
         macro_rules! draw {
             ($chart:expr) => {{
                 let mut chart = $chart;
@@ -83,7 +107,9 @@ pub fn line_chart_scaled(path: &Path, title: &str, x_label: &str, y_label: &str,
                         .draw_series(LineSeries::new(pts.iter().copied(), colour.stroke_width(2)))
                         .map_err(|e| err(e.to_string()))?
                         .label(name.as_str())
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+                        .legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                        });
                     if pts.len() == 1 {
                         chart
                             .draw_series(std::iter::once(Circle::new(pts[0], 4, colour.filled())))
@@ -100,9 +126,13 @@ pub fn line_chart_scaled(path: &Path, title: &str, x_label: &str, y_label: &str,
             }};
         }
         if log_y {
-            draw!(builder.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(|e| err(e.to_string()))?);
+            draw!(builder
+                .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+                .map_err(|e| err(e.to_string()))?);
         } else {
-            draw!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(|e| err(e.to_string()))?);
+            draw!(builder
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(|e| err(e.to_string()))?);
         }
         root.present().map_err(|e| err(e.to_string()))?;
     }
@@ -114,19 +144,32 @@ pub fn line_chart_scaled(path: &Path, title: &str, x_label: &str, y_label: &str,
 pub fn bar_chart(path: &Path, title: &str, labels: &[String], values: &[f64]) -> Result<()> {
     register_font()?;
     if labels.len() != values.len() {
-        return Err(Error::file(path, format!("bar chart {title:?}: {} labels for {} values", labels.len(), values.len())));
+        return Err(Error::file(
+            path,
+            format!(
+                "bar chart {title:?}: {} labels for {} values",
+                labels.len(),
+                values.len()
+            ),
+        ));
     }
     if labels.is_empty() {
         return Err(Error::file(path, format!("bar chart {title:?}: no bars")));
     }
     if let Some((l, v)) = labels.iter().zip(values).find(|(_, v)| !v.is_finite()) {
-        return Err(Error::file(path, format!("bar chart {title:?}: value of {l:?} is {v}")));
+        return Err(Error::file(
+            path,
+            format!("bar chart {title:?}: value of {l:?} is {v}"),
+        ));
     }
     let err = |e: String| Error::file(path, format!("drawing chart {title:?}: {e}"));
     let lo = values.iter().copied().fold(0.0f64, f64::min);
     let hi = values.iter().copied().fold(0.0f64, f64::max);
     let span = if hi > lo { hi - lo } else { 1.0 };
-    let (y0, y1) = (if lo < 0.0 { lo - 0.1 * span } else { 0.0 }, hi + 0.12 * span);
+    let (y0, y1) = (
+        if lo < 0.0 { lo - 0.1 * span } else { 0.0 },
+        hi + 0.12 * span,
+    );
     let n = labels.len();
 
     let mut buf = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
@@ -156,7 +199,10 @@ pub fn bar_chart(path: &Path, title: &str, labels: &[String], values: &[f64]) ->
             let colour = Palette99::pick(i).to_rgba();
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), v)],
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), v),
+                    ],
                     colour.filled(),
                 )))
                 .map_err(|e| err(e.to_string()))?;
@@ -175,16 +221,26 @@ pub fn bar_chart(path: &Path, title: &str, labels: &[String], values: &[f64]) ->
 
 /// Encode an RGB8 buffer as PNG and write it atomically.
 pub fn write_rgb_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()> {
-    let img = image::RgbImage::from_raw(width, height, rgb.to_vec())
-        .ok_or_else(|| Error::file(path, format!("image buffer of {} bytes is not {width}×{height} RGB", rgb.len())))?;
+    let img = image::RgbImage::from_raw(width, height, rgb.to_vec()).ok_or_else(|| {
+        Error::file(
+            path,
+            format!(
+                "image buffer of {} bytes is not {width}×{height} RGB",
+                rgb.len()
+            ),
+        )
+    })?;
     encode_png(path, &image::DynamicImage::ImageRgb8(img))
 }
 
 /// Encode an image as PNG and write it atomically.
 pub fn encode_png(path: &Path, img: &image::DynamicImage) -> Result<()> {
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::file(path, format!("PNG encoding: {e}")))?;
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| Error::file(path, format!("PNG encoding: {e}")))?;
     write_atomic(path, &bytes)
 }
 
@@ -202,7 +258,9 @@ fn fmt_tick(v: f64) -> String {
 }
 
 fn padded_range(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
-    let (mut lo, mut hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
+    let (mut lo, mut hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+        (l.min(v), h.max(v))
+    });
     if log {
         return (lo / 1.5, hi * 1.5);
     }
@@ -225,17 +283,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("lines.png");
         let s = vec![
-            ("a".to_string(), (0..20).map(|i| (i as f64, (i as f64).sin())).collect()),
+            (
+                "a".to_string(),
+                (0..20).map(|i| (i as f64, (i as f64).sin())).collect(),
+            ),
             ("b".to_string(), vec![(3.0, 0.5)]),
         ];
         line_chart(&p, "curves", "iteration", "value", &s).unwrap();
         let img = image::open(&p).unwrap();
         assert_eq!((img.width(), img.height()), (WIDTH, HEIGHT));
         // Not a blank canvas: some pixels are not white.
-        assert!(img.to_rgb8().pixels().filter(|px| px.0 != [255, 255, 255]).count() > 1000);
+        assert!(
+            img.to_rgb8()
+                .pixels()
+                .filter(|px| px.0 != [255, 255, 255])
+                .count()
+                > 1000
+        );
         let log = dir.path().join("log.png");
-        line_chart_scaled(&log, "lr", "iteration", "lr", &[("lr".into(), vec![(0.0, 1e-4), (1.0, 1e-6), (2.0, 0.0)])], true)
-            .unwrap();
+        line_chart_scaled(
+            &log,
+            "lr",
+            "iteration",
+            "lr",
+            &[("lr".into(), vec![(0.0, 1e-4), (1.0, 1e-6), (2.0, 0.0)])],
+            true,
+        )
+        .unwrap();
         let b = dir.path().join("bars.png");
         bar_chart(&b, "mIoU", &["x".into(), "y".into()], &[30.0, 42.5]).unwrap();
         assert!(std::fs::metadata(&b).unwrap().len() > 1000);
@@ -253,10 +327,17 @@ mod tests {
     fn errors_name_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("empty.png");
-        let e = line_chart(&p, "t", "x", "y", &[("a".into(), vec![(0.0, f64::NAN)])]).unwrap_err().to_string();
+        let e = line_chart(&p, "t", "x", "y", &[("a".into(), vec![(0.0, f64::NAN)])])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("empty.png"), "{e}");
-        let e = bar_chart(&p, "t", &["a".into()], &[1.0, 2.0]).unwrap_err().to_string();
-        assert!(e.contains("empty.png") && e.contains("1 labels for 2 values"), "{e}");
+        let e = bar_chart(&p, "t", &["a".into()], &[1.0, 2.0])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("empty.png") && e.contains("1 labels for 2 values"),
+            "{e}"
+        );
         assert!(!p.exists());
     }
 }

@@ -13,21 +13,54 @@ use crate::{Error, Result, RunConfig};
 /// real datasets (`<method>-<source>2cs`, reference §6) and small versions of
 /// each method on the built-in synthetic pair (`synth-*`).
 pub const PRESETS: &[(&str, &str)] = &[
-    ("synth-source_only", include_str!("../configs/synth-source_only.toml")),
+    (
+        "synth-source_only",
+        include_str!("../configs/synth-source_only.toml"),
+    ),
     ("synth-dacs", include_str!("../configs/synth-dacs.toml")),
-    ("synth-daformer", include_str!("../configs/synth-daformer.toml")),
-    ("synth-mic_dacs", include_str!("../configs/synth-mic_dacs.toml")),
-    ("synth-mic_daformer", include_str!("../configs/synth-mic_daformer.toml")),
+    (
+        "synth-daformer",
+        include_str!("../configs/synth-daformer.toml"),
+    ),
+    (
+        "synth-mic_dacs",
+        include_str!("../configs/synth-mic_dacs.toml"),
+    ),
+    (
+        "synth-mic_daformer",
+        include_str!("../configs/synth-mic_daformer.toml"),
+    ),
     ("synth-hrda", include_str!("../configs/synth-hrda.toml")),
-    ("synth-mic_hrda", include_str!("../configs/synth-mic_hrda.toml")),
+    (
+        "synth-mic_hrda",
+        include_str!("../configs/synth-mic_hrda.toml"),
+    ),
     ("dacs-gta2cs", include_str!("../configs/dacs-gta2cs.toml")),
-    ("dacs-synthia2cs", include_str!("../configs/dacs-synthia2cs.toml")),
-    ("daformer-gta2cs", include_str!("../configs/daformer-gta2cs.toml")),
-    ("daformer-synthia2cs", include_str!("../configs/daformer-synthia2cs.toml")),
+    (
+        "dacs-synthia2cs",
+        include_str!("../configs/dacs-synthia2cs.toml"),
+    ),
+    (
+        "daformer-gta2cs",
+        include_str!("../configs/daformer-gta2cs.toml"),
+    ),
+    (
+        "daformer-synthia2cs",
+        include_str!("../configs/daformer-synthia2cs.toml"),
+    ),
     ("hrda-gta2cs", include_str!("../configs/hrda-gta2cs.toml")),
-    ("hrda-synthia2cs", include_str!("../configs/hrda-synthia2cs.toml")),
-    ("mic_hrda-gta2cs", include_str!("../configs/mic_hrda-gta2cs.toml")),
-    ("mic_hrda-synthia2cs", include_str!("../configs/mic_hrda-synthia2cs.toml")),
+    (
+        "hrda-synthia2cs",
+        include_str!("../configs/hrda-synthia2cs.toml"),
+    ),
+    (
+        "mic_hrda-gta2cs",
+        include_str!("../configs/mic_hrda-gta2cs.toml"),
+    ),
+    (
+        "mic_hrda-synthia2cs",
+        include_str!("../configs/mic_hrda-synthia2cs.toml"),
+    ),
 ];
 
 /// Names of the shipped presets, in [`PRESETS`] order.
@@ -53,6 +86,9 @@ pub fn resolve(name_or_path: &str, key: &str) -> Result<RunConfig> {
     }
     Err(Error::Config {
         origin: key.into(),
-        message: format!("{name_or_path:?} is neither a preset ({}) nor a configuration file", preset_names().join(", ")),
+        message: format!(
+            "{name_or_path:?} is neither a preset ({}) nor a configuration file",
+            preset_names().join(", ")
+        ),
     })
 }

@@ -28,7 +28,11 @@ fn crc32c_table() -> [u32; 256] {
     for (i, slot) in table.iter_mut().enumerate() {
         let mut c = i as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0x82f6_3b78 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0x82f6_3b78 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
         *slot = c;
     }
@@ -121,15 +125,21 @@ impl Event {
             match (field?, value) {
                 (1, FieldValue::Fixed64(b)) => ev.wall_time = f64::from_le_bytes(b),
                 (2, FieldValue::Varint(v)) => ev.step = v as i64,
-                (3, FieldValue::Bytes(b)) => ev.file_version = Some(String::from_utf8_lossy(b).into_owned()),
+                (3, FieldValue::Bytes(b)) => {
+                    ev.file_version = Some(String::from_utf8_lossy(b).into_owned())
+                }
                 (5, FieldValue::Bytes(summary)) => {
                     for (f, v) in Fields::new(summary) {
                         if let (1, FieldValue::Bytes(value)) = (f?, v) {
                             let (mut tag, mut simple) = (String::new(), None);
                             for (g, w) in Fields::new(value) {
                                 match (g?, w) {
-                                    (1, FieldValue::Bytes(t)) => tag = String::from_utf8_lossy(t).into_owned(),
-                                    (2, FieldValue::Fixed32(b)) => simple = Some(f32::from_le_bytes(b)),
+                                    (1, FieldValue::Bytes(t)) => {
+                                        tag = String::from_utf8_lossy(t).into_owned()
+                                    }
+                                    (2, FieldValue::Fixed32(b)) => {
+                                        simple = Some(f32::from_le_bytes(b))
+                                    }
                                     _ => {}
                                 }
                             }
@@ -163,7 +173,11 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn new(data: &'a [u8]) -> Self {
-        Self { data, pos: 0, failed: false }
+        Self {
+            data,
+            pos: 0,
+            failed: false,
+        }
     }
     fn varint(&mut self) -> Option<u64> {
         let mut v = 0u64;
@@ -190,7 +204,12 @@ impl<'a> Iterator for Fields<'a> {
         if self.failed || self.pos >= self.data.len() {
             return None;
         }
-        let bad = |what: &str| (Err(Error::msg(format!("event protocol buffer: {what}"))), FieldValue::Invalid);
+        let bad = |what: &str| {
+            (
+                Err(Error::msg(format!("event protocol buffer: {what}"))),
+                FieldValue::Invalid,
+            )
+        };
         let Some(key) = self.varint() else {
             self.failed = true;
             return Some(bad("truncated field key"));
@@ -198,16 +217,27 @@ impl<'a> Iterator for Fields<'a> {
         let field = (key >> 3) as u32;
         let value = match key & 7 {
             0 => self.varint().map(FieldValue::Varint),
-            1 => self.take(8).and_then(|b| b.try_into().ok()).map(FieldValue::Fixed64),
-            5 => self.take(4).and_then(|b| b.try_into().ok()).map(FieldValue::Fixed32),
-            2 => self.varint().and_then(|n| self.take(n as usize)).map(FieldValue::Bytes),
+            1 => self
+                .take(8)
+                .and_then(|b| b.try_into().ok())
+                .map(FieldValue::Fixed64),
+            5 => self
+                .take(4)
+                .and_then(|b| b.try_into().ok())
+                .map(FieldValue::Fixed32),
+            2 => self
+                .varint()
+                .and_then(|n| self.take(n as usize))
+                .map(FieldValue::Bytes),
             _ => None,
         };
         match value {
             Some(v) => Some((Ok(field), v)),
             None => {
                 self.failed = true;
-                Some(bad(&format!("field {field}: unsupported wire type or truncated value")))
+                Some(bad(&format!(
+                    "field {field}: unsupported wire type or truncated value"
+                )))
             }
         }
     }
@@ -219,16 +249,24 @@ pub fn read_records(path: &Path, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     let mut pos = 0usize;
     while pos < bytes.len() {
         let at = |m: &str| Error::file(path, format!("record at byte {pos}: {m}"));
-        let head = bytes.get(pos..pos + 12).ok_or_else(|| at("truncated header"))?;
+        let head = bytes
+            .get(pos..pos + 12)
+            .ok_or_else(|| at("truncated header"))?;
         let len_bytes: [u8; 8] = head[..8].try_into().map_err(|_| at("header"))?;
         let len_crc = u32::from_le_bytes(head[8..12].try_into().map_err(|_| at("header"))?);
         if masked_crc32c(&len_bytes) != len_crc {
             return Err(at("length CRC mismatch"));
         }
         let len = u64::from_le_bytes(len_bytes) as usize;
-        let data = bytes.get(pos + 12..pos + 12 + len).ok_or_else(|| at("truncated data"))?;
-        let crc_bytes = bytes.get(pos + 12 + len..pos + 16 + len).ok_or_else(|| at("truncated data CRC"))?;
-        if masked_crc32c(data) != u32::from_le_bytes(crc_bytes.try_into().map_err(|_| at("data CRC"))?) {
+        let data = bytes
+            .get(pos + 12..pos + 12 + len)
+            .ok_or_else(|| at("truncated data"))?;
+        let crc_bytes = bytes
+            .get(pos + 12 + len..pos + 16 + len)
+            .ok_or_else(|| at("truncated data CRC"))?;
+        if masked_crc32c(data)
+            != u32::from_le_bytes(crc_bytes.try_into().map_err(|_| at("data CRC"))?)
+        {
             return Err(at("data CRC mismatch"));
         }
         out.push(data.to_vec());
@@ -240,7 +278,10 @@ pub fn read_records(path: &Path, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
 /// Every event of an event file, CRCs checked.
 pub fn read_events(path: &Path) -> Result<Vec<Event>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    read_records(path, &bytes)?.iter().map(|r| Event::decode(r).map_err(|e| Error::file(path, e.to_string()))).collect()
+    read_records(path, &bytes)?
+        .iter()
+        .map(|r| Event::decode(r).map_err(|e| Error::file(path, e.to_string())))
+        .collect()
 }
 
 /// The event files in `dir`, by name.
@@ -251,7 +292,11 @@ pub fn event_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("events.out.tfevents.")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("events.out.tfevents."))
+        })
         .collect();
     files.sort();
     Ok(files)
@@ -266,8 +311,14 @@ pub fn truncate_after(dir: &Path, step: i64) -> Result<()> {
         let mut kept = Vec::new();
         let mut pos = 0usize;
         while pos + 12 <= bytes.len() {
-            let len = u64::from_le_bytes(bytes[pos..pos + 8].try_into().map_err(|_| Error::file(&path, "record header"))?) as usize;
-            let Some(record) = bytes.get(pos..pos + 16 + len) else { break };
+            let len = u64::from_le_bytes(
+                bytes[pos..pos + 8]
+                    .try_into()
+                    .map_err(|_| Error::file(&path, "record header"))?,
+            ) as usize;
+            let Some(record) = bytes.get(pos..pos + 16 + len) else {
+                break;
+            };
             let frame = read_records(&path, record)?;
             let ev = Event::decode(&frame[0]).map_err(|e| Error::file(&path, e.to_string()))?;
             if ev.file_version.is_some() || ev.step <= step {
@@ -289,7 +340,10 @@ pub struct EventWriter {
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl EventWriter {
@@ -298,14 +352,31 @@ impl EventWriter {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let host = std::fs::read_to_string("/etc/hostname")
             .ok()
-            .map(|h| h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>())
+            .map(|h| {
+                h.trim()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect::<String>()
+            })
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into());
         let wall = now();
-        let path = dir.join(format!("events.out.tfevents.{}.{host}.{}", wall as u64, std::process::id()));
+        let path = dir.join(format!(
+            "events.out.tfevents.{}.{host}.{}",
+            wall as u64,
+            std::process::id()
+        ));
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        let mut w = Self { path, file: BufWriter::new(file) };
-        w.write(&Event { wall_time: wall, step: 0, file_version: Some("brain.Event:2".into()), scalars: vec![] })?;
+        let mut w = Self {
+            path,
+            file: BufWriter::new(file),
+        };
+        w.write(&Event {
+            wall_time: wall,
+            step: 0,
+            file_version: Some("brain.Event:2".into()),
+            scalars: vec![],
+        })?;
         w.flush()?;
         Ok(w)
     }
@@ -315,7 +386,9 @@ impl EventWriter {
     }
 
     fn write(&mut self, ev: &Event) -> Result<()> {
-        self.file.write_all(&encode_record(&ev.encode())).map_err(|e| Error::io(&self.path, e))
+        self.file
+            .write_all(&encode_record(&ev.encode()))
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     /// One event at `step` holding every (tag, value); non-finite values are written as they are.
@@ -324,7 +397,12 @@ impl EventWriter {
             return Ok(());
         }
         let scalars = values.iter().map(|(t, v)| (t.clone(), *v as f32)).collect();
-        self.write(&Event { wall_time: now(), step, file_version: None, scalars })?;
+        self.write(&Event {
+            wall_time: now(),
+            step,
+            file_version: None,
+            scalars,
+        })?;
         self.flush()
     }
 
@@ -351,7 +429,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = EventWriter::create(dir.path()).unwrap();
         for s in 1..=5 {
-            w.scalars(s, &[("loss/a".into(), s as f64 * 0.5), ("lr".into(), 1e-4)]).unwrap();
+            w.scalars(s, &[("loss/a".into(), s as f64 * 0.5), ("lr".into(), 1e-4)])
+                .unwrap();
         }
         let path = w.path().to_path_buf();
         drop(w);
@@ -359,7 +438,10 @@ mod tests {
         assert_eq!(evs.len(), 6);
         assert_eq!(evs[0].file_version.as_deref(), Some("brain.Event:2"));
         assert_eq!(evs[3].step, 3);
-        assert_eq!(evs[3].scalars, vec![("loss/a".to_string(), 1.5f32), ("lr".to_string(), 1e-4f32)]);
+        assert_eq!(
+            evs[3].scalars,
+            vec![("loss/a".to_string(), 1.5f32), ("lr".to_string(), 1e-4f32)]
+        );
         // A torn record at the end (a kill mid-write) is dropped with the later steps.
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.extend_from_slice(&[1, 2, 3]);

@@ -35,7 +35,11 @@ impl Rgb {
                 data.extend_from_slice(&self.data[i..i + 3]);
             }
         }
-        Rgb { width, height, data }
+        Rgb {
+            width,
+            height,
+            data,
+        }
     }
 }
 
@@ -43,9 +47,14 @@ impl Rgb {
 pub fn denormalize(images: &Tensor) -> Result<Vec<Rgb>> {
     let (b, c, h, w) = images.dims4()?;
     if c != 3 {
-        return Err(Error::msg(format!("image tensor has {c} channels, expected 3")));
+        return Err(Error::msg(format!(
+            "image tensor has {c} channels, expected 3"
+        )));
     }
-    let v = images.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let v = images
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     Ok((0..b)
         .map(|i| {
             let mut data = Vec::with_capacity(h * w * 3);
@@ -55,39 +64,72 @@ pub fn denormalize(images: &Tensor) -> Result<Vec<Rgb>> {
                     data.push(x.round().clamp(0.0, 255.0) as u8);
                 }
             }
-            Rgb { width: w, height: h, data }
+            Rgb {
+                width: w,
+                height: h,
+                data,
+            }
         })
         .collect())
 }
 
 /// (B, H, W) (or (B, 1, H, W)) trainIds to palette colours; 255 and invalid ids are black.
 pub fn colorize_labels(labels: &Tensor) -> Result<Vec<Rgb>> {
-    let labels = if labels.rank() == 4 { labels.squeeze(1)? } else { labels.clone() };
+    let labels = if labels.rank() == 4 {
+        labels.squeeze(1)?
+    } else {
+        labels.clone()
+    };
     let (b, h, w) = labels.dims3()?;
-    let v = labels.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+    let v = labels
+        .to_dtype(DType::U32)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
     Ok((0..b)
         .map(|i| {
-            let ids: Vec<u8> = v[i * h * w..(i + 1) * h * w].iter().map(|&l| l.min(255) as u8).collect();
-            Rgb { width: w, height: h, data: colorize(&ids) }
+            let ids: Vec<u8> = v[i * h * w..(i + 1) * h * w]
+                .iter()
+                .map(|&l| l.min(255) as u8)
+                .collect();
+            Rgb {
+                width: w,
+                height: h,
+                data: colorize(&ids),
+            }
         })
         .collect())
 }
 
 /// (B, H, W) (or (B, 1, H, W)) values in [0, 1] to grey levels (clamped).
 pub fn gray(values: &Tensor) -> Result<Vec<Rgb>> {
-    let values = if values.rank() == 4 { values.squeeze(1)? } else { values.clone() };
+    let values = if values.rank() == 4 {
+        values.squeeze(1)?
+    } else {
+        values.clone()
+    };
     let (b, h, w) = values.dims3()?;
-    let v = values.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let v = values
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     Ok((0..b)
         .map(|i| {
             let data = v[i * h * w..(i + 1) * h * w]
                 .iter()
                 .flat_map(|&x| {
-                    let g = if x.is_finite() { (x.clamp(0.0, 1.0) * 255.0).round() as u8 } else { 0 };
+                    let g = if x.is_finite() {
+                        (x.clamp(0.0, 1.0) * 255.0).round() as u8
+                    } else {
+                        0
+                    };
                     [g, g, g]
                 })
                 .collect();
-            Rgb { width: w, height: h, data }
+            Rgb {
+                width: w,
+                height: h,
+                data,
+            }
         })
         .collect())
 }
@@ -108,7 +150,10 @@ pub fn debug_grid(path: &Path, debug: &StepDebug) -> Result<()> {
         .map_err(|e| Error::file(path, format!("debug tile {title:?}: {e}")))?;
         columns.push((title.clone(), pics));
     }
-    let first = columns.first().and_then(|(_, p)| p.first()).ok_or_else(|| Error::file(path, "no debug tiles"))?;
+    let first = columns
+        .first()
+        .and_then(|(_, p)| p.first())
+        .ok_or_else(|| Error::file(path, "no debug tiles"))?;
     // Tiles at least 96 px wide so the titles fit; all tiles share one size.
     let scale = (96 + first.width - 1) / first.width.max(1);
     let (tw, th) = (first.width * scale.max(1), first.height * scale.max(1));
@@ -128,13 +173,19 @@ pub fn debug_grid(path: &Path, debug: &StepDebug) -> Result<()> {
     }
     register_font()?;
     {
-        let root = BitMapBackend::with_buffer(&mut buf, (width as u32, height as u32)).into_drawing_area();
+        let root =
+            BitMapBackend::with_buffer(&mut buf, (width as u32, height as u32)).into_drawing_area();
         for (c, (title, _)) in columns.iter().enumerate() {
             let x = (GAP + c * (tw + GAP) + 2) as i32;
-            root.draw(&Text::new(title.clone(), (x, 4), ("sans-serif", 13).into_font()))
-                .map_err(|e| Error::file(path, format!("drawing title {title:?}: {e}")))?;
+            root.draw(&Text::new(
+                title.clone(),
+                (x, 4),
+                ("sans-serif", 13).into_font(),
+            ))
+            .map_err(|e| Error::file(path, format!("drawing title {title:?}: {e}")))?;
         }
-        root.present().map_err(|e| Error::file(path, e.to_string()))?;
+        root.present()
+            .map_err(|e| Error::file(path, e.to_string()))?;
     }
     write_rgb_png(path, &buf, width as u32, height as u32)
 }
@@ -142,8 +193,17 @@ pub fn debug_grid(path: &Path, debug: &StepDebug) -> Result<()> {
 /// `base` blended with `over`: `(1 - opacity) * base + opacity * over`.
 pub fn overlay(base: &Rgb, over: &Rgb, opacity: f32) -> Rgb {
     let a = opacity.clamp(0.0, 1.0);
-    let data = base.data.iter().zip(&over.data).map(|(&b, &o)| ((1.0 - a) * b as f32 + a * o as f32).round() as u8).collect();
-    Rgb { width: base.width, height: base.height, data }
+    let data = base
+        .data
+        .iter()
+        .zip(&over.data)
+        .map(|(&b, &o)| ((1.0 - a) * b as f32 + a * o as f32).round() as u8)
+        .collect();
+    Rgb {
+        width: base.width,
+        height: base.height,
+        data,
+    }
 }
 
 #[cfg(test)]
@@ -158,7 +218,9 @@ mod tests {
         assert_eq!(&rgb[0].data[0..3], &[128, 64, 128]); // road
         assert_eq!(&rgb[0].data[6..9], &[0, 0, 0]); // ignore
         let px = [10.0f32, 200.0, 30.0];
-        let norm: Vec<f32> = (0..3).map(|c| (px[c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c]).collect();
+        let norm: Vec<f32> = (0..3)
+            .map(|c| (px[c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
+            .collect();
         let img = Tensor::from_vec(norm, (1, 3, 1, 1), &Device::Cpu).unwrap();
         assert_eq!(denormalize(&img).unwrap()[0].data, vec![10, 200, 30]);
     }
@@ -169,9 +231,21 @@ mod tests {
         let dev = Device::Cpu;
         let debug = StepDebug {
             tiles: vec![
-                ("image".into(), DebugKind::Image, Tensor::zeros((2, 3, 8, 16), DType::F32, &dev).unwrap()),
-                ("label".into(), DebugKind::Labels, Tensor::ones((2, 8, 16), DType::U32, &dev).unwrap()),
-                ("mask".into(), DebugKind::Gray, Tensor::ones((2, 8, 16), DType::F32, &dev).unwrap()),
+                (
+                    "image".into(),
+                    DebugKind::Image,
+                    Tensor::zeros((2, 3, 8, 16), DType::F32, &dev).unwrap(),
+                ),
+                (
+                    "label".into(),
+                    DebugKind::Labels,
+                    Tensor::ones((2, 8, 16), DType::U32, &dev).unwrap(),
+                ),
+                (
+                    "mask".into(),
+                    DebugKind::Gray,
+                    Tensor::ones((2, 8, 16), DType::F32, &dev).unwrap(),
+                ),
             ],
         };
         let p = dir.path().join("g.png");

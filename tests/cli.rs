@@ -24,36 +24,70 @@ fn train_then_eval_writes_metrics() {
     let cfg = write_tiny_config(dir.path());
     let out = dir.path().join("run");
     let res = omuda()
-        .args(["train", "--config", cfg.to_str().unwrap(), "--method", "source_only,dacs", "--out", out.to_str().unwrap()])
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--method",
+            "source_only,dacs",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&res.stdout);
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(res.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("summary"), "{stdout}");
-    assert!(stderr.contains("iter 3/3"), "plain progress lines when not on a terminal: {stderr}");
+    assert!(
+        stderr.contains("iter 3/3"),
+        "plain progress lines when not on a terminal: {stderr}"
+    );
     for m in ["source_only", "dacs"] {
-        let metrics: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join(m).join("metrics.json")).unwrap()).unwrap();
+        let metrics: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(m).join("metrics.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(metrics["method"], m);
-        assert_eq!(metrics["target_val"]["per_class_iou"].as_array().unwrap().len(), 19);
+        assert_eq!(
+            metrics["target_val"]["per_class_iou"]
+                .as_array()
+                .unwrap()
+                .len(),
+            19
+        );
         assert!(metrics["target_val"]["miou"].as_f64().is_some());
-        assert!(out.join(m).join("checkpoint").join("student.safetensors").is_file());
+        assert!(out
+            .join(m)
+            .join("checkpoint")
+            .join("student.safetensors")
+            .is_file());
     }
     assert!(out.join("dacs/checkpoint/teacher.safetensors").is_file());
 
     let res = omuda()
-        .args(["eval", "--checkpoint", out.join("dacs/checkpoint").to_str().unwrap()])
+        .args([
+            "eval",
+            "--checkpoint",
+            out.join("dacs/checkpoint").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(res.status.success(), "{stdout}{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     assert!(stdout.contains("dacs (iteration 3)"), "{stdout}");
     // The evaluation of the restored checkpoint equals the one written after training.
     let trained: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("dacs/metrics.json")).unwrap()).unwrap();
-    let evaluated: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("dacs/checkpoint/eval.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("dacs/metrics.json")).unwrap())
+            .unwrap();
+    let evaluated: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("dacs/checkpoint/eval.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(trained["target_val"], evaluated["target_val"]);
 }
 
@@ -62,22 +96,37 @@ fn unknown_config_key_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[train]\niterations = 3\n").unwrap();
-    let res = omuda().args(["train", "--config", path.to_str().unwrap()]).output().unwrap();
+    let res = omuda()
+        .args(["train", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!res.status.success());
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(stderr.contains("iterations") && stderr.contains("bad.toml"), "{stderr}");
+    assert!(
+        stderr.contains("iterations") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn unknown_method_and_missing_checkpoint_are_clear_errors() {
-    let res = omuda().args(["train", "--method", "dacz", "--iters", "1"]).output().unwrap();
+    let res = omuda()
+        .args(["train", "--method", "dacz", "--iters", "1"])
+        .output()
+        .unwrap();
     assert!(!res.status.success());
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(stderr.contains("dacz") && stderr.contains("source_only"), "{stderr}");
+    assert!(
+        stderr.contains("dacz") && stderr.contains("source_only"),
+        "{stderr}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
-    let res = omuda().args(["eval", "--checkpoint", dir.path().to_str().unwrap()]).output().unwrap();
+    let res = omuda()
+        .args(["eval", "--checkpoint", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!res.status.success());
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(stderr.contains("state.json"), "{stderr}");

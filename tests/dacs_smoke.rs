@@ -19,29 +19,52 @@ fn tiny_config(iters: usize) -> RunConfig {
 
 fn snapshot(vars: &VarMap) -> Vec<(String, Tensor)> {
     let data = vars.data().lock().unwrap();
-    let mut v: Vec<(String, Tensor)> =
-        data.iter().map(|(k, var)| (k.clone(), var.as_tensor().copy().unwrap())).collect();
+    let mut v: Vec<(String, Tensor)> = data
+        .iter()
+        .map(|(k, var)| (k.clone(), var.as_tensor().copy().unwrap()))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn loader(cfg: &RunConfig) -> SynthPairLoader {
-    SynthPairLoader::new(cfg.data.synth.clone(), cfg.data.dataset_seed, Domain::Source, cfg.train.batch_size, cfg.seed, &omuda::core::device::test_device().unwrap())
+    SynthPairLoader::new(
+        cfg.data.synth.clone(),
+        cfg.data.dataset_seed,
+        Domain::Source,
+        cfg.train.batch_size,
+        cfg.seed,
+        &omuda::core::device::test_device().unwrap(),
+    )
 }
 
 fn train(method: &mut SelfTraining, cfg: &RunConfig) -> Vec<Vec<(String, f64)>> {
     let mut data = loader(cfg);
-    (0..cfg.train.iters).map(|_| method.step(&data.next_batch().unwrap()).unwrap().losses).collect()
+    (0..cfg.train.iters)
+        .map(|_| method.step(&data.next_batch().unwrap()).unwrap().losses)
+        .collect()
 }
 
 #[test]
 fn dacs_twenty_iterations_finite_loss_and_weights_change() {
     let cfg = tiny_config(20);
-    let mut dacs = build_method("dacs", &cfg, &omuda::core::device::test_device().unwrap()).unwrap();
+    let mut dacs =
+        build_method("dacs", &cfg, &omuda::core::device::test_device().unwrap()).unwrap();
     let before = snapshot(dacs.student_vars());
     let losses = train(&mut dacs, &cfg);
     assert_eq!(dacs.iteration(), 20);
@@ -62,7 +85,11 @@ fn dacs_twenty_iterations_finite_loss_and_weights_change() {
             changed += 1;
         }
     }
-    assert!(changed as f64 > 0.95 * before.len() as f64, "{changed} of {} tensors changed", before.len());
+    assert!(
+        changed as f64 > 0.95 * before.len() as f64,
+        "{changed} of {} tensors changed",
+        before.len()
+    );
     // The teacher follows the student by EMA: different from it, and from its start.
     let teacher = snapshot(dacs.teacher_vars().unwrap());
     let w = "decode_head.classifier.weight";
@@ -92,7 +119,11 @@ fn same_seed_same_run_other_seed_other_run() {
     let (l3, _) = run(6);
     assert_eq!(l1, l2, "same seed, same losses");
     for ((n, a), (_, b)) in w1.iter().zip(&w2) {
-        assert_eq!(max_abs_diff(a, b), 0.0, "{n} differs between identical runs");
+        assert_eq!(
+            max_abs_diff(a, b),
+            0.0,
+            "{n} differs between identical runs"
+        );
     }
     assert_ne!(l1, l3, "another seed gives another run");
 }
@@ -103,7 +134,12 @@ fn source_only_learns_a_fixed_batch() {
     cfg.model.drop_path_rate = 0.0;
     cfg.model.dropout = 0.0;
     cfg.schedule.lr = 1e-3;
-    let mut m = build_method("source_only", &cfg, &omuda::core::device::test_device().unwrap()).unwrap();
+    let mut m = build_method(
+        "source_only",
+        &cfg,
+        &omuda::core::device::test_device().unwrap(),
+    )
+    .unwrap();
     assert!(m.teacher_vars().is_none());
     let batch = loader(&cfg).next_batch().unwrap();
     let first = m.step(&batch).unwrap();
@@ -146,7 +182,10 @@ fn checkpoint_round_trip_continues_identically() {
         losses_b.push(c.step(&data_b.next_batch().unwrap()).unwrap().losses);
     }
     assert_eq!(losses_a, losses_b);
-    for ((n, x), (_, y)) in snapshot(a.student_vars()).iter().zip(&snapshot(c.student_vars())) {
+    for ((n, x), (_, y)) in snapshot(a.student_vars())
+        .iter()
+        .zip(&snapshot(c.student_vars()))
+    {
         assert_eq!(max_abs_diff(x, y), 0.0, "{n}");
     }
 }

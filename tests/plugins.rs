@@ -6,7 +6,9 @@ use omuda::core::data::loader::SynthPairLoader;
 use omuda::core::data::synth::Domain;
 use omuda::core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda::plugins::{Cam, Cdm, Fdm};
-use omuda::{attach_plugins, build_method, with_omuda, Dacs, MaskingPlugin, RunConfig, SelfTraining};
+use omuda::{
+    attach_plugins, build_method, with_omuda, Dacs, MaskingPlugin, RunConfig, SelfTraining,
+};
 
 fn tiny() -> RunConfig {
     let mut cfg = RunConfig::default();
@@ -17,13 +19,31 @@ fn tiny() -> RunConfig {
 }
 
 fn loader(cfg: &RunConfig) -> SynthPairLoader {
-    SynthPairLoader::new(cfg.data.synth.clone(), cfg.data.dataset_seed, Domain::Source, 2, cfg.seed, &Device::Cpu)
+    SynthPairLoader::new(
+        cfg.data.synth.clone(),
+        cfg.data.dataset_seed,
+        Domain::Source,
+        2,
+        cfg.seed,
+        &Device::Cpu,
+    )
 }
 
 fn all_vars(m: &SelfTraining) -> Vec<(String, Vec<f32>)> {
     let data = m.student_vars().data().lock().unwrap();
-    let mut v: Vec<(String, Vec<f32>)> =
-        data.iter().map(|(k, t)| (k.clone(), t.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+    let mut v: Vec<(String, Vec<f32>)> = data
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                t.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
+        })
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -52,16 +72,32 @@ fn wrapping_with_a_no_op_plugin_leaves_dacs_unchanged_bit_for_bit() {
         }
         assert_eq!(a.metrics, b.metrics);
     }
-    assert_eq!(all_vars(&plain), all_vars(&wrapped), "student weights differ");
+    assert_eq!(
+        all_vars(&plain),
+        all_vars(&wrapped),
+        "student weights differ"
+    );
 }
 
 #[test]
 fn each_plugin_and_all_three_train_dacs() {
     let cfg = tiny();
     let cases: Vec<(&str, SelfTraining, Vec<&str>)> = vec![
-        ("cam", Dacs::new(&cfg, &Device::Cpu).unwrap().with(Cam::default()), vec!["cam.loss_cam"]),
-        ("fdm", Dacs::new(&cfg, &Device::Cpu).unwrap().with(Fdm::default()), vec!["fdm.loss_fdm_src", "fdm.loss_fdm_tgt"]),
-        ("cdm", Dacs::new(&cfg, &Device::Cpu).unwrap().with(Cdm::default()), vec![]),
+        (
+            "cam",
+            Dacs::new(&cfg, &Device::Cpu).unwrap().with(Cam::default()),
+            vec!["cam.loss_cam"],
+        ),
+        (
+            "fdm",
+            Dacs::new(&cfg, &Device::Cpu).unwrap().with(Fdm::default()),
+            vec!["fdm.loss_fdm_src", "fdm.loss_fdm_tgt"],
+        ),
+        (
+            "cdm",
+            Dacs::new(&cfg, &Device::Cpu).unwrap().with(Cdm::default()),
+            vec![],
+        ),
         (
             "all",
             with_omuda(Dacs::new(&cfg, &Device::Cpu).unwrap()),
@@ -78,14 +114,27 @@ fn each_plugin_and_all_three_train_dacs() {
         let names: Vec<&str> = log.losses.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(&names[..2], ["loss_src", "loss_mix"], "{label}");
         assert_eq!(&names[2..], extra.as_slice(), "{label}");
-        assert!(log.losses.iter().all(|(_, v)| v.is_finite()), "{label}: {:?}", log.losses);
+        assert!(
+            log.losses.iter().all(|(_, v)| v.is_finite()),
+            "{label}: {:?}",
+            log.losses
+        );
         let has = |k: &str| log.metrics.iter().any(|(n, _)| n == k);
         if label == "cam" || label == "all" {
-            let share = log.metrics.iter().find(|(n, _)| n == "cam.masked_share").unwrap().1;
+            let share = log
+                .metrics
+                .iter()
+                .find(|(n, _)| n == "cam.masked_share")
+                .unwrap()
+                .1;
             assert!(share > 0.0 && share < 1.0, "{label}: masked share {share}");
         }
         if label == "cdm" || label == "all" {
-            assert!(has("cdm.weight_mean") && has("cdm.mu.road"), "{label}: {:?}", log.metrics);
+            assert!(
+                has("cdm.weight_mean") && has("cdm.mu.road"),
+                "{label}: {:?}",
+                log.metrics
+            );
         }
         if label == "fdm" || label == "all" {
             assert!(has("fdm.no_cells_src"), "{label}");
@@ -102,32 +151,66 @@ fn cdm_replaces_the_scalar_weight_and_its_state_is_checkpointed() {
         fn name(&self) -> &str {
             "spy"
         }
-        fn extra_losses(&mut self, view: &StepView, _: &mut ChaCha8Rng) -> omuda::Result<Vec<NamedLoss>> {
-            self.0.lock().unwrap().push(view.pseudo.unwrap().weight.flatten_all()?.to_vec1::<f32>()?);
+        fn extra_losses(
+            &mut self,
+            view: &StepView,
+            _: &mut ChaCha8Rng,
+        ) -> omuda::Result<Vec<NamedLoss>> {
+            self.0.lock().unwrap().push(
+                view.pseudo
+                    .unwrap()
+                    .weight
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
             Ok(Vec::new())
         }
     }
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut m = Dacs::new(&cfg, &Device::Cpu).unwrap().with(Cdm::default()).with(Spy(seen.clone()));
+    let mut m = Dacs::new(&cfg, &Device::Cpu)
+        .unwrap()
+        .with(Cdm::default())
+        .with(Spy(seen.clone()));
     let mut data = loader(&cfg);
     m.step(&data.next_batch().unwrap()).unwrap();
     m.step(&data.next_batch().unwrap()).unwrap();
     // Hard mode: per-pixel 0/1 weights, not one batch-wide share.
     for w in seen.lock().unwrap().iter() {
-        assert!(w.iter().all(|&v| v == 0.0 || v == 1.0), "weights are not 0/1");
+        assert!(
+            w.iter().all(|&v| v == 0.0 || v == 1.0),
+            "weights are not 0/1"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     m.save_state(dir.path()).unwrap();
-    let saved = candle_core::safetensors::load(dir.path().join("hook_cdm.safetensors"), &Device::Cpu).unwrap();
-    let mu = saved["mu"].to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    let saved =
+        candle_core::safetensors::load(dir.path().join("hook_cdm.safetensors"), &Device::Cpu)
+            .unwrap();
+    let mu = saved["mu"]
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     assert_eq!(mu.len(), 19);
-    assert!(mu.iter().any(|&v| v != 1.0 / 19.0), "μ was updated after the steps");
+    assert!(
+        mu.iter().any(|&v| v != 1.0 / 19.0),
+        "μ was updated after the steps"
+    );
     let mut restored = Dacs::new(&cfg, &Device::Cpu).unwrap().with(Cdm::default());
     restored.load_state(dir.path()).unwrap();
     let again = tempfile::tempdir().unwrap();
     restored.save_state(again.path()).unwrap();
-    let back = candle_core::safetensors::load(again.path().join("hook_cdm.safetensors"), &Device::Cpu).unwrap();
-    assert_eq!(back["mu"].to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap(), mu);
+    let back =
+        candle_core::safetensors::load(again.path().join("hook_cdm.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(
+        back["mu"]
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap(),
+        mu
+    );
 }
 
 /// Stands in for a host's own hook that a plugin replaces (MIC's masked loss, DAFormer's FD).
@@ -137,14 +220,21 @@ impl StepHook for HostHook {
         self.0
     }
     fn extra_losses(&mut self, _: &StepView, _: &mut ChaCha8Rng) -> omuda::Result<Vec<NamedLoss>> {
-        Ok(vec![NamedLoss { name: "loss_host".into(), value: Tensor::new(0.0f32, &Device::Cpu)? }])
+        Ok(vec![NamedLoss {
+            name: "loss_host".into(),
+            value: Tensor::new(0.0f32, &Device::Cpu)?,
+        }])
     }
 }
 
 #[test]
 fn cam_replaces_mic_and_fdm_replaces_fd() {
     let cfg = tiny();
-    let m = Dacs::new(&cfg, &Device::Cpu).unwrap().with(HostHook("mic")).with(HostHook("fd")).with(Cam::default());
+    let m = Dacs::new(&cfg, &Device::Cpu)
+        .unwrap()
+        .with(HostHook("mic"))
+        .with(HostHook("fd"))
+        .with(Cam::default());
     assert_eq!(m.hook_names(), ["fd", "cam"]);
     let m = m.with(Fdm::default());
     assert_eq!(m.hook_names(), ["cam", "fdm"]);
@@ -154,7 +244,11 @@ fn cam_replaces_mic_and_fdm_replaces_fd() {
     let replaced: Vec<(String, String)> = m.replaced_hooks().to_vec();
     assert_eq!(
         replaced,
-        [("mic".into(), "cam".into()), ("fd".into(), "fdm".into()), ("mic".into(), "cam".into())] as [(String, String); 3]
+        [
+            ("mic".into(), "cam".into()),
+            ("fd".into(), "fdm".into()),
+            ("mic".into(), "cam".into())
+        ] as [(String, String); 3]
     );
 }
 
@@ -169,16 +263,25 @@ fn plugins_from_the_configuration() {
     let m = attach_plugins(build_method("dacs", &cfg, &Device::Cpu).unwrap(), &cfg).unwrap();
     assert_eq!(m.hook_names(), ["cdm", "cam"]);
     // Source-only has no target side: nothing is attached.
-    let m = attach_plugins(build_method("source_only", &cfg, &Device::Cpu).unwrap(), &cfg).unwrap();
+    let m = attach_plugins(
+        build_method("source_only", &cfg, &Device::Cpu).unwrap(),
+        &cfg,
+    )
+    .unwrap();
     assert!(m.hook_names().is_empty());
     for (bad, key) in [
         ("plugins = [\"cutmix\"]\n", "cutmix"),
-        ("[plugin.cam]\nfg_mask_ratio = 1.5\n", "plugin.cam.fg_mask_ratio"),
+        (
+            "[plugin.cam]\nfg_mask_ratio = 1.5\n",
+            "plugin.cam.fg_mask_ratio",
+        ),
         ("[plugin.fdm]\nmask_ratoi = 0.5\n", "mask_ratoi"),
         ("[plugin]\nthing_classes = [30]\n", "plugin.thing_classes"),
         ("[plugin.cdm]\nmode = \"medium\"\n", "medium"),
     ] {
-        let e = RunConfig::from_toml_str(bad, "bad.toml").unwrap_err().to_string();
+        let e = RunConfig::from_toml_str(bad, "bad.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(key), "{bad}: {e}");
     }
 }
@@ -187,8 +290,14 @@ fn plugins_from_the_configuration() {
 fn fdm_encoder_file_is_checked() {
     let mut cfg = tiny();
     cfg.plugin.fdm.encoder = Some("/nonexistent/encoder.safetensors".into());
-    let mut m = Dacs::new(&cfg, &Device::Cpu).unwrap().with(Fdm::new(cfg.plugin.fdm.clone(), cfg.plugin.thing_classes.clone()));
-    let e = m.step(&loader(&cfg).next_batch().unwrap()).unwrap_err().to_string();
+    let mut m = Dacs::new(&cfg, &Device::Cpu).unwrap().with(Fdm::new(
+        cfg.plugin.fdm.clone(),
+        cfg.plugin.thing_classes.clone(),
+    ));
+    let e = m
+        .step(&loader(&cfg).next_batch().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("encoder.safetensors"), "{e}");
     // A checkpoint of the same model is a valid encoder file.
     let dir = tempfile::tempdir().unwrap();
@@ -196,7 +305,9 @@ fn fdm_encoder_file_is_checked() {
     src.save_state(dir.path()).unwrap();
     let mut fdm_cfg = cfg.plugin.fdm.clone();
     fdm_cfg.encoder = Some(dir.path().join("student.safetensors"));
-    let mut m = Dacs::new(&cfg, &Device::Cpu).unwrap().with(Fdm::new(fdm_cfg, cfg.plugin.thing_classes.clone()));
+    let mut m = Dacs::new(&cfg, &Device::Cpu)
+        .unwrap()
+        .with(Fdm::new(fdm_cfg, cfg.plugin.thing_classes.clone()));
     let log = m.step(&loader(&cfg).next_batch().unwrap()).unwrap();
     assert!(log.losses.iter().all(|(_, v)| v.is_finite()));
 }

@@ -18,15 +18,31 @@ fn compare_writes_reports_and_reuses_finished_runs() {
     )
     .unwrap();
     let out = dir.path().join("cmp");
-    let args = ["compare", "--preset", preset.to_str().unwrap(), "--plugins", "none,cdm,cam+cdm", "--seeds", "0,1", "--out", out.to_str().unwrap()];
+    let args = [
+        "compare",
+        "--preset",
+        preset.to_str().unwrap(),
+        "--plugins",
+        "none,cdm,cam+cdm",
+        "--seeds",
+        "0,1",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     let res = omuda().args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(res.status.success(), "{stderr}");
     let dacs = out.join("dacs");
-    for f in ["compare.md", "compare.json", "compare_gains.png", "compare_curves.png"] {
+    for f in [
+        "compare.md",
+        "compare.json",
+        "compare_gains.png",
+        "compare_curves.png",
+    ] {
         assert!(dacs.join(f).is_file(), "{f} missing");
     }
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dacs.join("compare.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dacs.join("compare.json")).unwrap()).unwrap();
     let rows = json["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["plugins"], "none");
@@ -41,7 +57,10 @@ fn compare_writes_reports_and_reuses_finished_runs() {
     let expect = ((m(&rows[2], 0) - m(&rows[0], 0)) + (m(&rows[2], 1) - m(&rows[0], 1))) / 2.0;
     assert!((g["mean"].as_f64().unwrap() - expect).abs() < 1e-9);
     let md = std::fs::read_to_string(dacs.join("compare.md")).unwrap();
-    assert!(md.contains("| cam+cdm |") && md.contains("mean ± std"), "{md}");
+    assert!(
+        md.contains("| cam+cdm |") && md.contains("mean ± std"),
+        "{md}"
+    );
     // One folder per (set, seed).
     assert!(dacs.join("cdm").join("seed1").join("run.json").is_file());
 
@@ -52,10 +71,24 @@ fn compare_writes_reports_and_reuses_finished_runs() {
     assert_eq!(stderr.matches("reusing").count(), 6, "{stderr}");
     assert!(!stderr.contains("training 2 iterations"), "{stderr}");
 
-    let res = omuda().args(["compare", "--preset", preset.to_str().unwrap(), "--plugins", "none,cutmix", "--out", out.to_str().unwrap()]).output().unwrap();
+    let res = omuda()
+        .args([
+            "compare",
+            "--preset",
+            preset.to_str().unwrap(),
+            "--plugins",
+            "none,cutmix",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert!(!res.status.success());
     assert!(String::from_utf8_lossy(&res.stderr).contains("cutmix"));
-    let res = omuda().args(["compare", "--preset", "no-such-preset"]).output().unwrap();
+    let res = omuda()
+        .args(["compare", "--preset", "no-such-preset"])
+        .output()
+        .unwrap();
     assert!(!res.status.success());
     assert!(String::from_utf8_lossy(&res.stderr).contains("synth-dacs"));
 }

@@ -23,7 +23,11 @@ fn tiny_config(dir: &Path, train: &str) -> PathBuf {
 fn run_ok(cmd: &mut Command) -> String {
     let res = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr).into_owned();
-    assert!(res.status.success(), "stdout:\n{}\nstderr:\n{stderr}", String::from_utf8_lossy(&res.stdout));
+    assert!(
+        res.status.success(),
+        "stdout:\n{}\nstderr:\n{stderr}",
+        String::from_utf8_lossy(&res.stdout)
+    );
     String::from_utf8_lossy(&res.stdout).into_owned()
 }
 
@@ -32,11 +36,26 @@ fn predict_writes_colour_trainid_and_overlay_pngs() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), "iters = 3\ndebug_interval = 2");
     let out = dir.path().join("run");
-    run_ok(omuda().args(["train", "--config", cfg.to_str().unwrap(), "--method", "dacs", "--out", out.to_str().unwrap()]));
+    run_ok(omuda().args([
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--method",
+        "dacs",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
 
     // Debug grid of iteration 2: one column per tile, one row per batch image.
-    let grid = image::open(out.join("dacs/debug/iter_00000002.png")).unwrap().to_rgb8();
-    assert!(grid.width() > 8 * 96 && grid.height() > 2 * 48, "{}×{}", grid.width(), grid.height());
+    let grid = image::open(out.join("dacs/debug/iter_00000002.png"))
+        .unwrap()
+        .to_rgb8();
+    assert!(
+        grid.width() > 8 * 96 && grid.height() > 2 * 48,
+        "{}×{}",
+        grid.width(),
+        grid.height()
+    );
     assert!(!out.join("dacs/debug/iter_00000003.png").exists());
 
     // Two input images: a gradient and a flat colour.
@@ -61,15 +80,29 @@ fn predict_writes_colour_trainid_and_overlay_pngs() {
     ]));
     for (stem, input) in [("a", &a), ("b", &b)] {
         let ids = image::open(pred.join(format!("{stem}_trainid.png"))).unwrap();
-        assert!(matches!(ids, image::DynamicImage::ImageLuma8(_)), "trainIds are 8-bit grey");
+        assert!(
+            matches!(ids, image::DynamicImage::ImageLuma8(_)),
+            "trainIds are 8-bit grey"
+        );
         let ids = ids.to_luma8();
-        let colour = image::open(pred.join(format!("{stem}_color.png"))).unwrap().to_rgb8();
-        let over = image::open(pred.join(format!("{stem}_overlay.png"))).unwrap().to_rgb8();
+        let colour = image::open(pred.join(format!("{stem}_color.png")))
+            .unwrap()
+            .to_rgb8();
+        let over = image::open(pred.join(format!("{stem}_overlay.png")))
+            .unwrap()
+            .to_rgb8();
         assert_eq!((ids.width(), ids.height()), (w, h));
-        for ((id, c), (o, i)) in ids.pixels().zip(colour.pixels()).zip(over.pixels().zip(input.pixels())) {
+        for ((id, c), (o, i)) in ids
+            .pixels()
+            .zip(colour.pixels())
+            .zip(over.pixels().zip(input.pixels()))
+        {
             let id = id.0[0] as usize;
             assert!(id < NUM_CLASSES, "trainId {id}");
-            assert_eq!(c.0, CITYSCAPES_PALETTE[id], "colour PNG is the palette of the trainId PNG");
+            assert_eq!(
+                c.0, CITYSCAPES_PALETTE[id],
+                "colour PNG is the palette of the trainId PNG"
+            );
             for ch in 0..3 {
                 let want = (0.5 * i.0[ch] as f32 + 0.5 * c.0[ch] as f32).round() as i32;
                 assert!((o.0[ch] as i32 - want).abs() <= 1, "overlay at opacity 0.5");
@@ -81,7 +114,14 @@ fn predict_writes_colour_trainid_and_overlay_pngs() {
     let bad = dir.path().join("bad.png");
     std::fs::write(&bad, b"not a png").unwrap();
     let res = omuda()
-        .args(["predict", "--checkpoint", out.join("dacs/checkpoint").to_str().unwrap(), "--out", pred.to_str().unwrap(), bad.to_str().unwrap()])
+        .args([
+            "predict",
+            "--checkpoint",
+            out.join("dacs/checkpoint").to_str().unwrap(),
+            "--out",
+            pred.to_str().unwrap(),
+            bad.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!res.status.success());
@@ -93,16 +133,34 @@ fn multi_seed_training_writes_mean_std_and_median_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), "iters = 2\ndebug_interval = 0");
     let out = dir.path().join("seeds");
-    let stdout = run_ok(omuda().args(["train", "--config", cfg.to_str().unwrap(), "--method", "dacs", "--seeds", "0,1,2", "--out", out.to_str().unwrap()]));
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let stdout = run_ok(omuda().args([
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--method",
+        "dacs",
+        "--seeds",
+        "0,1,2",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let m = &summary["methods"][0];
     assert_eq!(m["method"], "dacs");
-    let per_seed: Vec<f64> = m["target_miou"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let per_seed: Vec<f64> = m["target_miou"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     assert_eq!(per_seed.len(), 3);
     // Each seed's value is the one in its own metrics.json.
     for (i, seed) in [0, 1, 2].iter().enumerate() {
-        let metrics: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join(format!("seed_{seed}/dacs/metrics.json"))).unwrap()).unwrap();
+        let metrics: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("seed_{seed}/dacs/metrics.json"))).unwrap(),
+        )
+        .unwrap();
         assert_eq!(metrics["target_val"]["miou"].as_f64().unwrap(), per_seed[i]);
         assert_eq!(metrics["seed"], *seed);
     }
@@ -114,16 +172,26 @@ fn multi_seed_training_writes_mean_std_and_median_checkpoint() {
     sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     assert_eq!(m["median_seed"], sorted[1].1);
     let median_ckpt = PathBuf::from(m["median_checkpoint"].as_str().unwrap());
-    assert_eq!(median_ckpt, out.join(format!("seed_{}/dacs/checkpoint", sorted[1].1)));
+    assert_eq!(
+        median_ckpt,
+        out.join(format!("seed_{}/dacs/checkpoint", sorted[1].1))
+    );
     assert!(median_ckpt.join("student.safetensors").is_file());
-    assert!(stdout.contains("±") && stdout.contains("median seed"), "{stdout}");
+    assert!(
+        stdout.contains("±") && stdout.contains("median seed"),
+        "{stdout}"
+    );
 
     // Resuming a finished multi-seed run trains nothing and writes the same summary.
-    let res = omuda().args(["train", "--resume", out.to_str().unwrap()]).output().unwrap();
+    let res = omuda()
+        .args(["train", "--resume", out.to_str().unwrap()])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(res.status.success(), "{stderr}");
     assert_eq!(stderr.matches("finished earlier").count(), 3, "{stderr}");
-    let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(again, summary);
 }
 
@@ -141,8 +209,18 @@ fn debug_grid_shows_the_cam_mask() {
         )
         .unwrap();
         let out = dir.path().join(name);
-        run_ok(omuda().args(["train", "--config", cfg.to_str().unwrap(), "--method", "dacs", "--out", out.to_str().unwrap()]));
-        let grid = image::open(out.join("dacs/debug/iter_00000002.png")).unwrap().to_rgb8();
+        run_ok(omuda().args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--method",
+            "dacs",
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        let grid = image::open(out.join("dacs/debug/iter_00000002.png"))
+            .unwrap()
+            .to_rgb8();
         widths.push((grid.width(), grid.height()));
     }
     // CAM adds one tile per row: a wider grid of the same height.

@@ -14,7 +14,9 @@ fn omuda() -> Command {
 }
 
 fn image(seed: usize) -> Vec<u8> {
-    (0..W * H * 3).map(|i| ((i * 13 + seed * 101) % 253) as u8).collect()
+    (0..W * H * 3)
+        .map(|i| ((i * 13 + seed * 101) % 253) as u8)
+        .collect()
 }
 
 /// Raw ids: `top` above row 12, `left` | `right` below (split at `split`).
@@ -36,16 +38,34 @@ fn ids(top: u8, left: u8, right: u8, split: usize) -> Vec<u8> {
 fn gta_tree(root: &Path, n: usize) {
     for i in 0..n {
         write_rgb8(&root.join(format!("images/{i:05}.png")), W, H, &image(i)).unwrap();
-        write_gray8(&root.join(format!("labels/{i:05}.png")), W, H, &ids(23, 7, 26, 20 + 6 * i)).unwrap();
+        write_gray8(
+            &root.join(format!("labels/{i:05}.png")),
+            W,
+            H,
+            &ids(23, 7, 26, 20 + 6 * i),
+        )
+        .unwrap();
     }
 }
 
 fn cityscapes_tree(root: &Path, split: &str, n: usize) {
     for i in 0..n {
         let base = format!("bonn_{i:06}_000019");
-        write_rgb8(&root.join(format!("leftImg8bit/{split}/bonn/{base}_leftImg8bit.png")), W, H, &image(40 + i)).unwrap();
+        write_rgb8(
+            &root.join(format!("leftImg8bit/{split}/bonn/{base}_leftImg8bit.png")),
+            W,
+            H,
+            &image(40 + i),
+        )
+        .unwrap();
         let l = ids(23, 7, 26, 30);
-        write_gray8(&root.join(format!("gtFine/{split}/bonn/{base}_gtFine_labelIds.png")), W, H, &l).unwrap();
+        write_gray8(
+            &root.join(format!("gtFine/{split}/bonn/{base}_gtFine_labelIds.png")),
+            W,
+            H,
+            &l,
+        )
+        .unwrap();
     }
 }
 
@@ -57,19 +77,34 @@ fn prepare_lists_all_problems_and_fails() {
     std::fs::write(root.join("images/00000.png"), b"not a png").unwrap();
     write_gray8(&root.join("labels/00001.png"), W, H, &vec![99u8; W * H]).unwrap();
     std::fs::remove_file(root.join("labels/00002.png")).unwrap();
-    let res = omuda().args(["prepare", root.to_str().unwrap(), "--kind", "gta"]).output().unwrap();
+    let res = omuda()
+        .args(["prepare", root.to_str().unwrap(), "--kind", "gta"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(!res.status.success(), "{stderr}");
     assert!(stderr.contains("images/00000.png: corrupt PNG"), "{stderr}");
-    assert!(stderr.contains("labels/00001.png: unknown label id 99"), "{stderr}");
-    assert!(stderr.contains("images/00002.png: missing label"), "{stderr}");
+    assert!(
+        stderr.contains("labels/00001.png: unknown label id 99"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("images/00002.png: missing label"),
+        "{stderr}"
+    );
     assert!(stderr.contains("3 problem(s)"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!root.join("sample_class_stats.json").exists());
     // An unknown kind is a clear error.
-    let res = omuda().args(["prepare", root.to_str().unwrap(), "--kind", "gta6"]).output().unwrap();
+    let res = omuda()
+        .args(["prepare", root.to_str().unwrap(), "--kind", "gta6"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success() && stderr.contains("unknown dataset kind \"gta6\""), "{stderr}");
+    assert!(
+        !res.status.success() && stderr.contains("unknown dataset kind \"gta6\""),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -79,15 +114,28 @@ fn prepare_synthia_writes_the_three_stats_files() {
     for i in 0..2 {
         write_rgb8(&root.join(format!("RGB/{i:07}.png")), W, H, &image(i)).unwrap();
         // 16-bit RGB: class id in R (1 sky, 3 road), instance id in G.
-        let lbl: Vec<u16> = (0..W * H).flat_map(|p| [if p < W * 10 { 1 } else { 3 }, p as u16, 0]).collect();
+        let lbl: Vec<u16> = (0..W * H)
+            .flat_map(|p| [if p < W * 10 { 1 } else { 3 }, p as u16, 0])
+            .collect();
         write_u16(&root.join(format!("GT/LABELS/{i:07}.png")), W, H, 3, &lbl).unwrap();
     }
-    let res = omuda().args(["prepare", root.to_str().unwrap(), "--kind", "synthia", "--convert"]).output().unwrap();
+    let res = omuda()
+        .args([
+            "prepare",
+            root.to_str().unwrap(),
+            "--kind",
+            "synthia",
+            "--convert",
+        ])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(res.status.success(), "{stderr}");
     assert!(stderr.contains("2 labels converted"), "{stderr}");
-    let swc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("samples_with_class.json")).unwrap()).unwrap();
+    let swc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("samples_with_class.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(swc["10"].as_array().unwrap().len(), 2);
     assert_eq!(swc["10"][0][1].as_u64(), Some((W * 10) as u64));
     assert_eq!(swc["0"][1][1].as_u64(), Some((W * (H - 10)) as u64));
@@ -103,8 +151,15 @@ fn train_on_datasets_on_disk_with_rcs() {
     gta_tree(&d.join("gta"), 3);
     cityscapes_tree(&d.join("cs"), "train", 2);
     cityscapes_tree(&d.join("cs"), "val", 2);
-    let res = omuda().args(["prepare", d.join("gta").to_str().unwrap(), "--kind", "gta"]).output().unwrap();
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let res = omuda()
+        .args(["prepare", d.join("gta").to_str().unwrap(), "--kind", "gta"])
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let cfg = d.join("files.toml");
     let gta = d.join("gta");
     let cs = d.join("cs");
@@ -148,18 +203,41 @@ prefetch = 2
     .unwrap();
     let out = d.join("run");
     let res = omuda()
-        .args(["train", "--config", cfg.to_str().unwrap(), "--method", "dacs", "--out", out.to_str().unwrap()])
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--method",
+            "dacs",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&res.stdout);
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(res.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("dacs").join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("dacs").join("metrics.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(metrics["target_val"]["num_images"].as_u64(), Some(2));
     // A files config without [data.val] names the missing key.
-    std::fs::write(&cfg, format!("[data]\ndataset = \"files\"\n[data.source]\nkind = \"gta\"\nroot = \"{}\"\n", gta.display())).unwrap();
-    let res = omuda().args(["train", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\ndataset = \"files\"\n[data.source]\nkind = \"gta\"\nroot = \"{}\"\n",
+            gta.display()
+        ),
+    )
+    .unwrap();
+    let res = omuda()
+        .args(["train", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success() && stderr.contains("data.target is required"), "{stderr}");
+    assert!(
+        !res.status.success() && stderr.contains("data.target is required"),
+        "{stderr}"
+    );
 }

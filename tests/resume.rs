@@ -31,10 +31,22 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
 
 fn train(cfg: &Path, out: &Path) -> std::process::Output {
     let res = omuda()
-        .args(["train", "--config", cfg.to_str().unwrap(), "--method", "dacs", "--out", out.to_str().unwrap()])
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--method",
+            "dacs",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     res
 }
 
@@ -42,7 +54,15 @@ fn train(cfg: &Path, out: &Path) -> std::process::Output {
 /// SIGKILL it. Returns the stderr seen.
 fn train_and_kill_at(cfg: &Path, out: &Path, env: (&str, String), marker: &str) -> String {
     let mut child = omuda()
-        .args(["train", "--config", cfg.to_str().unwrap(), "--method", "dacs", "--out", out.to_str().unwrap()])
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--method",
+            "dacs",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .env(env.0, &env.1)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -67,25 +87,40 @@ fn train_and_kill_at(cfg: &Path, out: &Path, env: (&str, String), marker: &str) 
 }
 
 fn resume(out: &Path) -> String {
-    let res = omuda().args(["train", "--resume", out.to_str().unwrap()]).output().unwrap();
+    let res = omuda()
+        .args(["train", "--resume", out.to_str().unwrap()])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr).into_owned();
     assert!(res.status.success(), "{stderr}");
     stderr
 }
 
 fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 /// (iter, lr, losses) of every step line of a `log.jsonl`, and the eval lines.
-fn logged(out: &Path) -> (Vec<(u64, serde_json::Value, serde_json::Value)>, Vec<serde_json::Value>) {
+fn logged(
+    out: &Path,
+) -> (
+    Vec<(u64, serde_json::Value, serde_json::Value)>,
+    Vec<serde_json::Value>,
+) {
     let text = std::fs::read_to_string(out.join("dacs/log.jsonl")).unwrap();
     let mut steps = Vec::new();
     let mut evals = Vec::new();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         match v["type"].as_str().unwrap() {
-            "step" => steps.push((v["iter"].as_u64().unwrap(), v["lr"].clone(), v["losses"].clone())),
+            "step" => steps.push((
+                v["iter"].as_u64().unwrap(),
+                v["lr"].clone(),
+                v["losses"].clone(),
+            )),
             "eval" => evals.push(v),
             other => panic!("unexpected log line type {other}"),
         }
@@ -95,8 +130,15 @@ fn logged(out: &Path) -> (Vec<(u64, serde_json::Value, serde_json::Value)>, Vec<
 
 /// The resumed run `b` ends exactly where the uninterrupted run `a` ended.
 fn assert_same_run(a: &Path, b: &Path) {
-    for f in ["student.safetensors", "teacher.safetensors", "optimizer.safetensors"] {
-        let (x, y) = (std::fs::read(a.join("dacs/checkpoint").join(f)).unwrap(), std::fs::read(b.join("dacs/checkpoint").join(f)).unwrap());
+    for f in [
+        "student.safetensors",
+        "teacher.safetensors",
+        "optimizer.safetensors",
+    ] {
+        let (x, y) = (
+            std::fs::read(a.join("dacs/checkpoint").join(f)).unwrap(),
+            std::fs::read(b.join("dacs/checkpoint").join(f)).unwrap(),
+        );
         assert!(x == y, "{f} differs after resume");
     }
     let (sa, ea) = logged(a);
@@ -104,7 +146,10 @@ fn assert_same_run(a: &Path, b: &Path) {
     assert_eq!(sa.len(), ITERS, "one log line per iteration");
     assert_eq!(sa, sb, "logged losses and lr differ after resume");
     assert_eq!(ea, eb);
-    let (ma, mb) = (json(&a.join("dacs/metrics.json")), json(&b.join("dacs/metrics.json")));
+    let (ma, mb) = (
+        json(&a.join("dacs/metrics.json")),
+        json(&b.join("dacs/metrics.json")),
+    );
     assert_eq!(ma["target_val"], mb["target_val"]);
     assert_eq!(ma["target_curve"], mb["target_curve"]);
     assert_eq!(ma["best"], mb["best"]);
@@ -127,7 +172,10 @@ fn assert_same_run(a: &Path, b: &Path) {
 fn random_kill_iteration() -> usize {
     use rand::Rng;
     let (lo, hi) = (ITERS / 4 + 1, 3 * ITERS / 4); // N = ITERS / 2, open interval
-    let k = std::env::var("OMUDA_TEST_KILL_ITER").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| rand::thread_rng().gen_range(lo..hi));
+    let k = std::env::var("OMUDA_TEST_KILL_ITER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen_range(lo..hi));
     assert!(k > ITERS / 4 && k < 3 * ITERS / 4);
     eprintln!("killing after iteration {k} (set OMUDA_TEST_KILL_ITER to repeat)");
     k
@@ -142,13 +190,23 @@ fn exact_resume(extra_config: &str) {
     // Killed between iterations at a random point, then resumed.
     let b = dir.path().join("b");
     let k = random_kill_iteration();
-    train_and_kill_at(&cfg, &b, ("OMUDA_TEST_PAUSE_AT_ITER", k.to_string()), &format!("paused after iteration {k}"));
+    train_and_kill_at(
+        &cfg,
+        &b,
+        ("OMUDA_TEST_PAUSE_AT_ITER", k.to_string()),
+        &format!("paused after iteration {k}"),
+    );
     assert!(!b.join("dacs/metrics.json").exists());
     // The pause comes before the evaluation and checkpoint of iteration k.
     let last = ((k - 1) / 2) * 2;
-    assert!(b.join(format!("dacs/checkpoints/iter_{last:08}/run.json")).is_file());
+    assert!(b
+        .join(format!("dacs/checkpoints/iter_{last:08}/run.json"))
+        .is_file());
     let stderr = resume(&b);
-    assert!(stderr.contains("resuming from") && stderr.contains(&format!("(iteration {last}/{ITERS})")), "{stderr}");
+    assert!(
+        stderr.contains("resuming from") && stderr.contains(&format!("(iteration {last}/{ITERS})")),
+        "{stderr}"
+    );
     assert_same_run(&a, &b);
     // Retention: the newest two periodic checkpoints.
     let kept: Vec<String> = std::fs::read_dir(b.join("dacs/checkpoints"))
@@ -161,21 +219,48 @@ fn exact_resume(extra_config: &str) {
     // Killed while writing the checkpoint of iteration 6: the one of
     // iteration 4 stays loadable and the resume starts from it.
     let c = dir.path().join("c");
-    train_and_kill_at(&cfg, &c, ("OMUDA_TEST_STOP_MID_CHECKPOINT", "6".into()), "stopped mid-checkpoint at iteration 6");
+    train_and_kill_at(
+        &cfg,
+        &c,
+        ("OMUDA_TEST_STOP_MID_CHECKPOINT", "6".into()),
+        "stopped mid-checkpoint at iteration 6",
+    );
     let ckpts = c.join("dacs/checkpoints");
-    assert!(!ckpts.join("iter_00000006").exists(), "no partial checkpoint under the final name");
+    assert!(
+        !ckpts.join("iter_00000006").exists(),
+        "no partial checkpoint under the final name"
+    );
     let temps: Vec<PathBuf> = std::fs::read_dir(&ckpts)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".iter_00000006.tmp"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".iter_00000006.tmp")
+        })
         .collect();
-    assert_eq!(temps.len(), 1, "the interrupted write is a temporary folder");
+    assert_eq!(
+        temps.len(),
+        1,
+        "the interrupted write is a temporary folder"
+    );
     assert!(temps[0].join("student.safetensors").is_file() && !temps[0].join("run.json").exists());
     let res = omuda()
-        .args(["eval", "--checkpoint", ckpts.join("iter_00000004").to_str().unwrap(), "--out", dir.path().join("e.json").to_str().unwrap()])
+        .args([
+            "eval",
+            "--checkpoint",
+            ckpts.join("iter_00000004").to_str().unwrap(),
+            "--out",
+            dir.path().join("e.json").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(res.status.success(), "previous checkpoint loadable: {}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "previous checkpoint loadable: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let stderr = resume(&c);
     assert!(stderr.contains("(iteration 4/8)"), "{stderr}");
     assert!(!temps[0].exists(), "the temporary is removed on resume");
@@ -196,23 +281,48 @@ fn dacs_with_all_plugins_killed_and_resumed_matches_uninterrupted_run() {
 fn non_finite_loss_or_gradient_stops_and_keeps_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
-    for (var, what) in [("OMUDA_TEST_FORCE_NAN_AT", "iteration 5: loss `test_nan.loss` is NaN"), ("OMUDA_TEST_FORCE_NAN_GRAD_AT", "iteration 5: the gradient of `")] {
+    for (var, what) in [
+        (
+            "OMUDA_TEST_FORCE_NAN_AT",
+            "iteration 5: loss `test_nan.loss` is NaN",
+        ),
+        (
+            "OMUDA_TEST_FORCE_NAN_GRAD_AT",
+            "iteration 5: the gradient of `",
+        ),
+    ] {
         let out = dir.path().join(var);
         let res = omuda()
-            .args(["train", "--config", cfg.to_str().unwrap(), "--method", "dacs", "--out", out.to_str().unwrap()])
+            .args([
+                "train",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--method",
+                "dacs",
+                "--out",
+                out.to_str().unwrap(),
+            ])
             .env(var, "5")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&res.stderr);
         assert!(!res.status.success());
         assert!(stderr.contains(what), "{stderr}");
-        assert!(stderr.contains("training stopped") && stderr.contains("iter_00000004 (iteration 4)"), "{stderr}");
+        assert!(
+            stderr.contains("training stopped") && stderr.contains("iter_00000004 (iteration 4)"),
+            "{stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(!out.join("dacs/metrics.json").exists());
         // The kept checkpoint resumes (without the hook the run finishes).
-        assert!(out.join("dacs/checkpoints/iter_00000004/student.safetensors").is_file());
+        assert!(out
+            .join("dacs/checkpoints/iter_00000004/student.safetensors")
+            .is_file());
         let log = std::fs::read_to_string(out.join("dacs/log.jsonl")).unwrap();
-        assert!(log.lines().last().unwrap().contains("\"type\":\"error\""), "{log}");
+        assert!(
+            log.lines().last().unwrap().contains("\"type\":\"error\""),
+            "{log}"
+        );
         let stderr = resume(&out);
         assert!(stderr.contains("(iteration 4/8)"), "{stderr}");
         assert!(out.join("dacs/metrics.json").is_file());
@@ -220,29 +330,65 @@ fn non_finite_loss_or_gradient_stops_and_keeps_the_checkpoint() {
 
     // Skip policy: the update is skipped, counted and logged; the run finishes.
     let cfg = write_config(dir.path(), "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("[train]\n", "[train]\nnonfinite = \"skip\"\n");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[train]\n", "[train]\nnonfinite = \"skip\"\n");
     std::fs::write(&cfg, text).unwrap();
     let out = dir.path().join("skip");
     let res = omuda()
-        .args(["train", "--config", cfg.to_str().unwrap(), "--method", "dacs", "--out", out.to_str().unwrap()])
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--method",
+            "dacs",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .env("OMUDA_TEST_FORCE_NAN_GRAD_AT", "3")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(res.status.success(), "{stderr}");
-    assert!(stderr.contains("skipped the update of iteration 3"), "{stderr}");
+    assert!(
+        stderr.contains("skipped the update of iteration 3"),
+        "{stderr}"
+    );
     assert_eq!(json(&out.join("dacs/metrics.json"))["nonfinite_skipped"], 1);
     let log = std::fs::read_to_string(out.join("dacs/log.jsonl")).unwrap();
-    assert_eq!(log.lines().filter(|l| l.contains("\"type\":\"skipped\"")).count(), 1);
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"type\":\"skipped\""))
+            .count(),
+        1
+    );
 }
 
 #[test]
 fn resume_refuses_other_flags_and_non_run_folders() {
     let dir = tempfile::tempdir().unwrap();
-    let res = omuda().args(["train", "--resume", dir.path().to_str().unwrap(), "--iters", "3"]).output().unwrap();
+    let res = omuda()
+        .args([
+            "train",
+            "--resume",
+            dir.path().to_str().unwrap(),
+            "--iters",
+            "3",
+        ])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success() && stderr.contains("--iters"), "{stderr}");
-    let res = omuda().args(["train", "--resume", dir.path().to_str().unwrap()]).output().unwrap();
+    assert!(
+        !res.status.success() && stderr.contains("--iters"),
+        "{stderr}"
+    );
+    let res = omuda()
+        .args(["train", "--resume", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success() && stderr.contains("no config.toml"), "{stderr}");
+    assert!(
+        !res.status.success() && stderr.contains("no config.toml"),
+        "{stderr}"
+    );
 }

@@ -86,9 +86,17 @@ fn parse_events(path: &Path) -> Vec<(Option<String>, i64, Vec<(String, f32)>)> {
     while pos < bytes.len() {
         let len_bytes = &bytes[pos..pos + 8];
         let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
-        assert_eq!(u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()), masked(len_bytes), "length CRC at {pos}");
+        assert_eq!(
+            u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()),
+            masked(len_bytes),
+            "length CRC at {pos}"
+        );
         let data = &bytes[pos + 12..pos + 12 + len];
-        assert_eq!(u32::from_le_bytes(bytes[pos + 12 + len..pos + 16 + len].try_into().unwrap()), masked(data), "data CRC at {pos}");
+        assert_eq!(
+            u32::from_le_bytes(bytes[pos + 12 + len..pos + 16 + len].try_into().unwrap()),
+            masked(data),
+            "data CRC at {pos}"
+        );
         pos += 16 + len;
         let (mut version, mut step, mut scalars) = (None, 0i64, Vec::new());
         for (wire, field, payload) in fields(data) {
@@ -138,7 +146,10 @@ fn reader_parses_an_event_file_written_by_tensorboard() {
     }
     // omuda's own reader agrees with the independent one.
     let ours = omuda::tensorboard::read_events(&files[0]).unwrap();
-    let via_ours: Vec<_> = ours.iter().map(|e| (e.file_version.clone(), e.step, e.scalars.clone())).collect();
+    let via_ours: Vec<_> = ours
+        .iter()
+        .map(|e| (e.file_version.clone(), e.step, e.scalars.clone()))
+        .collect();
     assert_eq!(via_ours, events);
 }
 
@@ -153,10 +164,22 @@ fn training_writes_tensorboard_scalars_matching_the_log_and_plots() {
     .unwrap();
     let out = dir.path().join("run");
     let res = omuda()
-        .args(["train", "--config", cfg.to_str().unwrap(), "--method", "source_only,dacs", "--out", out.to_str().unwrap()])
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--method",
+            "source_only,dacs",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
 
     let files = omuda::tensorboard::event_files(&out.join("dacs/tb")).unwrap();
     assert_eq!(files.len(), 1);
@@ -178,7 +201,10 @@ fn training_writes_tensorboard_scalars_matching_the_log_and_plots() {
             n_steps += 1;
             for k in ["loss_src", "loss_mix"] {
                 let want = v["losses"][k].as_f64().unwrap() as f32;
-                assert!(by_tag[&format!("loss/{k}")].contains(&(iter, want)), "{k} at {iter}");
+                assert!(
+                    by_tag[&format!("loss/{k}")].contains(&(iter, want)),
+                    "{k} at {iter}"
+                );
             }
             assert!(by_tag["train/lr"].contains(&(iter, v["lr"].as_f64().unwrap() as f32)));
             // The log line carries timing, ETA and peak memory.
@@ -189,21 +215,46 @@ fn training_writes_tensorboard_scalars_matching_the_log_and_plots() {
                 assert!(v["peak_mem_mib"].as_f64().unwrap() > 1.0, "{line}");
             }
         } else if v["type"] == "eval" {
-            assert!(by_tag["eval/target_miou"].contains(&(iter, v["target_miou"].as_f64().unwrap() as f32)));
+            assert!(by_tag["eval/target_miou"]
+                .contains(&(iter, v["target_miou"].as_f64().unwrap() as f32)));
         }
     }
     assert_eq!(n_steps, 2, "log_interval 2 over 4 iterations");
-    assert_eq!(by_tag["eval/target_miou"].iter().map(|p| p.0).collect::<Vec<_>>(), vec![2, 4]);
+    assert_eq!(
+        by_tag["eval/target_miou"]
+            .iter()
+            .map(|p| p.0)
+            .collect::<Vec<_>>(),
+        vec![2, 4]
+    );
 
     // Plots of the run: non-empty PNGs that decode, with drawn content.
-    let res = omuda().args(["plot", out.to_str().unwrap()]).output().unwrap();
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
-    for p in ["plots/total_loss.png", "plots/lr.png", "plots/target_miou.png", "dacs/plots/losses.png", "source_only/plots/losses.png"] {
+    let res = omuda()
+        .args(["plot", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    for p in [
+        "plots/total_loss.png",
+        "plots/lr.png",
+        "plots/target_miou.png",
+        "dacs/plots/losses.png",
+        "source_only/plots/losses.png",
+    ] {
         let path = out.join(p);
-        let img = image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+        let img = image::open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .to_rgb8();
         let drawn = img.pixels().filter(|px| px.0 != [255, 255, 255]).count();
         assert!(drawn > 2000, "{p}: only {drawn} non-white pixels");
     }
-    let res = omuda().args(["plot", dir.path().join("nothing").to_str().unwrap()]).output().unwrap();
+    let res = omuda()
+        .args(["plot", dir.path().join("nothing").to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!res.status.success());
 }

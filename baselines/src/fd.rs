@@ -15,7 +15,9 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use omuda_core::nn::weights::build_initial;
 use omuda_core::nn::{ForwardCtx, SegModel};
-use omuda_core::ops::feature_distance::{class_mask, downscale_label_ratio, level_index, masked_feature_distance};
+use omuda_core::ops::feature_distance::{
+    class_mask, downscale_label_ratio, level_index, masked_feature_distance,
+};
 use omuda_core::train::components::FdConfig;
 use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda_core::{Error, Result};
@@ -58,7 +60,11 @@ pub fn feature_distance(
 
 impl FeatureDistance {
     pub fn new(cfg: FdConfig) -> Self {
-        Self { cfg, frozen: None, metrics: Vec::new() }
+        Self {
+            cfg,
+            frozen: None,
+            metrics: Vec::new(),
+        }
     }
 
     pub fn config(&self) -> &FdConfig {
@@ -100,15 +106,26 @@ impl StepHook for FeatureDistance {
             let feats = e0.features(&x, &mut ctx)?;
             feats[level_index(self.cfg.layer, feats.len(), "fd.layer")?].detach()
         };
-        let d = feature_distance(f, &f0, &view.batch.source_label, &self.cfg.thing_classes, self.cfg.min_ratio, view.num_classes)?;
+        let d = feature_distance(
+            f,
+            &f0,
+            &view.batch.source_label,
+            &self.cfg.thing_classes,
+            self.cfg.min_ratio,
+            view.num_classes,
+        )?;
         // An empty mask: the reference logs NaN and back-propagates nothing;
         // here the term is a constant 0 and `fd.empty_mask` = 1 says why.
-        self.metrics.push(("empty_mask".into(), if d.is_none() { 1.0 } else { 0.0 }));
+        self.metrics
+            .push(("empty_mask".into(), if d.is_none() { 1.0 } else { 0.0 }));
         let value = match d {
             Some(d) => (d * self.cfg.lambda)?,
             None => Tensor::new(0f32, f.device())?,
         };
-        Ok(vec![NamedLoss { name: "loss_fd".into(), value }])
+        Ok(vec![NamedLoss {
+            name: "loss_fd".into(),
+            value,
+        }])
     }
 
     fn metrics(&self) -> Vec<(String, f64)> {

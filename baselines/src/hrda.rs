@@ -34,8 +34,11 @@ impl Hrda {
 
     /// HRDA under another name (e.g. the host of `mic_hrda`).
     pub fn named(name: &str, cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
-        let objective = MultiResolution::new(cfg.hrda.clone())
-            .map_err(|e| omuda_core::Error::Config { origin: "hrda".into(), message: e.to_string() })?;
+        let objective =
+            MultiResolution::new(cfg.hrda.clone()).map_err(|e| omuda_core::Error::Config {
+                origin: "hrda".into(),
+                message: e.to_string(),
+            })?;
         let mut spec = crate::base_spec(name, cfg);
         spec.uda.self_training = true;
         // The scale-attention head is part of the student (and so of the

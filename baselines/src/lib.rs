@@ -31,7 +31,16 @@ use omuda_core::train::SelfTraining;
 use omuda_core::{Error, Result};
 
 /// Names accepted by [`build_method`].
-pub const METHOD_NAMES: [&str; 8] = ["source_only", "dacs", "oracle", "daformer", "hrda", "mic_dacs", "mic_daformer", "mic_hrda"];
+pub const METHOD_NAMES: [&str; 8] = [
+    "source_only",
+    "dacs",
+    "oracle",
+    "daformer",
+    "hrda",
+    "mic_dacs",
+    "mic_daformer",
+    "mic_hrda",
+];
 
 /// The spec every baseline starts from: the run's model, optimizer, schedule
 /// (its length = `train.iters`) and seed.
@@ -57,12 +66,18 @@ pub fn build_method(name: &str, cfg: &RunConfig, device: &Device) -> Result<Self
         "dacs" => Dacs::new(cfg, device),
         "daformer" => Daformer::new(cfg, device),
         "mic_dacs" => Ok(Mic::wrap(Dacs::named("mic_dacs", cfg, device)?, &cfg.mic)),
-        "mic_daformer" => Ok(Mic::wrap(Daformer::named("mic_daformer", cfg, device)?, &cfg.mic)),
+        "mic_daformer" => Ok(Mic::wrap(
+            Daformer::named("mic_daformer", cfg, device)?,
+            &cfg.mic,
+        )),
         "hrda" => Hrda::new(cfg, device),
         "mic_hrda" => Ok(Mic::wrap(Hrda::named("mic_hrda", cfg, device)?, &cfg.mic)),
         other => Err(Error::Config {
             origin: "methods".into(),
-            message: format!("unknown method {other:?}; available: {}", METHOD_NAMES.join(", ")),
+            message: format!(
+                "unknown method {other:?}; available: {}",
+                METHOD_NAMES.join(", ")
+            ),
         }),
     }
 }

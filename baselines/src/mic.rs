@@ -19,7 +19,9 @@
 
 use candle_core::Tensor;
 use omuda_core::nn::ForwardCtx;
-use omuda_core::ops::augment::{sample_blur_sigma, strong_augment, ColorJitterParams, StrongAugParams};
+use omuda_core::ops::augment::{
+    sample_blur_sigma, strong_augment, ColorJitterParams, StrongAugParams,
+};
 use omuda_core::ops::block_mask::mic_block_mask;
 use omuda_core::train::components::MicConfig;
 use omuda_core::train::plugin::scaled_block;
@@ -37,7 +39,11 @@ pub struct Mic {
 
 impl Mic {
     pub fn new(cfg: MicConfig) -> Self {
-        Self { cfg, metrics: Vec::new(), last_mask: None }
+        Self {
+            cfg,
+            metrics: Vec::new(),
+            last_mask: None,
+        }
     }
 
     /// `host` with MIC attached (`MIC(host)`).
@@ -62,14 +68,32 @@ impl Mic {
     pub fn sample_aug<R: Rng + ?Sized>(&self, rng: &mut R, n: usize) -> Vec<StrongAugParams> {
         let aug = &self.cfg.aug;
         let decision = aug.decide(rng);
-        let jitter: Vec<Option<ColorJitterParams>> =
-            (0..n).map(|_| decision.jitter.then(|| ColorJitterParams::sample(rng, aug.color_jitter_strength))).collect();
+        let jitter: Vec<Option<ColorJitterParams>> = (0..n)
+            .map(|_| {
+                decision
+                    .jitter
+                    .then(|| ColorJitterParams::sample(rng, aug.color_jitter_strength))
+            })
+            .collect();
         let sigma = decision.blur.then(|| sample_blur_sigma(rng));
-        jitter.into_iter().map(|jitter| StrongAugParams { jitter, blur: sigma }).collect()
+        jitter
+            .into_iter()
+            .map(|jitter| StrongAugParams {
+                jitter,
+                blur: sigma,
+            })
+            .collect()
     }
 
     /// Keep-masks (B, 1, H, W) for a batch of `b` images of `h × w`.
-    pub fn batch_mask<R: Rng + ?Sized>(&self, b: usize, h: usize, w: usize, rng: &mut R, device: &candle_core::Device) -> Result<Tensor> {
+    pub fn batch_mask<R: Rng + ?Sized>(
+        &self,
+        b: usize,
+        h: usize,
+        w: usize,
+        rng: &mut R,
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
         let block = self.block_size(h);
         let mut keep = Vec::with_capacity(b * h * w);
         for _ in 0..b {
@@ -99,16 +123,34 @@ impl StepHook for Mic {
         let masked = image.broadcast_mul(&keep.to_dtype(image.dtype())?)?;
         // 3. The host's loss with the host's pseudo-labels, weights and averaging.
         let ones = pseudo.weight.ones_like()?;
-        let weight = view.target_averaging.weights(&pseudo.label, &ones, &pseudo.weight, view.num_classes)?;
+        let weight = view.target_averaging.weights(
+            &pseudo.label,
+            &ones,
+            &pseudo.weight,
+            view.num_classes,
+        )?;
         // λ scales the host's main term only (HRDA's detail term keeps its weight).
         let (loss, _) = {
             let mut ctx = ForwardCtx::train(rng);
-            view.objective.loss_with_main_weight(view.student, &masked, &pseudo.label, Some(&weight), &mut ctx, self.cfg.lambda)?
+            view.objective.loss_with_main_weight(
+                view.student,
+                &masked,
+                &pseudo.label,
+                Some(&weight),
+                &mut ctx,
+                self.cfg.lambda,
+            )?
         };
-        let kept = keep.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let kept = keep
+            .mean_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
         self.metrics.push(("masked_share".into(), 1.0 - kept));
         self.last_mask = Some(keep);
-        Ok(vec![NamedLoss { name: "loss_mic".into(), value: loss }])
+        Ok(vec![NamedLoss {
+            name: "loss_mic".into(),
+            value: loss,
+        }])
     }
 
     fn metrics(&self) -> Vec<(String, f64)> {
@@ -116,6 +158,9 @@ impl StepHook for Mic {
     }
 
     fn debug_masks(&self) -> Vec<(String, Tensor)> {
-        self.last_mask.iter().map(|m| ("MIC mask".to_string(), m.clone())).collect()
+        self.last_mask
+            .iter()
+            .map(|m| ("MIC mask".to_string(), m.clone()))
+            .collect()
     }
 }

@@ -31,7 +31,11 @@ fn two_steps(autocast: Autocast) -> (Vec<Vec<(String, f64)>>, Vec<f32>) {
     let mut losses = Vec::new();
     for _ in 0..2 {
         let log = m.step(&data.next_batch().unwrap()).unwrap();
-        assert!(log.skipped.is_none(), "{autocast:?}: step skipped: {:?}", log.skipped);
+        assert!(
+            log.skipped.is_none(),
+            "{autocast:?}: step skipped: {:?}",
+            log.skipped
+        );
         losses.push(log.losses);
     }
     let data = m.student_vars().data().lock().unwrap();
@@ -53,7 +57,13 @@ fn f16_dacs_steps_train_the_f32_masters_like_f32() {
     for (a, b) in l32.iter().flatten().zip(l16.iter().flatten()) {
         assert_eq!(a.0, b.0);
         assert!(b.1.is_finite(), "f16 loss {} is {}", b.0, b.1);
-        assert!((a.1 - b.1).abs() <= 0.05 * a.1.abs().max(0.1), "loss {}: f16 {} vs f32 {}", a.0, b.1, a.1);
+        assert!(
+            (a.1 - b.1).abs() <= 0.05 * a.1.abs().max(0.1),
+            "loss {}: f16 {} vs f32 {}",
+            a.0,
+            b.1,
+            a.1
+        );
     }
     // Both runs start from the same seeded weights: the updates must agree.
     let init = {
@@ -62,7 +72,17 @@ fn f16_dacs_steps_train_the_f32_masters_like_f32() {
         let data = m.student_vars().data().lock().unwrap();
         let mut names: Vec<&String> = data.keys().collect();
         names.sort();
-        names.iter().flat_map(|n| data[*n].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect::<Vec<f32>>()
+        names
+            .iter()
+            .flat_map(|n| {
+                data[*n]
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect::<Vec<f32>>()
     };
     let (mut dot, mut n32, mut n16) = (0f64, 0f64, 0f64);
     for ((a, b), i) in p32.iter().zip(&p16).zip(&init) {

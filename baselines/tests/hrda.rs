@@ -28,7 +28,12 @@ fn tiny_config() -> RunConfig {
 /// The pseudo-label weight of the last step (debug tile "pseudo-weight"), (B, H, W).
 fn pseudo_weight(m: &mut SelfTraining) -> Tensor {
     let debug = m.take_debug().expect("debug tiles captured");
-    debug.tiles.into_iter().find(|(n, _, _)| n == "pseudo-weight").map(|(_, _, t)| t).expect("pseudo-weight tile")
+    debug
+        .tiles
+        .into_iter()
+        .find(|(n, _, _)| n == "pseudo-weight")
+        .map(|(_, _, t)| t)
+        .expect("pseudo-weight tile")
 }
 
 fn rows_cols(w: &Tensor) -> Vec<Vec<Vec<f32>>> {
@@ -48,21 +53,37 @@ fn hrda_two_iterations_finite_losses_and_margins() {
     assert_eq!(m.hook_names(), ["fd"]);
     assert!(m.spec().model.scale_attention);
     for vars in [m.student_vars(), m.teacher_vars().unwrap()] {
-        assert!(vars.data().lock().unwrap().keys().any(|n| n.starts_with("decode_head.scale_attention.conv_seg")));
+        assert!(vars
+            .data()
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|n| n.starts_with("decode_head.scale_attention.conv_seg")));
     }
     let mut data = build_batch_source(&cfg, "hrda", &dev).unwrap();
     m.capture_debug(true);
     for i in 0..2 {
         let batch = data.next_batch().unwrap();
-        let valid = batch.target_valid.as_ref().expect("target valid mask from the loader");
+        let valid = batch
+            .target_valid
+            .as_ref()
+            .expect("target valid mask from the loader");
         assert_eq!(valid.dims(), &[2, 64, 128]);
         let log = m.step(&batch).unwrap();
         let names: Vec<&str> = log.losses.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["loss_src", "loss_mix", "fd.loss_fd"], "iteration {i}");
+        assert_eq!(
+            names,
+            ["loss_src", "loss_mix", "fd.loss_fd"],
+            "iteration {i}"
+        );
         for (n, v) in &log.losses {
             assert!(v.is_finite() && *v >= 0.0, "iteration {i}: {n} = {v}");
         }
-        assert!(log.losses[0].1 > 0.0 && log.losses[1].1 > 0.0, "{:?}", log.losses);
+        assert!(
+            log.losses[0].1 > 0.0 && log.losses[1].1 > 0.0,
+            "{:?}",
+            log.losses
+        );
         // The weight is 1 inside and 0 in the margins; left/right depend on
         // the image's flip, so compare with the loader's mask itself.
         let w = rows_cols(&pseudo_weight(&mut m));
@@ -73,9 +94,14 @@ fn hrda_two_iterations_finite_losses_and_margins() {
                 let inside = (4..64 - 8).contains(&y);
                 let ones = row.iter().filter(|&&p| p == 1.0).count();
                 assert_eq!(ones, if inside { 128 - 8 } else { 0 }, "row {y}");
-                let left_zero = row[..2].iter().all(|&p| p == 0.0) && row[122..].iter().all(|&p| p == 0.0);
-                let right_zero = row[..6].iter().all(|&p| p == 0.0) && row[126..].iter().all(|&p| p == 0.0);
-                assert!(!inside || left_zero || right_zero, "row {y}: margins not at the sides");
+                let left_zero =
+                    row[..2].iter().all(|&p| p == 0.0) && row[122..].iter().all(|&p| p == 0.0);
+                let right_zero =
+                    row[..6].iter().all(|&p| p == 0.0) && row[126..].iter().all(|&p| p == 0.0);
+                assert!(
+                    !inside || left_zero || right_zero,
+                    "row {y}: margins not at the sides"
+                );
             }
         }
     }
@@ -94,9 +120,15 @@ fn margins_without_a_mask_are_an_error() {
     let mut m = build_method("dacs", &cfg, &dev).unwrap();
     let mut data = build_batch_source(&cfg, "dacs", &dev).unwrap();
     let batch = data.next_batch().unwrap();
-    let batch = UdaBatch { target_valid: None, ..batch };
+    let batch = UdaBatch {
+        target_valid: None,
+        ..batch
+    };
     let err = m.step(&batch).err().unwrap().to_string();
-    assert!(err.contains("pseudo_margins") && err.contains("target_valid"), "{err}");
+    assert!(
+        err.contains("pseudo_margins") && err.contains("target_valid"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -21,10 +21,23 @@ fn tiny_config() -> RunConfig {
     cfg
 }
 
-fn run(method: &mut SelfTraining, cfg: &RunConfig, iters: usize) -> Vec<omuda_core::train::StepLog> {
+fn run(
+    method: &mut SelfTraining,
+    cfg: &RunConfig,
+    iters: usize,
+) -> Vec<omuda_core::train::StepLog> {
     let device = Device::Cpu;
-    let mut data = SynthPairLoader::new(cfg.data.synth.clone(), cfg.data.dataset_seed, Domain::Source, 2, cfg.seed, &device);
-    (0..iters).map(|_| method.step(&data.next_batch().unwrap()).unwrap()).collect()
+    let mut data = SynthPairLoader::new(
+        cfg.data.synth.clone(),
+        cfg.data.dataset_seed,
+        Domain::Source,
+        2,
+        cfg.seed,
+        &device,
+    );
+    (0..iters)
+        .map(|_| method.step(&data.next_batch().unwrap()).unwrap())
+        .collect()
 }
 
 fn names(log: &omuda_core::train::StepLog) -> Vec<&str> {
@@ -37,11 +50,19 @@ fn daformer_three_iterations_finite_losses() {
     let mut m = build_method("daformer", &cfg, &Device::Cpu).unwrap();
     assert_eq!(m.hook_names(), ["fd"]);
     for (i, log) in run(&mut m, &cfg, 3).iter().enumerate() {
-        assert_eq!(names(log), ["loss_src", "loss_mix", "fd.loss_fd"], "iteration {i}");
+        assert_eq!(
+            names(log),
+            ["loss_src", "loss_mix", "fd.loss_fd"],
+            "iteration {i}"
+        );
         for (n, v) in &log.losses {
             assert!(v.is_finite() && *v >= 0.0, "iteration {i}: {n} = {v}");
         }
-        assert!(log.metrics.iter().any(|(k, _)| k == "fd.empty_mask"), "{:?}", log.metrics);
+        assert!(
+            log.metrics.iter().any(|(k, _)| k == "fd.empty_mask"),
+            "{:?}",
+            log.metrics
+        );
     }
     assert_eq!(m.iteration(), 3);
 }
@@ -57,11 +78,20 @@ fn mic_dacs_three_iterations_finite_losses() {
     assert_eq!(m.hook_names(), ["mic"]);
     assert_eq!(m.spec().name, "mic_dacs");
     for (i, log) in run(&mut m, &cfg, 3).iter().enumerate() {
-        assert_eq!(names(log), ["loss_src", "loss_mix", "mic.loss_mic"], "iteration {i}");
+        assert_eq!(
+            names(log),
+            ["loss_src", "loss_mix", "mic.loss_mic"],
+            "iteration {i}"
+        );
         for (n, v) in &log.losses {
             assert!(v.is_finite() && *v > 0.0, "iteration {i}: {n} = {v}");
         }
-        let share = log.metrics.iter().find(|(k, _)| k == "mic.masked_share").unwrap().1;
+        let share = log
+            .metrics
+            .iter()
+            .find(|(k, _)| k == "mic.masked_share")
+            .unwrap()
+            .1;
         assert!((0.0..=1.0).contains(&share), "{share}");
     }
 }
@@ -80,7 +110,10 @@ fn mic_daformer_attaches_fd_then_mic_and_every_name_builds() {
     for name in METHOD_NAMES {
         assert!(build_method(name, &cfg, &Device::Cpu).is_ok(), "{name}");
     }
-    let e = build_method("daformerr", &cfg, &Device::Cpu).err().unwrap().to_string();
+    let e = build_method("daformerr", &cfg, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("daformerr") && e.contains("mic_daformer"), "{e}");
 }
 
@@ -100,8 +133,20 @@ fn batch(class: u32) -> UdaBatch {
 fn fd_empty_mask_is_a_zero_term_and_flagged() {
     let cfg = tiny_config();
     let mut m = Daformer::new(&cfg, &Device::Cpu).unwrap();
-    let metric = |log: &omuda_core::train::StepLog| log.metrics.iter().find(|(k, _)| k == "fd.empty_mask").unwrap().1;
-    let loss = |log: &omuda_core::train::StepLog| log.losses.iter().find(|(k, _)| k == "fd.loss_fd").unwrap().1;
+    let metric = |log: &omuda_core::train::StepLog| {
+        log.metrics
+            .iter()
+            .find(|(k, _)| k == "fd.empty_mask")
+            .unwrap()
+            .1
+    };
+    let loss = |log: &omuda_core::train::StepLog| {
+        log.losses
+            .iter()
+            .find(|(k, _)| k == "fd.loss_fd")
+            .unwrap()
+            .1
+    };
     // Road everywhere: no thing cell, so no FD term (0, no gradient), flagged.
     let log = m.step(&batch(0)).unwrap();
     assert_eq!(metric(&log), 1.0);
@@ -130,11 +175,20 @@ fn mic_hrda_two_iterations_finite_losses() {
     let mut m = build_method("mic_hrda", &cfg, &Device::Cpu).unwrap();
     assert_eq!(m.hook_names(), ["fd", "mic"]);
     for (i, log) in run(&mut m, &cfg, 2).iter().enumerate() {
-        assert_eq!(names(log), ["loss_src", "loss_mix", "fd.loss_fd", "mic.loss_mic"], "iteration {i}");
+        assert_eq!(
+            names(log),
+            ["loss_src", "loss_mix", "fd.loss_fd", "mic.loss_mic"],
+            "iteration {i}"
+        );
         for (n, v) in &log.losses {
             assert!(v.is_finite(), "iteration {i}: {n} = {v}");
         }
-        let mic = log.losses.iter().find(|(k, _)| k == "mic.loss_mic").unwrap().1;
+        let mic = log
+            .losses
+            .iter()
+            .find(|(k, _)| k == "mic.loss_mic")
+            .unwrap()
+            .1;
         assert!(mic > 0.0, "iteration {i}: the masked HRDA loss is {mic}");
     }
 }

@@ -63,12 +63,36 @@ fn frame(w: usize, h: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
 fn write_trees(root: &Path, frames: usize) -> omuda_core::Result<()> {
     for i in 0..frames {
         let (img, lbl) = frame(1914, 1052, i as u64);
-        write_rgb8(&root.join(format!("gta/images/{i:05}.png")), 1914, 1052, &img)?;
-        write_gray8(&root.join(format!("gta/labels/{i:05}_labelTrainIds.png")), 1914, 1052, &lbl)?;
+        write_rgb8(
+            &root.join(format!("gta/images/{i:05}.png")),
+            1914,
+            1052,
+            &img,
+        )?;
+        write_gray8(
+            &root.join(format!("gta/labels/{i:05}_labelTrainIds.png")),
+            1914,
+            1052,
+            &lbl,
+        )?;
         let (img, lbl) = frame(2048, 1024, 1000 + i as u64);
         let base = format!("aachen_{i:06}_000019");
-        write_rgb8(&root.join(format!("cs/leftImg8bit/train/aachen/{base}_leftImg8bit.png")), 2048, 1024, &img)?;
-        write_gray8(&root.join(format!("cs/gtFine/train/aachen/{base}_gtFine_labelTrainIds.png")), 2048, 1024, &lbl)?;
+        write_rgb8(
+            &root.join(format!(
+                "cs/leftImg8bit/train/aachen/{base}_leftImg8bit.png"
+            )),
+            2048,
+            1024,
+            &img,
+        )?;
+        write_gray8(
+            &root.join(format!(
+                "cs/gtFine/train/aachen/{base}_gtFine_labelTrainIds.png"
+            )),
+            2048,
+            1024,
+            &lbl,
+        )?;
     }
     Ok(())
 }
@@ -90,10 +114,16 @@ fn per_cpu(images: f64, cpu0: Option<f64>) -> String {
 }
 
 fn main() -> omuda_core::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let frames = args.first().copied().unwrap_or(6);
     let batches = args.get(1).copied().unwrap_or(12);
-    let max_workers = args.get(2).copied().unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let max_workers = args
+        .get(2)
+        .copied()
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let dir = tempfile::tempdir().map_err(|e| omuda_core::Error::msg(format!("temp dir: {e}")))?;
     let root = dir.path();
     let t0 = Instant::now();
@@ -101,28 +131,45 @@ fn main() -> omuda_core::Result<()> {
     let cs_file = root.join("cs/leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png");
     let size = std::fs::metadata(&cs_file).map(|m| m.len()).unwrap_or(0);
     println!("wrote {frames} GTA (1914×1052) + {frames} Cityscapes (2048×1024) frames in {:.1} s; a Cityscapes PNG is {:.2} MB", t0.elapsed().as_secs_f64(), size as f64 / 1e6);
-    println!("cores available: {}", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "cores available: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 
     // 1. PNG decoding.
     let n = frames.max(4);
     let t = Instant::now();
     let c = cpu_seconds();
     for i in 0..n {
-        let p = root.join(format!("cs/leftImg8bit/train/aachen/aachen_{:06}_000019_leftImg8bit.png", i % frames));
+        let p = root.join(format!(
+            "cs/leftImg8bit/train/aachen/aachen_{:06}_000019_leftImg8bit.png",
+            i % frames
+        ));
         read_rgb(&p)?;
     }
     let png_rate = n as f64 / t.elapsed().as_secs_f64();
     let png_cpu = per_cpu(n as f64, c);
     let t = Instant::now();
     for i in 0..n {
-        let p = root.join(format!("cs/leftImg8bit/train/aachen/aachen_{:06}_000019_leftImg8bit.png", i % frames));
-        std::hint::black_box(image::open(&p).map_err(|e| omuda_core::Error::file(&p, e.to_string()))?.to_rgb8());
+        let p = root.join(format!(
+            "cs/leftImg8bit/train/aachen/aachen_{:06}_000019_leftImg8bit.png",
+            i % frames
+        ));
+        std::hint::black_box(
+            image::open(&p)
+                .map_err(|e| omuda_core::Error::file(&p, e.to_string()))?
+                .to_rgb8(),
+        );
     }
     let image_rate = n as f64 / t.elapsed().as_secs_f64();
     println!("decode 2048×1024 RGB PNG, one thread: png crate {png_rate:.1} images/s{png_cpu}; image crate {image_rate:.1} images/s");
 
     // 2. DAFormer target pipeline on one thread.
-    let cs = Arc::new(Dataset::open(DatasetKind::Cityscapes, &root.join("cs"), "train")?);
+    let cs = Arc::new(Dataset::open(
+        DatasetKind::Cityscapes,
+        &root.join("cs"),
+        "train",
+    )?);
     let gta = Arc::new(Dataset::open(DatasetKind::Gta, &root.join("gta"), "")?);
     let tp = PipelineConfig::daformer_cityscapes();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -151,13 +198,28 @@ fn main() -> omuda_core::Result<()> {
     }
     for &nw in &workers {
         let producer = Producer::new(
-            DomainData { dataset: gta.clone(), pipeline: PipelineConfig::daformer_gta() },
-            DomainData { dataset: cs.clone(), pipeline: tp.clone() },
+            DomainData {
+                dataset: gta.clone(),
+                pipeline: PipelineConfig::daformer_gta(),
+            },
+            DomainData {
+                dataset: cs.clone(),
+                pipeline: tp.clone(),
+            },
             None,
             2,
             0,
         )?;
-        let mut loader = UdaLoader::new(producer, LoaderOptions { batch_size: 2, seed: 0, workers: nw, prefetch: 2 * nw.max(1) }, &Device::Cpu)?;
+        let mut loader = UdaLoader::new(
+            producer,
+            LoaderOptions {
+                batch_size: 2,
+                seed: 0,
+                workers: nw,
+                prefetch: 2 * nw.max(1),
+            },
+            &Device::Cpu,
+        )?;
         let t = Instant::now();
         let c = cpu_seconds();
         for _ in 0..batches {
@@ -175,14 +237,28 @@ fn main() -> omuda_core::Result<()> {
     // 4. A training loop of `step_ms` per step fed by the loader.
     let step_ms = args.get(3).copied().unwrap_or(500);
     let producer = Producer::new(
-        DomainData { dataset: gta.clone(), pipeline: PipelineConfig::daformer_gta() },
-        DomainData { dataset: cs.clone(), pipeline: tp.clone() },
+        DomainData {
+            dataset: gta.clone(),
+            pipeline: PipelineConfig::daformer_gta(),
+        },
+        DomainData {
+            dataset: cs.clone(),
+            pipeline: tp.clone(),
+        },
         None,
         2,
         1,
     )?;
-    let mut loader =
-        UdaLoader::new(producer, LoaderOptions { batch_size: 2, seed: 1, workers: max_workers, prefetch: 8 }, &Device::Cpu)?;
+    let mut loader = UdaLoader::new(
+        producer,
+        LoaderOptions {
+            batch_size: 2,
+            seed: 1,
+            workers: max_workers,
+            prefetch: 8,
+        },
+        &Device::Cpu,
+    )?;
     loader.next_batch()?; // the first batch is always waited for
     let w0 = loader.wait_seconds;
     for _ in 0..batches {

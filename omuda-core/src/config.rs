@@ -65,7 +65,11 @@ impl Default for RunConfig {
             model: ModelConfig::default(),
             data: DataConfig::default(),
             optimizer: AdamWConfig::default(),
-            schedule: ScheduleConfig { lr: 6e-4, warmup_iters: 80, ..ScheduleConfig::default() },
+            schedule: ScheduleConfig {
+                lr: 6e-4,
+                warmup_iters: 80,
+                ..ScheduleConfig::default()
+            },
             uda: UdaConfig::default(),
             fd: FdConfig::default(),
             mic: MicConfig::default(),
@@ -119,7 +123,10 @@ impl Default for DataConfig {
         Self {
             dataset: "synth".into(),
             dataset_seed: 2024,
-            synth: SynthConfig { shift: 0.6, ..SynthConfig::default() },
+            synth: SynthConfig {
+                shift: 0.6,
+                ..SynthConfig::default()
+            },
             source: None,
             target: None,
             val: None,
@@ -143,7 +150,13 @@ pub struct ScheduleConfig {
 impl Default for ScheduleConfig {
     fn default() -> Self {
         let p = PolySchedule::default();
-        Self { lr: p.base_lr, power: p.power, min_lr: p.min_lr, warmup_iters: p.warmup_iters, warmup_ratio: p.warmup_ratio }
+        Self {
+            lr: p.base_lr,
+            power: p.power,
+            min_lr: p.min_lr,
+            warmup_iters: p.warmup_iters,
+            warmup_ratio: p.warmup_ratio,
+        }
     }
 }
 
@@ -212,15 +225,22 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { mode: "whole".into(), crop: [128, 128], stride: [64, 64], batch_size: 4 }
+        Self {
+            mode: "whole".into(),
+            crop: [128, 128],
+            stride: [64, 64],
+            batch_size: 4,
+        }
     }
 }
 
 impl RunConfig {
     /// Parse TOML; `origin` names the source in errors (a path or "built-in").
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
-        let cfg: RunConfig =
-            toml::from_str(text).map_err(|e| Error::Config { origin: origin.into(), message: e.to_string() })?;
+        let cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Config {
+            origin: origin.into(),
+            message: e.to_string(),
+        })?;
         cfg.validate(origin)?;
         Ok(cfg)
     }
@@ -241,7 +261,12 @@ impl RunConfig {
 
     /// Checks serde cannot express; each error names the key.
     pub fn validate(&self, origin: &str) -> Result<()> {
-        let err = |message: String| Err(Error::Config { origin: origin.into(), message });
+        let err = |message: String| {
+            Err(Error::Config {
+                origin: origin.into(),
+                message,
+            })
+        };
         match self.data.dataset.as_str() {
             "synth" => {
                 if let Some(Err(e)) = self.data.rcs.as_ref().map(|r| r.validate()) {
@@ -253,37 +278,65 @@ impl RunConfig {
                     return err(e);
                 }
             }
-            other => return err(format!("data.dataset = {other:?}: expected \"synth\" or \"files\"")),
+            other => {
+                return err(format!(
+                    "data.dataset = {other:?}: expected \"synth\" or \"files\""
+                ))
+            }
         }
         crate::device::DeviceSpec::parse(&self.device, &format!("{origin}: device"))?;
         if self.train.iters == 0 {
             return err("train.iters must be at least 1".into());
         }
         if !matches!(self.train.nonfinite.as_str(), "stop" | "skip") {
-            return err(format!("train.nonfinite = {:?}: expected \"stop\" or \"skip\"", self.train.nonfinite));
+            return err(format!(
+                "train.nonfinite = {:?}: expected \"stop\" or \"skip\"",
+                self.train.nonfinite
+            ));
         }
         if self.train.keep_last == 0 {
-            return err("train.keep_last must be at least 1 (the checkpoint a run resumes from)".into());
+            return err(
+                "train.keep_last must be at least 1 (the checkpoint a run resumes from)".into(),
+            );
         }
         if self.train.batch_size == 0 {
             return err("train.batch_size must be at least 1".into());
         }
         if !matches!(self.eval.mode.as_str(), "whole" | "slide") {
-            return err(format!("eval.mode = {:?}: expected \"whole\" or \"slide\"", self.eval.mode));
+            return err(format!(
+                "eval.mode = {:?}: expected \"whole\" or \"slide\"",
+                self.eval.mode
+            ));
         }
-        if self.eval.mode == "slide" && (self.eval.stride.contains(&0) || self.eval.crop.contains(&0)) {
+        if self.eval.mode == "slide"
+            && (self.eval.stride.contains(&0) || self.eval.crop.contains(&0))
+        {
             return err("eval.crop and eval.stride must be positive".into());
         }
         if !(0.0..=1.0).contains(&self.uda.ema_alpha) {
-            return err(format!("uda.ema_alpha = {}: expected a value in [0, 1]", self.uda.ema_alpha));
+            return err(format!(
+                "uda.ema_alpha = {}: expected a value in [0, 1]",
+                self.uda.ema_alpha
+            ));
         }
-        if let Some(p) = self.plugins.iter().find(|p| !PLUGIN_NAMES.contains(&p.as_str())) {
-            return err(format!("plugins: unknown plugin {p:?}; available: {}", PLUGIN_NAMES.join(", ")));
+        if let Some(p) = self
+            .plugins
+            .iter()
+            .find(|p| !PLUGIN_NAMES.contains(&p.as_str()))
+        {
+            return err(format!(
+                "plugins: unknown plugin {p:?}; available: {}",
+                PLUGIN_NAMES.join(", ")
+            ));
         }
         if let Err(e) = self.plugin.validate(self.model.num_classes) {
             return err(e);
         }
-        if let Err(e) = self.fd.validate(self.model.num_classes).and_then(|_| self.mic.validate()) {
+        if let Err(e) = self
+            .fd
+            .validate(self.model.num_classes)
+            .and_then(|_| self.mic.validate())
+        {
             return err(e);
         }
         if let Err(e) = self.hrda.validate() {
@@ -315,10 +368,14 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = RunConfig::from_toml_str("[train]\niters = 5\nitres = 3\n", "test.toml").unwrap_err().to_string();
+        let err = RunConfig::from_toml_str("[train]\niters = 5\nitres = 3\n", "test.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("itres"), "{err}");
         assert!(err.contains("test.toml"), "{err}");
-        let err = RunConfig::from_toml_str("bogus = 1\n", "x").unwrap_err().to_string();
+        let err = RunConfig::from_toml_str("bogus = 1\n", "x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus"), "{err}");
     }
 
@@ -332,9 +389,13 @@ mod tests {
 
     #[test]
     fn semantic_checks_name_the_key() {
-        let err = RunConfig::from_toml_str("[eval]\nmode = \"tiles\"\n", "x").unwrap_err().to_string();
+        let err = RunConfig::from_toml_str("[eval]\nmode = \"tiles\"\n", "x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("eval.mode"), "{err}");
-        let err = RunConfig::from_toml_str("[train]\niters = 0\n", "x").unwrap_err().to_string();
+        let err = RunConfig::from_toml_str("[train]\niters = 0\n", "x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("train.iters"), "{err}");
     }
 }

@@ -35,7 +35,9 @@ impl DeviceSpec {
         }
         Err(Error::Config {
             origin: origin.into(),
-            message: format!("device {text:?}: expected \"cpu\", \"cuda\" or \"cuda:N\" (N = GPU ordinal)"),
+            message: format!(
+                "device {text:?}: expected \"cpu\", \"cuda\" or \"cuda:N\" (N = GPU ordinal)"
+            ),
         })
     }
 
@@ -106,13 +108,21 @@ mod tests {
     fn parses_the_three_forms() {
         assert_eq!(DeviceSpec::parse("cpu", "x").unwrap(), DeviceSpec::Cpu);
         assert_eq!(DeviceSpec::parse("CUDA", "x").unwrap(), DeviceSpec::Cuda(0));
-        assert_eq!(DeviceSpec::parse("cuda:3", "x").unwrap(), DeviceSpec::Cuda(3));
+        assert_eq!(
+            DeviceSpec::parse("cuda:3", "x").unwrap(),
+            DeviceSpec::Cuda(3)
+        );
     }
 
     #[test]
     fn bad_text_names_origin_and_forms() {
-        let e = DeviceSpec::parse("tpu", "--device").unwrap_err().to_string();
-        assert!(e.contains("--device") && e.contains("tpu") && e.contains("cuda:N"), "{e}");
+        let e = DeviceSpec::parse("tpu", "--device")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--device") && e.contains("tpu") && e.contains("cuda:N"),
+            "{e}"
+        );
         assert!(DeviceSpec::parse("cuda:x", "d").is_err());
     }
 
@@ -120,6 +130,9 @@ mod tests {
     #[test]
     fn cuda_from_cpu_build_says_so() {
         let e = device_from_str("cuda", "--device").unwrap_err().to_string();
-        assert!(e.contains("built without CUDA support") && e.contains("--features cuda"), "{e}");
+        assert!(
+            e.contains("built without CUDA support") && e.contains("--features cuda"),
+            "{e}"
+        );
     }
 }

@@ -35,10 +35,16 @@ impl Error {
         Error::Msg(m.into())
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::File { path: path.into(), message: message.into() }
+        Error::File {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 

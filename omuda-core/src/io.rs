@@ -8,9 +8,15 @@ use crate::{Error, Result};
 /// Write `bytes` to `path` through a temporary file in the same folder,
 /// flushed to disk, then renamed over the target.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -30,9 +36,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// last). If `fill` fails, `dir` is left as it was. A crash between the two
 /// renames leaves the previous folder as `.<name>.old<pid>` beside it.
 pub fn replace_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.tmp{}", std::process::id()));
     let old = parent.join(format!(".{name}.old{}", std::process::id()));
     if tmp.exists() {
@@ -68,7 +80,9 @@ fn sync_dir_contents(dir: &Path) -> Result<()> {
 }
 
 fn sync_path(path: &Path) -> Result<()> {
-    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]
@@ -81,7 +95,10 @@ mod tests {
         let dir = root.path().join("ckpt");
         super::replace_dir_atomic(&dir, |d| Ok(std::fs::write(d.join("a"), "1").unwrap())).unwrap();
         super::replace_dir_atomic(&dir, |d| Ok(std::fs::write(d.join("b"), "2").unwrap())).unwrap();
-        assert!(!dir.join("a").exists(), "the previous folder is replaced, not merged");
+        assert!(
+            !dir.join("a").exists(),
+            "the previous folder is replaced, not merged"
+        );
         assert_eq!(std::fs::read_to_string(dir.join("b")).unwrap(), "2");
         // A failing writer leaves the previous folder untouched and no temporary behind.
         let err = super::replace_dir_atomic(&dir, |d| {
@@ -101,6 +118,10 @@ mod tests {
         super::write_atomic(&p, b"one").unwrap();
         super::write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
-        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            std::fs::read_dir(p.parent().unwrap()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 }

@@ -9,8 +9,12 @@ use candle_core::{Device, Tensor};
 use omuda_core::config::EvalConfig;
 use omuda_core::data::datasets::{Dataset, DatasetKind};
 use omuda_core::data::labels::{CITYSCAPES_ID_TO_TRAIN_ID, SYNTHIA_ID_TO_TRAIN_ID};
-use omuda_core::data::pipeline::{choose_crop, crop_accepted, rescale_size, CropBox, PipelineConfig, Prepared};
-use omuda_core::data::png_io::{read_label8, read_rgb, write_gray8, write_indexed8, write_rgb8, write_u16};
+use omuda_core::data::pipeline::{
+    choose_crop, crop_accepted, rescale_size, CropBox, PipelineConfig, Prepared,
+};
+use omuda_core::data::png_io::{
+    read_label8, read_rgb, write_gray8, write_indexed8, write_rgb8, write_u16,
+};
 use omuda_core::data::prefetch::{DomainData, LoaderOptions, Producer, UdaLoader};
 use omuda_core::data::prepare::{prepare, PrepareOptions};
 use omuda_core::data::rcs::{candidate_files, class_probs, crop_has_class, RcsConfig, RcsSampler};
@@ -22,7 +26,9 @@ const W: usize = 64;
 const H: usize = 32;
 
 fn image(seed: usize) -> Vec<u8> {
-    (0..W * H * 3).map(|i| ((i * 31 + seed * 97) % 251) as u8).collect()
+    (0..W * H * 3)
+        .map(|i| ((i * 31 + seed * 97) % 251) as u8)
+        .collect()
 }
 
 /// A label of raw ids: sky on top, `left` | `right` in the middle band
@@ -48,7 +54,9 @@ fn id_label(sky: u16, left: u16, right: u16, bottom: u16, split: usize) -> Vec<u
 }
 
 fn map_ids(ids: &[u16], table: &[(u16, u8)]) -> Vec<u8> {
-    ids.iter().map(|&i| table.iter().find(|p| p.0 == i).map_or(255, |p| p.1)).collect()
+    ids.iter()
+        .map(|&i| table.iter().find(|p| p.0 == i).map_or(255, |p| p.1))
+        .collect()
 }
 
 fn to_u8(v: &[u16]) -> Vec<u8> {
@@ -62,7 +70,11 @@ fn hist(label: &[u8]) -> Vec<(u8, u64)> {
             h[l as usize] += 1;
         }
     }
-    h.iter().enumerate().filter(|(_, &n)| n > 0).map(|(c, &n)| (c as u8, n)).collect()
+    h.iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(c, &n)| (c as u8, n))
+        .collect()
 }
 
 /// GTA tree: frames 00001..=n, raw palette labels (Cityscapes ids); the
@@ -73,7 +85,14 @@ fn gta_tree(root: &Path, n: usize) -> Vec<Vec<u8>> {
     for i in 1..=n {
         let ids = id_label(23, 7, 26, 0, 16 + 8 * i);
         write_rgb8(&root.join(format!("images/{i:05}.png")), W, H, &image(i)).unwrap();
-        write_indexed8(&root.join(format!("labels/{i:05}.png")), W, H, &to_u8(&ids), &palette).unwrap();
+        write_indexed8(
+            &root.join(format!("labels/{i:05}.png")),
+            W,
+            H,
+            &to_u8(&ids),
+            &palette,
+        )
+        .unwrap();
         want.push(map_ids(&ids, &CITYSCAPES_ID_TO_TRAIN_ID));
     }
     want
@@ -103,11 +122,31 @@ fn cityscapes_tree(root: &Path, split: &str, n: usize, train_ids: bool) -> Vec<V
         let base = format!("aachen_{i:06}_000019");
         let ids = id_label(23, 7, 24, 1, 24 + 4 * i);
         let tid = map_ids(&ids, &CITYSCAPES_ID_TO_TRAIN_ID);
-        write_rgb8(&root.join(format!("leftImg8bit/{split}/aachen/{base}_leftImg8bit.png")), W, H, &image(i + 50)).unwrap();
+        write_rgb8(
+            &root.join(format!("leftImg8bit/{split}/aachen/{base}_leftImg8bit.png")),
+            W,
+            H,
+            &image(i + 50),
+        )
+        .unwrap();
         if train_ids {
-            write_gray8(&root.join(format!("gtFine/{split}/aachen/{base}_gtFine_labelTrainIds.png")), W, H, &tid).unwrap();
+            write_gray8(
+                &root.join(format!(
+                    "gtFine/{split}/aachen/{base}_gtFine_labelTrainIds.png"
+                )),
+                W,
+                H,
+                &tid,
+            )
+            .unwrap();
         } else {
-            write_gray8(&root.join(format!("gtFine/{split}/aachen/{base}_gtFine_labelIds.png")), W, H, &to_u8(&ids)).unwrap();
+            write_gray8(
+                &root.join(format!("gtFine/{split}/aachen/{base}_gtFine_labelIds.png")),
+                W,
+                H,
+                &to_u8(&ids),
+            )
+            .unwrap();
         }
         want.push(tid);
     }
@@ -118,9 +157,23 @@ fn quiet() -> (impl Fn(usize), impl Fn() + Sync) {
     (|_n: usize| {}, || {})
 }
 
-fn run_prepare(kind: DatasetKind, root: &Path, convert: bool) -> omuda_core::data::prepare::PrepareReport {
+fn run_prepare(
+    kind: DatasetKind,
+    root: &Path,
+    convert: bool,
+) -> omuda_core::data::prepare::PrepareReport {
     let (t, k) = quiet();
-    prepare(kind, root, &PrepareOptions { convert, ..PrepareOptions::default() }, &t, &k).unwrap()
+    prepare(
+        kind,
+        root,
+        &PrepareOptions {
+            convert,
+            ..PrepareOptions::default()
+        },
+        &t,
+        &k,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -151,7 +204,15 @@ fn synthia_uses_the_first_png_channel_of_16_bit_labels() {
     let s = ds.load(1).unwrap();
     assert_eq!(s.label, want[1]);
     // SYNTHIA 1 → sky 10, 3 → road 0, 8 → car 13, 0 → ignore (reference §8.2)
-    assert_eq!((s.label[0], s.label[8 * W], s.label[9 * W + W - 1], s.label[H * W - 1]), (10, 0, 13, 255));
+    assert_eq!(
+        (
+            s.label[0],
+            s.label[8 * W],
+            s.label[9 * W + W - 1],
+            s.label[H * W - 1]
+        ),
+        (10, 0, 13, 255)
+    );
 }
 
 #[test]
@@ -163,7 +224,9 @@ fn cityscapes_label_ids_are_mapped_and_train_id_files_preferred() {
     assert!(!ds.frames[0].label.as_ref().unwrap().is_train_ids);
     assert_eq!(ds.load(0).unwrap().label, want[0]);
     // A trainId file next to the labelIds file takes precedence.
-    let tid_path = dir.path().join("gtFine/val/aachen/aachen_000000_000019_gtFine_labelTrainIds.png");
+    let tid_path = dir
+        .path()
+        .join("gtFine/val/aachen/aachen_000000_000019_gtFine_labelTrainIds.png");
     write_gray8(&tid_path, W, H, &vec![5u8; W * H]).unwrap();
     let ds = Dataset::open(DatasetKind::Cityscapes, dir.path(), "val").unwrap();
     assert!(ds.frames[0].label.as_ref().unwrap().is_train_ids);
@@ -184,7 +247,13 @@ fn folder_dataset_pairs_by_glob_key_and_maps_ids() {
     for (i, sub) in ["a", "b"].iter().enumerate() {
         write_rgb8(&d.join(format!("imgs/{sub}/f{i}.png")), W, H, &image(i)).unwrap();
         let ids = id_label(9, 1, 7, 0, 32);
-        write_gray8(&d.join(format!("masks/{sub}/f{i}_mask.png")), W, H, &to_u8(&ids)).unwrap();
+        write_gray8(
+            &d.join(format!("masks/{sub}/f{i}_mask.png")),
+            W,
+            H,
+            &to_u8(&ids),
+        )
+        .unwrap();
     }
     let spec = folder_spec(
         d,
@@ -204,13 +273,27 @@ max_id = 9
     );
     let ds = Dataset::open(DatasetKind::Folder, &spec, "").unwrap();
     assert_eq!(ds.num_classes(), 3);
-    assert_eq!(ds.frames.iter().map(|f| f.key.as_str()).collect::<Vec<_>>(), vec!["a/f0", "b/f1"]);
+    assert_eq!(
+        ds.frames.iter().map(|f| f.key.as_str()).collect::<Vec<_>>(),
+        vec!["a/f0", "b/f1"]
+    );
     let s = ds.load(1).unwrap();
-    assert_eq!((s.label[0], s.label[8 * W], s.label[9 * W + 40], s.label[H * W - 1]), (2, 0, 1, 255));
+    assert_eq!(
+        (
+            s.label[0],
+            s.label[8 * W],
+            s.label[9 * W + 40],
+            s.label[H * W - 1]
+        ),
+        (2, 0, 1, 255)
+    );
     // An id above max_id is an error naming the file and the id.
     write_gray8(&d.join("masks/a/f0_mask.png"), W, H, &vec![12u8; W * H]).unwrap();
     let e = ds.load(0).unwrap_err().to_string();
-    assert!(e.contains("f0_mask.png") && e.contains("unknown label id 12"), "{e}");
+    assert!(
+        e.contains("f0_mask.png") && e.contains("unknown label id 12"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -220,19 +303,36 @@ fn folder_spec_errors_name_the_problem() {
     std::fs::create_dir_all(d.join("imgs")).unwrap();
     // bad glob
     let spec = folder_spec(d, "name = \"x\"\nimages = \"imgs/[ab].png\"\n");
-    let e = Dataset::open(DatasetKind::Folder, &spec, "").unwrap_err().to_string();
-    assert!(e.contains("spec.toml") && e.contains("bad glob") && e.contains("not supported"), "{e}");
+    let e = Dataset::open(DatasetKind::Folder, &spec, "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("spec.toml") && e.contains("bad glob") && e.contains("not supported"),
+        "{e}"
+    );
     // empty folder: the glob matches nothing
     let spec = folder_spec(d, "name = \"x\"\nimages = \"imgs/*.png\"\n");
-    let e = Dataset::open(DatasetKind::Folder, &spec, "").unwrap_err().to_string();
+    let e = Dataset::open(DatasetKind::Folder, &spec, "")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("imgs") && e.contains("matches no file"), "{e}");
     // unknown key
-    let spec = folder_spec(d, "name = \"x\"\nimages = \"imgs/*.png\"\nlables = \"l/*.png\"\n");
-    let e = Dataset::open(DatasetKind::Folder, &spec, "").unwrap_err().to_string();
+    let spec = folder_spec(
+        d,
+        "name = \"x\"\nimages = \"imgs/*.png\"\nlables = \"l/*.png\"\n",
+    );
+    let e = Dataset::open(DatasetKind::Folder, &spec, "")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("lables"), "{e}");
     // palette size
-    let spec = folder_spec(d, "name = \"x\"\nimages = \"imgs/*.png\"\nclasses = [\"a\", \"b\"]\npalette = [[0, 0, 0]]\n");
-    let e = Dataset::open(DatasetKind::Folder, &spec, "").unwrap_err().to_string();
+    let spec = folder_spec(
+        d,
+        "name = \"x\"\nimages = \"imgs/*.png\"\nclasses = [\"a\", \"b\"]\npalette = [[0, 0, 0]]\n",
+    );
+    let e = Dataset::open(DatasetKind::Folder, &spec, "")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("palette has 1 colours for 2 classes"), "{e}");
 }
 
@@ -271,7 +371,18 @@ fn cat_max_ratio_acceptance_with_injected_boxes() {
     // Only class 0: rejected (one class).
     assert!(!crop_accepted(&l, 20, b(0, 0), 0.75, 255));
     // Class 1 plus ignore only: one non-ignore class → rejected.
-    assert!(!crop_accepted(&l, 20, CropBox { y: 0, x: 12, h: 4, w: 8 }, 0.75, 255));
+    assert!(!crop_accepted(
+        &l,
+        20,
+        CropBox {
+            y: 0,
+            x: 12,
+            h: 4,
+            w: 8
+        },
+        0.75,
+        255
+    ));
     // 4 columns of each class: 50 % < 75 % → accepted.
     assert!(crop_accepted(&l, 20, b(8, 6), 0.75, 255));
     // 6 of 8 columns class 0 = 75 %: not below 0.75 → rejected.
@@ -313,9 +424,19 @@ fn crop_pads_small_images_and_flip_mirrors() {
         height: 3,
         width: 4,
     };
-    let cfg = PipelineConfig { scale: None, crop: Some([5, 6]), cat_max_ratio: 1.0, flip_prob: 0.0 };
+    let cfg = PipelineConfig {
+        scale: None,
+        crop: Some([5, 6]),
+        cat_max_ratio: 1.0,
+        flip_prob: 0.0,
+    };
     let p = Prepared::new(src.clone(), &cfg);
-    let full = CropBox { y: 0, x: 0, h: 3, w: 4 };
+    let full = CropBox {
+        y: 0,
+        x: 0,
+        h: 3,
+        w: 4,
+    };
     let out = p.finish(&cfg, full, false);
     assert_eq!((out.height, out.width), (5, 6));
     assert_eq!(&out.label[0..4], &src.label[0..4]);
@@ -332,8 +453,14 @@ fn rcs_probabilities_golden_values() {
     // Reference §3.2: {0: 1000, 1: 100, 2: 10}, T = 0.01 → order [2, 1, 0],
     // P ≈ [0.999699, 0.000301, 1.8e-39].
     let stats = vec![
-        FrameStats { file: "a_labelTrainIds.png".into(), counts: vec![(0, 600), (1, 100)] },
-        FrameStats { file: "b_labelTrainIds.png".into(), counts: vec![(0, 400), (2, 10)] },
+        FrameStats {
+            file: "a_labelTrainIds.png".into(),
+            counts: vec![(0, 600), (1, 100)],
+        },
+        FrameStats {
+            file: "b_labelTrainIds.png".into(),
+            counts: vec![(0, 400), (2, 10)],
+        },
     ];
     let (classes, p) = class_probs(&stats, 0.01);
     assert_eq!(classes, vec![2, 1, 0]);
@@ -342,13 +469,19 @@ fn rcs_probabilities_golden_values() {
     assert!(p[2] > 0.0 && (p[2] / 1.8e-39 - 1.0).abs() < 0.05, "{p:?}");
     // Candidate files: strictly more than min_pixels.
     let mut swc = std::collections::BTreeMap::new();
-    swc.insert(5u8, vec![("x.png".to_string(), 3000u64), ("y.png".to_string(), 3001)]);
+    swc.insert(
+        5u8,
+        vec![("x.png".to_string(), 3000u64), ("y.png".to_string(), 3001)],
+    );
     assert_eq!(candidate_files(&swc, 5, 3000), vec!["y.png".to_string()]);
     // Re-crop acceptance: count > min_pixels · min_crop_ratio (1500 for DAFormer, 6000 for HRDA).
     let daformer = RcsConfig::default();
     assert!(!crop_has_class(1500, &daformer));
     assert!(crop_has_class(1501, &daformer));
-    let hrda = RcsConfig { min_crop_ratio: 2.0, ..RcsConfig::default() };
+    let hrda = RcsConfig {
+        min_crop_ratio: 2.0,
+        ..RcsConfig::default()
+    };
     assert!(!crop_has_class(6000, &hrda));
     assert!(crop_has_class(6001, &hrda));
 }
@@ -371,15 +504,32 @@ fn prepare_gta_converts_and_writes_reference_stats() {
     let stats = read_sample_class_stats(&root.join("sample_class_stats.json")).unwrap();
     assert_eq!(stats.len(), 3);
     for (i, (s, w)) in stats.iter().zip(&want).enumerate() {
-        assert_eq!(s.file, root.join(format!("labels/{:05}_labelTrainIds.png", i + 1)).display().to_string());
+        assert_eq!(
+            s.file,
+            root.join(format!("labels/{:05}_labelTrainIds.png", i + 1))
+                .display()
+                .to_string()
+        );
         assert_eq!(s.counts, hist(w));
     }
     let text = std::fs::read_to_string(root.join("sample_class_stats.json")).unwrap();
     assert!(text.starts_with("[\n  {\n    \"0\": "), "{text}");
     let first = text.split("\n  }").next().unwrap();
-    assert!(first.trim_end().lines().last().unwrap().trim_start().starts_with("\"file\": "), "{first}");
+    assert!(
+        first
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .trim_start()
+            .starts_with("\"file\": "),
+        "{first}"
+    );
     // sample_class_stats_dict.json: file → counts.
-    let dict: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("sample_class_stats_dict.json")).unwrap()).unwrap();
+    let dict: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("sample_class_stats_dict.json")).unwrap(),
+    )
+    .unwrap();
     let f1 = &stats[0].file;
     for (c, n) in &stats[0].counts {
         assert_eq!(dict[f1][c.to_string()].as_u64(), Some(*n));
@@ -399,7 +549,10 @@ fn prepare_gta_converts_and_writes_reference_stats() {
     // The converted files are now preferred and skip re-conversion.
     let r = run_prepare(DatasetKind::Gta, &root, true);
     assert_eq!(r.converted, 0);
-    assert_eq!(read_sample_class_stats(&root.join("sample_class_stats.json")).unwrap(), stats);
+    assert_eq!(
+        read_sample_class_stats(&root.join("sample_class_stats.json")).unwrap(),
+        stats
+    );
 }
 
 #[test]
@@ -423,9 +576,13 @@ fn prepare_synthia_and_cityscapes_stats_are_not_empty() {
     // Statistics of the train split only (reference converter).
     let stats = read_sample_class_stats(&cs.join("sample_class_stats.json")).unwrap();
     assert_eq!(stats.len(), 2);
-    assert!(stats[0].file.ends_with("aachen_000000_000019_gtFine_labelTrainIds.png"));
+    assert!(stats[0]
+        .file
+        .ends_with("aachen_000000_000019_gtFine_labelTrainIds.png"));
     assert_eq!(stats[1].counts, hist(&train[1]));
-    assert!(cs.join("gtFine/val/aachen/aachen_000000_000019_gtFine_labelTrainIds.png").is_file());
+    assert!(cs
+        .join("gtFine/val/aachen/aachen_000000_000019_gtFine_labelTrainIds.png")
+        .is_file());
 }
 
 #[test]
@@ -439,7 +596,13 @@ fn prepare_lists_every_problem_with_its_file() {
     let lbl = std::fs::read(root.join("labels/00002.png")).unwrap();
     std::fs::write(root.join("labels/00002.png"), &lbl[..lbl.len() / 2]).unwrap();
     // 3: label of the wrong size
-    write_gray8(&root.join("labels/00003.png"), W / 2, H, &vec![7u8; W / 2 * H]).unwrap();
+    write_gray8(
+        &root.join("labels/00003.png"),
+        W / 2,
+        H,
+        &vec![7u8; W / 2 * H],
+    )
+    .unwrap();
     // 4: unknown id
     let mut ids = vec![7u8; W * H];
     ids[5] = 40;
@@ -448,13 +611,21 @@ fn prepare_lists_every_problem_with_its_file() {
     // 5: missing label
     std::fs::remove_file(root.join("labels/00005.png")).unwrap();
     let r = run_prepare(DatasetKind::Gta, root, false);
-    let find = |name: &str| r.problems.iter().find(|(p, _)| p.ends_with(name)).map(|(_, m)| m.clone());
+    let find = |name: &str| {
+        r.problems
+            .iter()
+            .find(|(p, _)| p.ends_with(name))
+            .map(|(_, m)| m.clone())
+    };
     let m = find("images/00001.png").expect("corrupt image reported");
     assert!(m.contains("corrupt PNG"), "{m}");
     let m = find("labels/00002.png").expect("truncated label reported");
     assert!(m.contains("truncated") || m.contains("corrupt"), "{m}");
     let m = find("labels/00003.png").expect("wrong size reported");
-    assert!(m.contains("label is 32×32 but its image") && m.contains("64×32"), "{m}");
+    assert!(
+        m.contains("label is 32×32 but its image") && m.contains("64×32"),
+        "{m}"
+    );
     let m = find("labels/00004.png").expect("unknown id reported");
     assert!(m.contains("unknown label id 40 (2 px)"), "{m}");
     let m = find("images/00005.png").expect("missing label reported");
@@ -472,38 +643,92 @@ fn bad_input_errors_name_file_and_problem() {
     std::fs::write(root.join("images/00001.png"), b"\x89PNG\r\n\x1a\ngarbage").unwrap();
     let img = std::fs::read(root.join("images/00002.png")).unwrap();
     std::fs::write(root.join("images/00002.png"), &img[..img.len() - 40]).unwrap();
-    write_gray8(&root.join("labels/00003.png"), W, H - 1, &vec![7u8; W * (H - 1)]).unwrap();
+    write_gray8(
+        &root.join("labels/00003.png"),
+        W,
+        H - 1,
+        &vec![7u8; W * (H - 1)],
+    )
+    .unwrap();
     let ds = Dataset::open(DatasetKind::Gta, root, "").unwrap();
     let e0 = ds.load(0).unwrap_err().to_string();
     assert!(e0.contains("00001.png") && e0.contains("PNG"), "{e0}");
     let e1 = ds.load(1).unwrap_err().to_string();
-    assert!(e1.contains("00002.png") && (e1.contains("truncated") || e1.contains("corrupt")), "{e1}");
+    assert!(
+        e1.contains("00002.png") && (e1.contains("truncated") || e1.contains("corrupt")),
+        "{e1}"
+    );
     let e2 = ds.load(2).unwrap_err().to_string();
-    assert!(e2.contains("labels/00003.png") && e2.contains("64×31") && e2.contains("64×32"), "{e2}");
-    assert!(read_rgb(&root.join("images/nope.png")).unwrap_err().to_string().contains("nope.png"));
+    assert!(
+        e2.contains("labels/00003.png") && e2.contains("64×31") && e2.contains("64×32"),
+        "{e2}"
+    );
+    assert!(read_rgb(&root.join("images/nope.png"))
+        .unwrap_err()
+        .to_string()
+        .contains("nope.png"));
     // Missing label: open lists it.
     std::fs::remove_file(root.join("labels/00003.png")).unwrap();
-    let e = Dataset::open(DatasetKind::Gta, root, "").unwrap_err().to_string();
-    assert!(e.contains("images/00003.png") && e.contains("missing label"), "{e}");
+    let e = Dataset::open(DatasetKind::Gta, root, "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("images/00003.png") && e.contains("missing label"),
+        "{e}"
+    );
     // Empty folder and missing folder.
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(empty.join("images")).unwrap();
-    let e = Dataset::open(DatasetKind::Gta, &empty, "").unwrap_err().to_string();
+    let e = Dataset::open(DatasetKind::Gta, &empty, "")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no PNG images found"), "{e}");
-    let e = Dataset::open(DatasetKind::Cityscapes, &empty, "train").unwrap_err().to_string();
-    assert!(e.contains("leftImg8bit") && e.contains("does not exist"), "{e}");
+    let e = Dataset::open(DatasetKind::Cityscapes, &empty, "train")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("leftImg8bit") && e.contains("does not exist"),
+        "{e}"
+    );
 }
 
 fn uda_producer(root: &Path, seed: u64, rcs: bool) -> Producer {
     let gta = Arc::new(Dataset::open(DatasetKind::Gta, &root.join("gta"), "").unwrap());
     let cs = Arc::new(Dataset::open(DatasetKind::Cityscapes, &root.join("cs"), "train").unwrap());
-    let sp = PipelineConfig { scale: Some([48, 24]), crop: Some([16, 16]), cat_max_ratio: 0.75, flip_prob: 0.5 };
-    let tp = PipelineConfig { scale: Some([32, 16]), crop: Some([16, 16]), cat_max_ratio: 1.0, flip_prob: 0.5 };
+    let sp = PipelineConfig {
+        scale: Some([48, 24]),
+        crop: Some([16, 16]),
+        cat_max_ratio: 0.75,
+        flip_prob: 0.5,
+    };
+    let tp = PipelineConfig {
+        scale: Some([32, 16]),
+        crop: Some([16, 16]),
+        cat_max_ratio: 1.0,
+        flip_prob: 0.5,
+    };
     let sampler = rcs.then(|| {
-        let cfg = RcsConfig { class_temp: 0.01, min_pixels: 100, min_crop_ratio: 0.2 };
+        let cfg = RcsConfig {
+            class_temp: 0.01,
+            min_pixels: 100,
+            min_crop_ratio: 0.2,
+        };
         RcsSampler::from_dir(&root.join("gta"), &gta, &cfg).unwrap()
     });
-    Producer::new(DomainData { dataset: gta, pipeline: sp }, DomainData { dataset: cs, pipeline: tp }, sampler, 2, seed).unwrap()
+    Producer::new(
+        DomainData {
+            dataset: gta,
+            pipeline: sp,
+        },
+        DomainData {
+            dataset: cs,
+            pipeline: tp,
+        },
+        sampler,
+        2,
+        seed,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -514,16 +739,26 @@ fn loader_is_deterministic_per_seed_for_any_worker_count() {
     cityscapes_tree(&root.join("cs"), "train", 3, true);
     run_prepare(DatasetKind::Gta, &root.join("gta"), false);
     for rcs in [false, true] {
-        let opts = |workers| LoaderOptions { batch_size: 2, seed: 7, workers, prefetch: 3 };
+        let opts = |workers| LoaderOptions {
+            batch_size: 2,
+            seed: 7,
+            workers,
+            prefetch: 3,
+        };
         let mut sync = UdaLoader::new(uda_producer(root, 7, rcs), opts(0), &Device::Cpu).unwrap();
-        let mut threaded = UdaLoader::new(uda_producer(root, 7, rcs), opts(3), &Device::Cpu).unwrap();
+        let mut threaded =
+            UdaLoader::new(uda_producer(root, 7, rcs), opts(3), &Device::Cpu).unwrap();
         let a: Vec<_> = (0..6).map(|_| sync.next_host_batch().unwrap()).collect();
-        let b: Vec<_> = (0..6).map(|_| threaded.next_host_batch().unwrap()).collect();
+        let b: Vec<_> = (0..6)
+            .map(|_| threaded.next_host_batch().unwrap())
+            .collect();
         assert_eq!(a, b);
         assert_eq!(a[0].source_dims, (2, 16, 16));
         assert_eq!(a[0].source_image.len(), 2 * 3 * 16 * 16);
         assert_eq!(a[0].target_dims, (2, 16, 16));
-        assert!(a.iter().all(|hb| hb.rcs_classes.iter().all(|c| c.is_some() == rcs)));
+        assert!(a
+            .iter()
+            .all(|hb| hb.rcs_classes.iter().all(|c| c.is_some() == rcs)));
         // Another seed gives other batches.
         let mut other = UdaLoader::new(uda_producer(root, 8, rcs), opts(2), &Device::Cpu).unwrap();
         let c: Vec<_> = (0..6).map(|_| other.next_host_batch().unwrap()).collect();
@@ -551,16 +786,33 @@ fn rcs_sampler_matches_stats_files_to_frames() {
     gta_tree(root, 3);
     run_prepare(DatasetKind::Gta, root, true);
     let ds = Dataset::open(DatasetKind::Gta, root, "").unwrap();
-    let cfg = RcsConfig { min_pixels: 100, ..RcsConfig::default() };
+    let cfg = RcsConfig {
+        min_pixels: 100,
+        ..RcsConfig::default()
+    };
     let s = RcsSampler::from_dir(root, &ds, &cfg).unwrap();
     // Car (13) grows with the frame index: rarest first, all frames are candidates.
     assert_eq!(s.classes.len(), 3);
     assert!(s.files.iter().all(|f| f.len() == 3));
     // A class without a file above min_pixels is an error naming the class.
-    let e = RcsSampler::from_dir(root, &ds, &RcsConfig { min_pixels: 100_000, ..RcsConfig::default() }).unwrap_err().to_string();
-    assert!(e.contains("samples_with_class.json") && e.contains("min_pixels"), "{e}");
+    let e = RcsSampler::from_dir(
+        root,
+        &ds,
+        &RcsConfig {
+            min_pixels: 100_000,
+            ..RcsConfig::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("samples_with_class.json") && e.contains("min_pixels"),
+        "{e}"
+    );
     // Missing statistics tell the user to run prepare.
-    let e = RcsSampler::from_dir(&root.join("labels"), &ds, &cfg).unwrap_err().to_string();
+    let e = RcsSampler::from_dir(&root.join("labels"), &ds, &cfg)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("omuda prepare"), "{e}");
 }
 
@@ -582,7 +834,11 @@ fn evaluation_at_full_resolution_with_protocol_and_colour() {
         Tensor::from_vec(v, (b, 19, h / 4, w / 4), x.device())
     };
     let colour = root.join("colour");
-    let opts = DatasetEvalOptions { scale: Some([32, 16]), colour_dir: Some(colour.clone()), limit: None };
+    let opts = DatasetEvalOptions {
+        scale: Some([32, 16]),
+        colour_dir: Some(colour.clone()),
+        limit: None,
+    };
     let r = evaluate_dataset(&ds, &opts, &EvalConfig::default(), &Device::Cpu, &predict).unwrap();
     assert_eq!(r.num_images, 2);
     let mut cm = ConfusionMatrix::new(19);
@@ -602,7 +858,13 @@ fn evaluation_at_full_resolution_with_protocol_and_colour() {
     assert_eq!(&rgb[0..3], &[128, 64, 128]);
     // SYNTHIA runs report mIoU16 and mIoU13.
     let h = Protocol::for_source(DatasetKind::Synthia).headline(&r);
-    assert_eq!(h.iter().map(|p| p.0).collect::<Vec<_>>(), vec!["mIoU16", "mIoU13"]);
+    assert_eq!(
+        h.iter().map(|p| p.0).collect::<Vec<_>>(),
+        vec!["mIoU16", "mIoU13"]
+    );
     assert_eq!(h[0].1, r.miou16);
-    assert_eq!(Protocol::for_source(DatasetKind::Gta).headline(&r)[0], ("mIoU", r.miou));
+    assert_eq!(
+        Protocol::for_source(DatasetKind::Gta).headline(&r)[0],
+        ("mIoU", r.miou)
+    );
 }

@@ -11,14 +11,17 @@ use omuda_core::eval::inference::window_starts;
 use omuda_core::nn::{build_segmentor, seeded_var_builder, ForwardCtx, ModelConfig, SegModel};
 use omuda_core::ops::CeReduction;
 use omuda_core::train::multires::{
-    crop_box_from_draws, crop_draw_count, fuse, hrda_loss, merge_windows, random_crop_box, CropBox, HrdaConfig,
-    MultiResolution,
+    crop_box_from_draws, crop_draw_count, fuse, hrda_loss, merge_windows, random_crop_box, CropBox,
+    HrdaConfig, MultiResolution,
 };
 use omuda_core::train::objective::SegObjective;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/hrda.safetensors");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/hrda.safetensors"
+);
 /// f32 computation against float64 references: |a − b| ≤ TOL·max(1, |b|).
 const TOL: f64 = 2e-5;
 
@@ -31,22 +34,46 @@ impl Fixtures {
         Self(map)
     }
     fn get(&self, key: &str) -> Tensor {
-        self.0.get(key).unwrap_or_else(|| panic!("fixture {key} missing from {FIXTURES}")).clone()
+        self.0
+            .get(key)
+            .unwrap_or_else(|| panic!("fixture {key} missing from {FIXTURES}"))
+            .clone()
     }
     fn f32(&self, key: &str) -> Tensor {
         self.get(key).to_dtype(DType::F32).unwrap()
     }
     fn boxed(&self, key: &str) -> CropBox {
         let v = self.get(key).to_vec1::<i64>().unwrap();
-        CropBox { y1: v[0] as usize, y2: v[1] as usize, x1: v[2] as usize, x2: v[3] as usize }
+        CropBox {
+            y1: v[0] as usize,
+            y2: v[1] as usize,
+            x1: v[2] as usize,
+            x2: v[3] as usize,
+        }
     }
 }
 
 fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
     assert_eq!(a.dims(), b.dims(), "{what}: shape");
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0, f64::max);
+    let a = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let err = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+        .fold(0.0, f64::max);
     assert!(err <= TOL, "{what}: max err {err:.3e} > {TOL:.0e}");
 }
 
@@ -61,7 +88,11 @@ fn crop_boxes_follow_get_crop_bbox() {
         assert_eq!(crop_draw_count(h, ch, div), u(7), "{r:?}");
         assert_eq!(crop_draw_count(w, cw, div), u(8), "{r:?}");
         let b = crop_box_from_draws((h, w), [ch, cw], div, (u(5), u(6))).unwrap();
-        assert_eq!((b.y1, b.x1, b.height(), b.width()), (u(9), u(10), ch, cw), "{r:?}");
+        assert_eq!(
+            (b.y1, b.x1, b.height(), b.width()),
+            (u(9), u(10), ch, cw),
+            "{r:?}"
+        );
     }
     // 1024² crop, 512 detail crop, grid 8: 64 positions, the last at 504;
     // the detail crop never touches the bottom/right border.
@@ -69,7 +100,9 @@ fn crop_boxes_follow_get_crop_bbox() {
     let last = crop_box_from_draws((1024, 1024), [512, 512], 8, (63, 63)).unwrap();
     assert_eq!((last.y1, last.x1, last.y2, last.x2), (504, 504, 1016, 1016));
     assert!(crop_box_from_draws((1024, 1024), [512, 512], 8, (64, 0)).is_err());
-    let err = crop_box_from_draws((256, 256), [512, 512], 8, (0, 0)).unwrap_err().to_string();
+    let err = crop_box_from_draws((256, 256), [512, 512], 8, (0, 0))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("hr_crop"), "{err}");
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let (mut min, mut max) = (usize::MAX, 0);
@@ -98,7 +131,14 @@ fn window_grids_are_the_golden_boxes() {
             boxes.push((y, y + 1024, x, x + 1024));
         }
     }
-    assert_eq!(boxes, vec![(0, 1024, 0, 1024), (0, 1024, 512, 1536), (0, 1024, 1024, 2048)]);
+    assert_eq!(
+        boxes,
+        vec![
+            (0, 1024, 0, 1024),
+            (0, 1024, 512, 1536),
+            (0, 1024, 1024, 2048)
+        ]
+    );
 }
 
 #[test]
@@ -108,7 +148,16 @@ fn hr_window_merge_matches_decode_hr() {
     let mut boxes = Vec::new();
     for y in window_starts(64, 32, 16) {
         for x in window_starts(64, 32, 16) {
-            boxes.push(CropBox { y1: y, y2: y + 32, x1: x, x2: x + 32 }.scaled_down(4).unwrap());
+            boxes.push(
+                CropBox {
+                    y1: y,
+                    y2: y + 32,
+                    x1: x,
+                    x2: x + 32,
+                }
+                .scaled_down(4)
+                .unwrap(),
+            );
         }
     }
     assert_eq!(boxes.len(), 9);
@@ -138,15 +187,30 @@ fn training_fusion_matches_the_reference() {
             (16, 16),
         )
         .unwrap();
-        assert_close(&out.fused, &f.get(&(p.clone() + "fused")), &format!("{case} fused"));
-        assert_close(&out.lr_weighted, &f.get(&(p.clone() + "lr_w")), &format!("{case} lr_w"));
+        assert_close(
+            &out.fused,
+            &f.get(&(p.clone() + "fused")),
+            &format!("{case} fused"),
+        );
+        assert_close(
+            &out.lr_weighted,
+            &f.get(&(p.clone() + "lr_w")),
+            &format!("{case} lr_w"),
+        );
     }
 }
 
 #[test]
 fn inference_fusion_matches_the_reference() {
     let f = Fixtures::load();
-    let out = fuse(&f.f32("infer.lr"), &f.f32("infer.hr"), &f.f32("infer.att"), None, (16, 16)).unwrap();
+    let out = fuse(
+        &f.f32("infer.lr"),
+        &f.f32("infer.hr"),
+        &f.f32("infer.att"),
+        None,
+        (16, 16),
+    )
+    .unwrap();
     assert_close(&out.fused, &f.get("infer.fused"), "inference fused");
 }
 
@@ -162,7 +226,14 @@ fn hrda_loss_and_gradients_match_the_reference() {
             let lr = Var::from_tensor(&f.f32(&(p.clone() + "lr"))).unwrap();
             let hr = Var::from_tensor(&f.f32(&(p.clone() + "hr"))).unwrap();
             let att = Var::from_tensor(&f.f32(&(p.clone() + "att"))).unwrap();
-            let out = fuse(lr.as_tensor(), hr.as_tensor(), att.as_tensor(), Some(boxes_of(&b)), (16, 16)).unwrap();
+            let out = fuse(
+                lr.as_tensor(),
+                hr.as_tensor(),
+                att.as_tensor(),
+                Some(boxes_of(&b)),
+                (16, 16),
+            )
+            .unwrap();
             let (hwf, lwf) = (hw as f64 / 10.0, lw as f64 / 10.0);
             let loss = hrda_loss(
                 &out.fused,
@@ -178,11 +249,27 @@ fn hrda_loss_and_gradients_match_the_reference() {
             .unwrap();
             let s = format!("_{hw}_{lw}");
             let what = format!("{case} λ_hr {hwf} λ_lr {lwf}");
-            assert_close(&loss.reshape(1).unwrap(), &f.get(&(p.clone() + "loss" + &s)), &format!("{what} loss"));
+            assert_close(
+                &loss.reshape(1).unwrap(),
+                &f.get(&(p.clone() + "loss" + &s)),
+                &format!("{what} loss"),
+            );
             let g = loss.backward().unwrap();
-            assert_close(g.get(lr.as_tensor()).unwrap(), &f.get(&(p.clone() + "dlr" + &s)), &format!("{what} d lr"));
-            assert_close(g.get(hr.as_tensor()).unwrap(), &f.get(&(p.clone() + "dhr" + &s)), &format!("{what} d hr"));
-            assert_close(g.get(att.as_tensor()).unwrap(), &f.get(&(p.clone() + "datt" + &s)), &format!("{what} d att"));
+            assert_close(
+                g.get(lr.as_tensor()).unwrap(),
+                &f.get(&(p.clone() + "dlr" + &s)),
+                &format!("{what} d lr"),
+            );
+            assert_close(
+                g.get(hr.as_tensor()).unwrap(),
+                &f.get(&(p.clone() + "dhr" + &s)),
+                &format!("{what} d hr"),
+            );
+            assert_close(
+                g.get(att.as_tensor()).unwrap(),
+                &f.get(&(p.clone() + "datt" + &s)),
+                &format!("{what} d att"),
+            );
         }
     }
 }
@@ -203,7 +290,9 @@ fn tiny_model(vars: &VarMap, attention: bool) -> Box<dyn SegModel> {
 fn crop_batch() -> (Tensor, Tensor) {
     let x = Tensor::randn(0f32, 1.0, (2, 3, 128, 256), &Device::Cpu).unwrap();
     let y = Tensor::from_vec(
-        (0..2 * 128 * 256).map(|i| ((i / 7) % 4) as u32).collect::<Vec<_>>(),
+        (0..2 * 128 * 256)
+            .map(|i| ((i / 7) % 4) as u32)
+            .collect::<Vec<_>>(),
         (2, 128, 256),
         &Device::Cpu,
     )
@@ -229,8 +318,10 @@ fn scale_attention_head_has_hrda_names_and_only_when_asked() {
     let _ = tiny_model(&with, true);
     let names = |v: &VarMap| v.data().lock().unwrap().keys().cloned().collect::<Vec<_>>();
     assert!(names(&plain).iter().all(|n| !n.contains("scale_attention")));
-    let extra: Vec<String> =
-        names(&with).into_iter().filter(|n| n.starts_with("decode_head.scale_attention.")).collect();
+    let extra: Vec<String> = names(&with)
+        .into_iter()
+        .filter(|n| n.starts_with("decode_head.scale_attention."))
+        .collect();
     for want in [
         "embed_layers.0.proj.weight",
         "fuse_layer.conv.weight",
@@ -238,15 +329,25 @@ fn scale_attention_head_has_hrda_names_and_only_when_asked() {
         "conv_seg.weight",
         "conv_seg.bias",
     ] {
-        assert!(extra.iter().any(|n| n.ends_with(want)), "missing decode_head.scale_attention.{want} in {extra:?}");
+        assert!(
+            extra.iter().any(|n| n.ends_with(want)),
+            "missing decode_head.scale_attention.{want} in {extra:?}"
+        );
     }
     assert!(extra.iter().all(|n| !n.contains("aspp")), "{extra:?}");
     // Everything else is unchanged.
     assert_eq!(names(&with).len() - extra.len(), names(&plain).len());
     // Only DAFormer models take the attention head.
-    let cfg = ModelConfig { name: "segformer_tiny".into(), scale_attention: true, ..ModelConfig::default() };
+    let cfg = ModelConfig {
+        name: "segformer_tiny".into(),
+        scale_attention: true,
+        ..ModelConfig::default()
+    };
     let v = VarMap::new();
-    let err = build_segmentor(&cfg, seeded_var_builder(&v, 0, DType::F32, &Device::Cpu)).err().unwrap().to_string();
+    let err = build_segmentor(&cfg, seeded_var_builder(&v, 0, DType::F32, &Device::Cpu))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("scale_attention"), "{err}");
 }
 
@@ -262,17 +363,35 @@ fn main_weight_scales_the_fused_term_only() {
         // The same generator state each time: the same detail crop and dropout.
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let mut ctx = ForwardCtx::train(&mut rng);
-        let (loss, _) = obj.loss_with_main_weight(model.as_ref(), &x, &y, None, &mut ctx, main_weight).unwrap();
+        let (loss, _) = obj
+            .loss_with_main_weight(model.as_ref(), &x, &y, None, &mut ctx, main_weight)
+            .unwrap();
         loss.to_scalar::<f32>().unwrap() as f64
     };
     let plain = {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        obj.loss(model.as_ref(), &x, &y, None, &mut ForwardCtx::train(&mut rng)).unwrap().0.to_scalar::<f32>().unwrap() as f64
+        obj.loss(
+            model.as_ref(),
+            &x,
+            &y,
+            None,
+            &mut ForwardCtx::train(&mut rng),
+        )
+        .unwrap()
+        .0
+        .to_scalar::<f32>()
+        .unwrap() as f64
     };
     let (l0, l1, l2) = (at(0.0), at(1.0), at(2.0));
     assert_eq!(l1, plain, "weight 1 is the plain loss");
-    assert!(l0 > 0.0 && l0 < l1, "the detail term remains at weight 0: {l0} vs {l1}");
-    assert!(((l2 - l1) - (l1 - l0)).abs() < 1e-5 * l1, "linear in the weight: {l0} {l1} {l2}");
+    assert!(
+        l0 > 0.0 && l0 < l1,
+        "the detail term remains at weight 0: {l0} vs {l1}"
+    );
+    assert!(
+        ((l2 - l1) - (l1 - l0)).abs() < 1e-5 * l1,
+        "linear in the weight: {l0} {l1} {l2}"
+    );
 }
 
 #[test]
@@ -282,7 +401,15 @@ fn loss_reaches_attention_head_and_shared_encoder() {
     let obj = tiny_hrda();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let (x, y) = crop_batch();
-    let (loss, feats) = obj.loss(model.as_ref(), &x, &y, None, &mut ForwardCtx::train(&mut rng)).unwrap();
+    let (loss, feats) = obj
+        .loss(
+            model.as_ref(),
+            &x,
+            &y,
+            None,
+            &mut ForwardCtx::train(&mut rng),
+        )
+        .unwrap();
     // The returned features are the context (0.5×) features.
     assert_eq!(feats[0].dims()[2..], [16, 32]);
     assert_eq!(obj.feature_input(&x).unwrap().dims(), &[2, 3, 64, 128]);
@@ -296,12 +423,24 @@ fn loss_reaches_attention_head_and_shared_encoder() {
             continue;
         }
         match grads.get(var.as_tensor()) {
-            Some(g) if g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0 => {}
+            Some(g)
+                if g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0 => {}
             _ => missing.push(name.clone()),
         }
     }
-    assert!(missing.is_empty(), "parameters without gradient: {missing:?}");
-    assert!(data.keys().any(|n| n.starts_with("decode_head.scale_attention.")));
+    assert!(
+        missing.is_empty(),
+        "parameters without gradient: {missing:?}"
+    );
+    assert!(data
+        .keys()
+        .any(|n| n.starts_with("decode_head.scale_attention.")));
 }
 
 #[test]
@@ -311,17 +450,43 @@ fn loss_without_attention_head_or_with_a_bad_crop_is_an_error() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
     let y = Tensor::zeros((1, 64, 64), DType::U32, &Device::Cpu).unwrap();
-    let err =
-        tiny_hrda().loss(model.as_ref(), &x, &y, None, &mut ForwardCtx::train(&mut rng)).err().unwrap().to_string();
+    let err = tiny_hrda()
+        .loss(
+            model.as_ref(),
+            &x,
+            &y,
+            None,
+            &mut ForwardCtx::train(&mut rng),
+        )
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("scale_attention"), "{err}");
     let vars = VarMap::new();
     let model = tiny_model(&vars, true);
-    let big = MultiResolution::new(HrdaConfig { hr_crop: [96, 96], ..HrdaConfig::default() }).unwrap();
-    let err = big.loss(model.as_ref(), &x, &y, None, &mut ForwardCtx::train(&mut rng)).err().unwrap().to_string();
+    let big = MultiResolution::new(HrdaConfig {
+        hr_crop: [96, 96],
+        ..HrdaConfig::default()
+    })
+    .unwrap();
+    let err = big
+        .loss(
+            model.as_ref(),
+            &x,
+            &y,
+            None,
+            &mut ForwardCtx::train(&mut rng),
+        )
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("hr_crop"), "{err}");
-    assert!(
-        MultiResolution::new(HrdaConfig { hr_loss_weight: 0.8, lr_loss_weight: 0.5, ..HrdaConfig::default() }).is_err()
-    );
+    assert!(MultiResolution::new(HrdaConfig {
+        hr_loss_weight: 0.8,
+        lr_loss_weight: 0.5,
+        ..HrdaConfig::default()
+    })
+    .is_err());
 }
 
 #[test]
@@ -331,19 +496,37 @@ fn outer_sliding_window_runs_hrda_inference_per_window() {
     let obj = tiny_hrda();
     let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 128), &Device::Cpu).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let wide = obj.logits(model.as_ref(), &x, &mut ForwardCtx::eval(&mut rng)).unwrap();
+    let wide = obj
+        .logits(model.as_ref(), &x, &mut ForwardCtx::eval(&mut rng))
+        .unwrap();
     assert_eq!(wide.dims(), &[1, 4, 64, 128]);
     // Windows 64×64 at x ∈ {0, 32, 64}: columns 0..32 come from the first
     // window only, so they equal the whole-window HRDA inference there.
     let left = x.narrow(3, 0, 64).unwrap();
-    let alone = obj.logits(model.as_ref(), &left, &mut ForwardCtx::eval(&mut rng)).unwrap();
+    let alone = obj
+        .logits(model.as_ref(), &left, &mut ForwardCtx::eval(&mut rng))
+        .unwrap();
     let a = wide.narrow(3, 0, 32).unwrap();
     let b = alone.narrow(3, 0, 32).unwrap();
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(d < 1e-5, "{d}");
     // Columns 32..64 are the mean of two windows: not the first window alone.
     let a = wide.narrow(3, 32, 32).unwrap();
     let b = alone.narrow(3, 32, 32).unwrap();
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(d > 1e-6, "{d}");
 }

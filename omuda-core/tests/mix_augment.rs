@@ -177,7 +177,11 @@ fn choose_classes_count_subset_and_determinism() {
 fn one_mix_image_label_and_weight() {
     let mask = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &dev()).unwrap();
     // Image (C=2, 2, 2): mask broadcast over channels.
-    let a = Tensor::new(&[[[1f32, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]], &dev()).unwrap();
+    let a = Tensor::new(
+        &[[[1f32, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]],
+        &dev(),
+    )
+    .unwrap();
     let b = a.affine(-1.0, 0.0).unwrap();
     let m = one_mix(&mask, &a, &b).unwrap();
     assert_eq!(v1(&m), vec![1.0, -2.0, -3.0, 4.0, 5.0, -6.0, -7.0, 8.0]);
@@ -206,8 +210,11 @@ fn one_mix_rejects_mismatched_mask() {
 
 #[test]
 fn class_mix_pastes_source_with_weight_one() {
-    let src_lbl =
-        Tensor::new(&[[[0u32, 1, 2], [1, 1, 0]], [[2, 2, 255], [0, 1, 2]]], &dev()).unwrap();
+    let src_lbl = Tensor::new(
+        &[[[0u32, 1, 2], [1, 1, 0]], [[2, 2, 255], [0, 1, 2]]],
+        &dev(),
+    )
+    .unwrap();
     let tgt_pl = Tensor::new(&[[[5u32, 5, 5], [5, 5, 5]], [[6, 6, 6], [6, 6, 6]]], &dev()).unwrap();
     let q = 0.375f32;
     let tgt_w = Tensor::full(q, (2, 2, 3), &dev()).unwrap();

@@ -274,7 +274,10 @@ fn batch_norm_train_matches_composed_and_updates_running_stats() {
         )
         .unwrap();
     varmap
-        .set_one("bn.bias", Tensor::new(&[0.1f32, 0.2, -0.3], &dev()).unwrap())
+        .set_one(
+            "bn.bias",
+            Tensor::new(&[0.1f32, 0.2, -0.3], &dev()).unwrap(),
+        )
         .unwrap();
     let get = |n: &str| varmap.data().lock().unwrap()[n].as_tensor().clone();
     let (w, b) = (get("bn.weight"), get("bn.bias"));

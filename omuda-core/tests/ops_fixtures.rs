@@ -35,8 +35,9 @@ struct Fixtures(HashMap<String, Tensor>);
 
 impl Fixtures {
     fn load() -> Self {
-        let map = candle_core::safetensors::load(FIXTURES, &omuda_core::device::test_device().unwrap())
-            .unwrap_or_else(|e| panic!("cannot load {FIXTURES}: {e} (run gen_ops.py)"));
+        let map =
+            candle_core::safetensors::load(FIXTURES, &omuda_core::device::test_device().unwrap())
+                .unwrap_or_else(|e| panic!("cannot load {FIXTURES}: {e} (run gen_ops.py)"));
         Self(map)
     }
 

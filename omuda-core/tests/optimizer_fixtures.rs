@@ -9,18 +9,38 @@ use candle_nn::VarMap;
 use omuda_core::train::ema::ema_update;
 use omuda_core::train::optimizer::{AdamW, AdamWConfig};
 
-const NAMES: [&str; 3] = ["backbone.block1.attn.q.weight", "backbone.norm1.weight", "decode_head.fuse.weight"];
+const NAMES: [&str; 3] = [
+    "backbone.block1.attn.q.weight",
+    "backbone.norm1.weight",
+    "decode_head.fuse.weight",
+];
 
 fn fixtures() -> HashMap<String, Tensor> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/optimizer.safetensors");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/optimizer.safetensors"
+    );
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
 /// Largest |a − b| relative to the largest |b|.
 fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let m = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let m = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     d / m.max(1e-30)
 }
 
@@ -28,7 +48,14 @@ fn var_map(fx: &HashMap<String, Tensor>) -> VarMap {
     let mut vm = VarMap::new();
     for name in NAMES {
         let init = &fx[&format!("init.{name}")];
-        vm.get(init.dims(), name, candle_nn::Init::Const(0.0), DType::F32, &Device::Cpu).unwrap();
+        vm.get(
+            init.dims(),
+            name,
+            candle_nn::Init::Const(0.0),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         vm.set_one(name, init).unwrap();
     }
     vm
@@ -61,11 +88,20 @@ fn adamw_with_groups_matches_torch() {
         let want = &fx[&format!("final.{name}")];
         let init = &fx[&format!("init.{name}")];
         let moved = rel_diff(init, want);
-        assert!(moved > 1e-3, "{name}: the fixture must move the parameter ({moved})");
+        assert!(
+            moved > 1e-3,
+            "{name}: the fixture must move the parameter ({moved})"
+        );
         let d = rel_diff(var.as_tensor(), want);
-        assert!(d < 2e-6, "{name}: parameter differs from torch by {d} (relative)");
+        assert!(
+            d < 2e-6,
+            "{name}: parameter differs from torch by {d} (relative)"
+        );
         for (ours, theirs) in [("m", "m"), ("v", "v")] {
-            let d = rel_diff(&state[&format!("{ours}.{name}")], &fx[&format!("{theirs}.{name}")]);
+            let d = rel_diff(
+                &state[&format!("{ours}.{name}")],
+                &fx[&format!("{theirs}.{name}")],
+            );
             assert!(d < 2e-6, "{name}: moment {ours} differs from torch by {d}");
         }
     }
@@ -76,7 +112,15 @@ fn ema_matches_torch() {
     let fx = fixtures();
     let make = |key: &str| {
         let mut vm = VarMap::new();
-        let v = vm.get(1000, "w", candle_nn::Init::Const(0.0), DType::F32, &Device::Cpu).unwrap();
+        let v = vm
+            .get(
+                1000,
+                "w",
+                candle_nn::Init::Const(0.0),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
         vm.set_one("w", &fx[key]).unwrap();
         (vm, v)
     };

@@ -13,7 +13,12 @@ use omuda_core::data::synth_rcs::{samples_with_class, synth_class_stats, synth_r
 use rand::SeedableRng;
 
 fn small() -> SynthConfig {
-    SynthConfig { height: 32, width: 64, train_size: 40, ..SynthConfig::default() }
+    SynthConfig {
+        height: 32,
+        width: 64,
+        train_size: 40,
+        ..SynthConfig::default()
+    }
 }
 
 #[test]
@@ -24,7 +29,10 @@ fn stats_count_the_generated_labels() {
     for i in [0usize, 13, 39] {
         let s = generate(&cfg, 7, Domain::Source, Split::Train, i);
         let mut want = vec![0u64; 19];
-        s.label.iter().filter(|&&l| l < 19).for_each(|&l| want[l as usize] += 1);
+        s.label
+            .iter()
+            .filter(|&&l| l < 19)
+            .for_each(|&l| want[l as usize] += 1);
         let got = &stats[i];
         assert_eq!(got.file, i.to_string());
         for (c, n) in &got.counts {
@@ -37,7 +45,11 @@ fn stats_count_the_generated_labels() {
 #[test]
 fn sampler_follows_the_reference_rules() {
     let cfg = small();
-    let rcs = RcsConfig { class_temp: 0.01, min_pixels: 3, min_crop_ratio: 0.5 };
+    let rcs = RcsConfig {
+        class_temp: 0.01,
+        min_pixels: 3,
+        min_crop_ratio: 0.5,
+    };
     let stats = synth_class_stats(&cfg, 7, Domain::Source);
     let swc = samples_with_class(&stats);
     let sampler = synth_rcs(&cfg, 7, Domain::Source, &rcs).unwrap();
@@ -46,7 +58,10 @@ fn sampler_follows_the_reference_rules() {
     assert_eq!(sampler.probs, probs);
     // Candidates: the frames with strictly more than min_pixels of the class.
     for (k, &c) in sampler.classes.iter().enumerate() {
-        let want: Vec<usize> = candidate_files(&swc, c, 3).iter().map(|f| f.parse().unwrap()).collect();
+        let want: Vec<usize> = candidate_files(&swc, c, 3)
+            .iter()
+            .map(|f| f.parse().unwrap())
+            .collect();
         assert_eq!(sampler.files[k], want, "class {c}");
         for &f in &sampler.files[k] {
             let n = stats[f].counts.iter().find(|(cc, _)| *cc == c).unwrap().1;
@@ -62,9 +77,23 @@ fn sampler_follows_the_reference_rules() {
         assert!(stats[f].counts.iter().any(|(cc, n)| *cc == c && *n > 3));
         hits += usize::from(c == rarest);
     }
-    assert!(hits as f32 > 200.0 * sampler.probs[0] * 0.8, "{hits} draws of the rarest class, P = {}", sampler.probs[0]);
+    assert!(
+        hits as f32 > 200.0 * sampler.probs[0] * 0.8,
+        "{hits} draws of the rarest class, P = {}",
+        sampler.probs[0]
+    );
     // A threshold no frame passes is an error that names the key to lower.
-    let e = synth_rcs(&cfg, 7, Domain::Source, &RcsConfig { min_pixels: 1 << 20, ..rcs }).unwrap_err().to_string();
+    let e = synth_rcs(
+        &cfg,
+        7,
+        Domain::Source,
+        &RcsConfig {
+            min_pixels: 1 << 20,
+            ..rcs
+        },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("rcs.min_pixels"), "{e}");
 }
 
@@ -72,9 +101,14 @@ fn sampler_follows_the_reference_rules() {
 fn loader_with_rcs_draws_class_then_frame_and_stays_deterministic() {
     use rand::Rng;
     let cfg = small();
-    let rcs = RcsConfig { class_temp: 0.01, min_pixels: 3, min_crop_ratio: 0.5 };
+    let rcs = RcsConfig {
+        class_temp: 0.01,
+        min_pixels: 3,
+        min_crop_ratio: 0.5,
+    };
     let sampler = Arc::new(synth_rcs(&cfg, 7, Domain::Source, &rcs).unwrap());
-    let mut l = SynthPairLoader::new(cfg.clone(), 7, Domain::Source, 2, 0, &Device::Cpu).with_rcs(sampler.clone());
+    let mut l = SynthPairLoader::new(cfg.clone(), 7, Domain::Source, 2, 0, &Device::Cpu)
+        .with_rcs(sampler.clone());
     for _ in 0..4 {
         // Replay the loader's generator: per slot a (class, frame) draw, then a flip.
         let mut r = l.rng().clone();
@@ -97,24 +131,48 @@ fn loader_with_rcs_draws_class_then_frame_and_stays_deterministic() {
                     row
                 })
                 .collect();
-            let got = b.source_label.get(i).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+            let got = b
+                .source_label
+                .get(i)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap();
             assert_eq!(got, want, "slot {i}: frame {f}");
             let n = got.iter().filter(|&&v| v == u32::from(c)).count();
-            assert!(n > 3, "slot {i}: frame {f} has {n} px of the sampled class {c}");
+            assert!(
+                n > 3,
+                "slot {i}: frame {f} has {n} px of the sampled class {c}"
+            );
         }
     }
     // Same seed, same batches.
-    let mut a = SynthPairLoader::new(cfg.clone(), 7, Domain::Source, 2, 3, &Device::Cpu).with_rcs(sampler.clone());
+    let mut a = SynthPairLoader::new(cfg.clone(), 7, Domain::Source, 2, 3, &Device::Cpu)
+        .with_rcs(sampler.clone());
     let mut b = SynthPairLoader::new(cfg, 7, Domain::Source, 2, 3, &Device::Cpu).with_rcs(sampler);
     for _ in 0..3 {
         let (x, y) = (a.next_batch().unwrap(), b.next_batch().unwrap());
-        assert_eq!(x.source_label.flatten_all().unwrap().to_vec1::<u32>().unwrap(), y.source_label.flatten_all().unwrap().to_vec1::<u32>().unwrap());
+        assert_eq!(
+            x.source_label
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap(),
+            y.source_label
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap()
+        );
     }
 }
 
 #[test]
 fn synth_rcs_settings_are_checked() {
-    let e = RunConfig::from_toml_str("[data.rcs]\nclass_temp = 0.0\n", "x.toml").unwrap_err().to_string();
+    let e = RunConfig::from_toml_str("[data.rcs]\nclass_temp = 0.0\n", "x.toml")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("data.rcs") && e.contains("class_temp"), "{e}");
     let cfg = RunConfig::from_toml_str("[data.rcs]\nmin_pixels = 50\n", "x.toml").unwrap();
     assert_eq!(cfg.data.rcs.unwrap().min_pixels, 50);

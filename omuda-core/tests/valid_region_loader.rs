@@ -25,9 +25,17 @@ fn tree(root: &Path, n: usize) {
     }
     for i in 0..n {
         let base = format!("aachen_{i:06}_000019");
-        write_rgb8(&root.join(format!("leftImg8bit/train/aachen/{base}_leftImg8bit.png")), W, H, &img).unwrap();
+        write_rgb8(
+            &root.join(format!("leftImg8bit/train/aachen/{base}_leftImg8bit.png")),
+            W,
+            H,
+            &img,
+        )
+        .unwrap();
         write_gray8(
-            &root.join(format!("gtFine/train/aachen/{base}_gtFine_labelTrainIds.png")),
+            &root.join(format!(
+                "gtFine/train/aachen/{base}_gtFine_labelTrainIds.png"
+            )),
             W,
             H,
             &vec![0u8; W * H],
@@ -38,10 +46,21 @@ fn tree(root: &Path, n: usize) {
 
 fn producer(root: &Path, margins: Option<[usize; 4]>) -> Producer {
     let ds = Arc::new(Dataset::open(DatasetKind::Cityscapes, root, "train").unwrap());
-    let pipe = PipelineConfig { scale: None, crop: Some([16, 24]), cat_max_ratio: 1.0, flip_prob: 0.5 };
+    let pipe = PipelineConfig {
+        scale: None,
+        crop: Some([16, 24]),
+        cat_max_ratio: 1.0,
+        flip_prob: 0.5,
+    };
     Producer::new(
-        DomainData { dataset: ds.clone(), pipeline: pipe.clone() },
-        DomainData { dataset: ds, pipeline: pipe },
+        DomainData {
+            dataset: ds.clone(),
+            pipeline: pipe.clone(),
+        },
+        DomainData {
+            dataset: ds,
+            pipeline: pipe,
+        },
         None,
         2,
         5,
@@ -70,7 +89,11 @@ fn margin_mask_is_cropped_and_flipped_with_the_target() {
             let red = &a.target_image[s * 3 * h * w..s * 3 * h * w + h * w];
             let valid = &a.target_valid[s * h * w..(s + 1) * h * w];
             for (p, (&r, &v)) in red.iter().zip(valid).enumerate() {
-                assert_eq!(v, if r > 0.0 { 1.0 } else { 0.0 }, "batch {index} slot {s} pixel {p}");
+                assert_eq!(
+                    v,
+                    if r > 0.0 { 1.0 } else { 0.0 },
+                    "batch {index} slot {s} pixel {p}"
+                );
             }
             if valid.contains(&0.0) && valid.contains(&1.0) {
                 mixed += 1;
@@ -85,5 +108,8 @@ fn margin_mask_is_cropped_and_flipped_with_the_target() {
         let t = a.to_uda_batch(&candle_core::Device::Cpu).unwrap();
         assert_eq!(t.target_valid.unwrap().dims(), &[n, h, w]);
     }
-    assert!(mixed > 0 && left_cut > 0 && right_cut > 0, "crops at the sides not drawn: {mixed} {left_cut} {right_cut}");
+    assert!(
+        mixed > 0 && left_cut > 0 && right_cut > 0,
+        "crops at the sides not drawn: {mixed} {left_cut} {right_cut}"
+    );
 }

@@ -200,7 +200,9 @@ fn hrda_checkpoint_names_load_strictly() {
     let mut tensors = Vec::new();
     for (name, t) in daformer_tensors().into_iter().chain(attention.clone()) {
         let hrda = match name.strip_prefix("decode_head.") {
-            Some(rest) if !rest.starts_with("scale_attention.") => format!("decode_head.head.{rest}"),
+            Some(rest) if !rest.starts_with("scale_attention.") => {
+                format!("decode_head.head.{rest}")
+            }
             _ => name.clone(),
         };
         tensors.push((format!("ema_model.{hrda}"), t.clone()));
@@ -216,7 +218,10 @@ fn hrda_checkpoint_names_load_strictly() {
         .unwrap();
     assert_eq!(value(&vm, "decode_head.conv_seg.bias"), want);
     let (name, t) = &attention[0];
-    assert_eq!(value(&vm, name), t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    assert_eq!(
+        value(&vm, name),
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
 }
 
 /// Writes `tensors` as safetensors at `path`.

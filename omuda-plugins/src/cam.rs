@@ -38,7 +38,12 @@ impl Default for Cam {
 
 impl Cam {
     pub fn new(cfg: CamConfig, thing_classes: Vec<u32>) -> Self {
-        Self { cfg, thing_classes, metrics: Vec::new(), last_mask: None }
+        Self {
+            cfg,
+            thing_classes,
+            metrics: Vec::new(),
+            last_mask: None,
+        }
     }
 
     pub fn config(&self) -> &CamConfig {
@@ -57,15 +62,30 @@ impl Cam {
     }
 
     /// Keep-masks (B, 1, H, W) for the pseudo-labels (B, H, W) and what they realised.
-    pub fn batch_mask(&self, label: &Tensor, num_classes: usize, rng: &mut ChaCha8Rng) -> Result<(Tensor, CamMaskStats)> {
+    pub fn batch_mask(
+        &self,
+        label: &Tensor,
+        num_classes: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(Tensor, CamMaskStats)> {
         let (b, h, w) = label.dims3()?;
         let is_thing = thing_table(&self.thing_classes, num_classes);
         let params = self.mask_params(h);
-        let labels = label.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let labels = label
+            .flatten_all()?
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?;
         let mut keep = Vec::with_capacity(b * h * w);
         let mut stats = CamMaskStats::default();
         for i in 0..b {
-            let (k, st) = cam_mask(&labels[i * h * w..(i + 1) * h * w], h, w, &is_thing, &params, rng)?;
+            let (k, st) = cam_mask(
+                &labels[i * h * w..(i + 1) * h * w],
+                h,
+                w,
+                &is_thing,
+                &params,
+                rng,
+            )?;
             keep.extend(k);
             stats.add(&st);
         }
@@ -94,7 +114,12 @@ impl StepHook for Cam {
     }
 
     /// `context_mix`: keep only the thing classes of the ClassMix masks.
-    fn on_mix_masks(&mut self, masks: &mut Vec<Tensor>, view: &StepView, _rng: &mut ChaCha8Rng) -> Result<()> {
+    fn on_mix_masks(
+        &mut self,
+        masks: &mut Vec<Tensor>,
+        view: &StepView,
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<()> {
         if !self.cfg.context_mix {
             return Ok(());
         }
@@ -106,7 +131,13 @@ impl StepHook for Cam {
                 .flatten_all()?
                 .to_vec1::<u32>()?
                 .iter()
-                .map(|&c| if is_thing.get(c as usize).copied().unwrap_or(false) { 1.0 } else { 0.0 })
+                .map(|&c| {
+                    if is_thing.get(c as usize).copied().unwrap_or(false) {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             let things = Tensor::from_vec(things, (h, w), m.device())?.to_dtype(m.dtype())?;
             *m = m.mul(&things)?;
@@ -130,19 +161,42 @@ impl StepHook for Cam {
         self.last_mask = Some(keep.clone());
         // 4. The host's loss with the host's pixel weights and target averaging.
         let ones = pseudo.weight.ones_like()?;
-        let weight = view.target_averaging.weights(&pseudo.label, &ones, &pseudo.weight, view.num_classes)?;
+        let weight = view.target_averaging.weights(
+            &pseudo.label,
+            &ones,
+            &pseudo.weight,
+            view.num_classes,
+        )?;
         let (loss, _) = {
             let mut ctx = ForwardCtx::train(rng);
-            view.objective.loss(view.student, &masked, &pseudo.label, Some(&weight), &mut ctx)?
+            view.objective.loss(
+                view.student,
+                &masked,
+                &pseudo.label,
+                Some(&weight),
+                &mut ctx,
+            )?
         };
         let share = |a: usize, n: usize| if n == 0 { 0.0 } else { a as f64 / n as f64 };
         self.metrics = vec![
             ("masked_share".into(), stats.masked_share()),
-            ("fg_block_share".into(), share(stats.fg_blocks, stats.blocks)),
-            ("fg_masked_share".into(), share(stats.fg_masked, stats.fg_pixels)),
-            ("bg_masked_share".into(), share(stats.bg_masked, stats.bg_pixels)),
+            (
+                "fg_block_share".into(),
+                share(stats.fg_blocks, stats.blocks),
+            ),
+            (
+                "fg_masked_share".into(),
+                share(stats.fg_masked, stats.fg_pixels),
+            ),
+            (
+                "bg_masked_share".into(),
+                share(stats.bg_masked, stats.bg_pixels),
+            ),
         ];
-        Ok(vec![NamedLoss { name: "loss_cam".into(), value: (loss * self.cfg.weight)? }])
+        Ok(vec![NamedLoss {
+            name: "loss_cam".into(),
+            value: (loss * self.cfg.weight)?,
+        }])
     }
 
     fn metrics(&self) -> Vec<(String, f64)> {
@@ -150,6 +204,9 @@ impl StepHook for Cam {
     }
 
     fn debug_masks(&self) -> Vec<(String, Tensor)> {
-        self.last_mask.iter().map(|m| ("CAM mask".to_string(), m.clone())).collect()
+        self.last_mask
+            .iter()
+            .map(|m| ("CAM mask".to_string(), m.clone()))
+            .collect()
     }
 }

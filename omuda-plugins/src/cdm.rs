@@ -32,7 +32,15 @@ impl Default for Cdm {
 /// `τ_c = τ · μ_c / max_k μ_k` (all `τ` when every μ is 0).
 pub fn class_thresholds(mu: &[f64], tau: f32) -> Vec<f32> {
     let max = mu.iter().cloned().fold(0.0f64, f64::max);
-    mu.iter().map(|&m| if max > 0.0 { (tau as f64 * m / max) as f32 } else { tau }).collect()
+    mu.iter()
+        .map(|&m| {
+            if max > 0.0 {
+                (tau as f64 * m / max) as f32
+            } else {
+                tau
+            }
+        })
+        .collect()
 }
 
 /// The weight of a pixel with confidence `conf` and class threshold `thr`:
@@ -78,7 +86,11 @@ pub fn update_class_means(mu: &mut [f64], label: &[u32], conf: &[f32], momentum:
 
 impl Cdm {
     pub fn new(cfg: CdmConfig) -> Self {
-        Self { cfg, mu: Vec::new(), metrics: Vec::new() }
+        Self {
+            cfg,
+            mu: Vec::new(),
+            metrics: Vec::new(),
+        }
     }
 
     /// The running class means μ (empty before the first step).
@@ -95,8 +107,16 @@ impl Cdm {
     /// Pixel weights (B, H, W) of pseudo-labels under the current class thresholds.
     pub fn weights(&self, pseudo: &PseudoLabels, tau: f32) -> Result<Tensor> {
         let thr = class_thresholds(&self.mu, tau);
-        let label = pseudo.label.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-        let conf = pseudo.confidence.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let label = pseudo
+            .label
+            .flatten_all()?
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?;
+        let conf = pseudo
+            .confidence
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         let w: Vec<f32> = label
             .iter()
             .zip(&conf)
@@ -105,7 +125,11 @@ impl Cdm {
                 None => 0.0,
             })
             .collect();
-        Ok(Tensor::from_vec(w, pseudo.confidence.shape(), pseudo.confidence.device())?)
+        Ok(Tensor::from_vec(
+            w,
+            pseudo.confidence.shape(),
+            pseudo.confidence.device(),
+        )?)
     }
 }
 
@@ -115,10 +139,17 @@ impl StepHook for Cdm {
     }
 
     fn target_averaging(&self) -> Option<TargetAveraging> {
-        self.cfg.class_balanced.then_some(TargetAveraging::ClassBalanced)
+        self.cfg
+            .class_balanced
+            .then_some(TargetAveraging::ClassBalanced)
     }
 
-    fn on_pseudo_labels(&mut self, pseudo: &mut PseudoLabels, view: &StepView, _rng: &mut ChaCha8Rng) -> Result<()> {
+    fn on_pseudo_labels(
+        &mut self,
+        pseudo: &mut PseudoLabels,
+        view: &StepView,
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<()> {
         self.ensure_init(view.num_classes);
         let tau = self.cfg.threshold.unwrap_or(view.spec.uda.pseudo_threshold);
         let mut w = self.weights(pseudo, tau)?;
@@ -136,13 +167,29 @@ impl StepHook for Cdm {
             return Ok(());
         };
         self.ensure_init(view.num_classes);
-        let label = pseudo.label.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-        let conf = pseudo.confidence.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let label = pseudo
+            .label
+            .flatten_all()?
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?;
+        let conf = pseudo
+            .confidence
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         update_class_means(&mut self.mu, &label, &conf, self.cfg.momentum);
-        let mean_w = pseudo.weight.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?;
+        let mean_w = pseudo
+            .weight
+            .to_dtype(DType::F64)?
+            .mean_all()?
+            .to_scalar::<f64>()?;
         self.metrics.push(("weight_mean".into(), mean_w));
         for (c, m) in self.mu.iter().enumerate() {
-            let name = if c < 256 { class_name(c as u8).replace(' ', "_") } else { c.to_string() };
+            let name = if c < 256 {
+                class_name(c as u8).replace(' ', "_")
+            } else {
+                c.to_string()
+            };
             self.metrics.push((format!("mu.{name}"), *m));
         }
         Ok(())
@@ -157,11 +204,16 @@ impl StepHook for Cdm {
             return Ok(HashMap::new());
         }
         let n = self.mu.len();
-        Ok(HashMap::from([("mu".to_string(), Tensor::from_vec(self.mu.clone(), n, &candle_core::Device::Cpu)?)]))
+        Ok(HashMap::from([(
+            "mu".to_string(),
+            Tensor::from_vec(self.mu.clone(), n, &candle_core::Device::Cpu)?,
+        )]))
     }
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
-        let mu = state.get("mu").ok_or_else(|| Error::msg("cdm state: no tensor `mu` (expected the class means, shape (K,))"))?;
+        let mu = state.get("mu").ok_or_else(|| {
+            Error::msg("cdm state: no tensor `mu` (expected the class means, shape (K,))")
+        })?;
         self.mu = mu.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         Ok(())
     }

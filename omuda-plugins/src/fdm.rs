@@ -20,7 +20,9 @@ use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda_core::{Error, Result};
 
 use crate::cam::thing_table;
-use crate::masks::{cell_mean, downscale_label_ratio, masked_feature_distance, random_block_mask, IGNORE};
+use crate::masks::{
+    cell_mean, downscale_label_ratio, masked_feature_distance, random_block_mask, IGNORE,
+};
 
 /// Feature Distillation Masking.
 pub struct Fdm {
@@ -54,7 +56,15 @@ pub fn cell_mask(
     let k = is_thing.len();
     let mut out = Vec::with_capacity(b * hf * wf);
     for i in 0..b {
-        let lab = downscale_label_ratio(&label[i * h * w..(i + 1) * h * w], h, w, hf, wf, min_ratio, k)?;
+        let lab = downscale_label_ratio(
+            &label[i * h * w..(i + 1) * h * w],
+            h,
+            w,
+            hf,
+            wf,
+            min_ratio,
+            k,
+        )?;
         let conf = match confidence {
             Some(c) => Some(cell_mean(&c[i * h * w..(i + 1) * h * w], h, w, hf, wf)?),
             None => None,
@@ -70,7 +80,12 @@ pub fn cell_mask(
 
 impl Fdm {
     pub fn new(cfg: FdmConfig, thing_classes: Vec<u32>) -> Self {
-        Self { cfg, thing_classes, frozen: None, metrics: Vec::new() }
+        Self {
+            cfg,
+            thing_classes,
+            frozen: None,
+            metrics: Vec::new(),
+        }
     }
 
     pub fn config(&self) -> &FdmConfig {
@@ -86,7 +101,10 @@ impl Fdm {
             let (model, vars, _) = build_initial(&view.spec.model, view.spec.seed, device)?;
             if let Some(path) = &self.cfg.encoder {
                 // `{seed}` in the path stands for the run's seed (one encoder per seed).
-                let path = PathBuf::from(path.to_string_lossy().replace("{seed}", &view.spec.seed.to_string()));
+                let path = PathBuf::from(
+                    path.to_string_lossy()
+                        .replace("{seed}", &view.spec.seed.to_string()),
+                );
                 load_encoder(&vars, &path)?;
             }
             self.frozen = Some((model, vars));
@@ -99,12 +117,23 @@ impl Fdm {
 
     /// One distillation term on `image` with per-pixel `label` (and the
     /// pseudo-label `confidence` on the target). None when no cell is kept.
-    fn distil(&mut self, view: &StepView, image: &Tensor, label: &Tensor, confidence: Option<&Tensor>, rng: &mut ChaCha8Rng) -> Result<Option<Tensor>> {
+    fn distil(
+        &mut self,
+        view: &StepView,
+        image: &Tensor,
+        label: &Tensor,
+        confidence: Option<&Tensor>,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Option<Tensor>> {
         let device = image.device().clone();
         let (b, _, h, w) = image.dims4()?;
         let is_thing = thing_table(&self.thing_classes, view.num_classes);
         let threshold = view.spec.uda.pseudo_threshold;
-        let (cfg_layer, ratio, block) = (self.cfg.layer, self.cfg.downscale_label_ratio, scaled_block(self.cfg.block_size, self.cfg.reference_height, h));
+        let (cfg_layer, ratio, block) = (
+            self.cfg.layer,
+            self.cfg.downscale_label_ratio,
+            scaled_block(self.cfg.block_size, self.cfg.reference_height, h),
+        );
         let mask_ratio = self.cfg.mask_ratio;
         // E₀ on the unmasked image, no graph, evaluation mode.
         let f0 = {
@@ -114,12 +143,23 @@ impl Fdm {
             feats[level_index(cfg_layer, feats.len(), "plugin.fdm.layer")?].detach()
         };
         let (_, _, hf, wf) = f0.dims4()?;
-        let lab = label.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let lab = label
+            .flatten_all()?
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?;
         let conf = match confidence {
             Some(c) => Some(c.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
             None => None,
         };
-        let cells = cell_mask(&lab, conf.as_deref(), (b, h, w), (hf, wf), &is_thing, ratio, threshold)?;
+        let cells = cell_mask(
+            &lab,
+            conf.as_deref(),
+            (b, h, w),
+            (hf, wf),
+            &is_thing,
+            ratio,
+            threshold,
+        )?;
         let kept = cells.iter().filter(|&&v| v > 0.0).count();
         if kept == 0 {
             return Ok(None);
@@ -144,16 +184,35 @@ impl Fdm {
 /// Load the variables of `vars` found in the safetensors file `path`. Every
 /// variable whose name contains `encoder` must be present with its shape.
 pub fn load_encoder(vars: &VarMap, path: &Path) -> Result<()> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::file(path, e.to_string()))?;
-    let data = vars.data().lock().map_err(|_| Error::msg("VarMap lock poisoned"))?;
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|_| Error::msg("VarMap lock poisoned"))?;
     for (name, var) in data.iter() {
         match tensors.get(name) {
-            Some(t) if t.shape() == var.shape() => var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?,
+            Some(t) if t.shape() == var.shape() => {
+                var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?
+            }
             Some(t) => {
-                return Err(Error::file(path, format!("tensor `{name}` has shape {:?}, expected {:?}", t.shape(), var.shape())))
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "tensor `{name}` has shape {:?}, expected {:?}",
+                        t.shape(),
+                        var.shape()
+                    ),
+                ))
             }
             None if name.contains("encoder") => {
-                return Err(Error::file(path, format!("no tensor `{name}` (expected shape {:?}) for the FDM encoder", var.shape())))
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "no tensor `{name}` (expected shape {:?}) for the FDM encoder",
+                        var.shape()
+                    ),
+                ))
             }
             None => {}
         }
@@ -174,14 +233,34 @@ impl StepHook for Fdm {
         self.metrics.clear();
         let mut out = Vec::new();
         let zero = || Tensor::new(0f32, view.batch.source_image.device());
-        let src = self.distil(view, &view.batch.source_image, &view.batch.source_label, None, rng)?;
-        self.metrics.push(("no_cells_src".into(), if src.is_none() { 1.0 } else { 0.0 }));
-        out.push(NamedLoss { name: "loss_fdm_src".into(), value: (src.map_or_else(zero, Ok)? * self.cfg.weight)? });
+        let src = self.distil(
+            view,
+            &view.batch.source_image,
+            &view.batch.source_label,
+            None,
+            rng,
+        )?;
+        self.metrics
+            .push(("no_cells_src".into(), if src.is_none() { 1.0 } else { 0.0 }));
+        out.push(NamedLoss {
+            name: "loss_fdm_src".into(),
+            value: (src.map_or_else(zero, Ok)? * self.cfg.weight)?,
+        });
         if self.cfg.on_target {
             if let Some(p) = view.pseudo {
-                let tgt = self.distil(view, &view.batch.target_image, &p.label, Some(&p.confidence), rng)?;
-                self.metrics.push(("no_cells_tgt".into(), if tgt.is_none() { 1.0 } else { 0.0 }));
-                out.push(NamedLoss { name: "loss_fdm_tgt".into(), value: (tgt.map_or_else(zero, Ok)? * self.cfg.weight)? });
+                let tgt = self.distil(
+                    view,
+                    &view.batch.target_image,
+                    &p.label,
+                    Some(&p.confidence),
+                    rng,
+                )?;
+                self.metrics
+                    .push(("no_cells_tgt".into(), if tgt.is_none() { 1.0 } else { 0.0 }));
+                out.push(NamedLoss {
+                    name: "loss_fdm_tgt".into(),
+                    value: (tgt.map_or_else(zero, Ok)? * self.cfg.weight)?,
+                });
             }
         }
         Ok(out)

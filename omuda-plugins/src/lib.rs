@@ -61,7 +61,10 @@ pub fn build_plugin(name: &str, cfg: &PluginsConfig) -> Result<Box<dyn MaskingPl
         other => {
             return Err(Error::Config {
                 origin: "plugins".into(),
-                message: format!("unknown plugin {other:?}; available: {}", PLUGIN_NAMES.join(", ")),
+                message: format!(
+                    "unknown plugin {other:?}; available: {}",
+                    PLUGIN_NAMES.join(", ")
+                ),
             })
         }
     })
@@ -69,7 +72,11 @@ pub fn build_plugin(name: &str, cfg: &PluginsConfig) -> Result<Box<dyn MaskingPl
 
 /// `method` with the plugins `names` attached in the given order (the
 /// `plugins = [...]` list of a run configuration).
-pub fn attach(mut method: SelfTraining, names: &[String], cfg: &PluginsConfig) -> Result<SelfTraining> {
+pub fn attach(
+    mut method: SelfTraining,
+    names: &[String],
+    cfg: &PluginsConfig,
+) -> Result<SelfTraining> {
     for name in names {
         method.add_hook(build_plugin(name, cfg)?);
     }

@@ -56,7 +56,13 @@ impl CamMaskStats {
 /// Share of the pixels of rows `y0..y1`, columns `x0..x1` of `label` (row
 /// width `w`) whose class is a thing class (`is_thing[c]`); ignored pixels
 /// count as not thing.
-pub fn fg_fraction(label: &[u32], w: usize, (y0, y1): (usize, usize), (x0, x1): (usize, usize), is_thing: &[bool]) -> f32 {
+pub fn fg_fraction(
+    label: &[u32],
+    w: usize,
+    (y0, y1): (usize, usize),
+    (x0, x1): (usize, usize),
+    is_thing: &[bool],
+) -> f32 {
     let n = (y1 - y0) * (x1 - x0);
     if n == 0 {
         return 0.0;
@@ -93,7 +99,10 @@ pub fn cam_mask<R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Result<(Vec<f32>, CamMaskStats)> {
     if label.len() != h * w {
-        return Err(Error::msg(format!("cam_mask: label has {} values, expected {h}×{w}", label.len())));
+        return Err(Error::msg(format!(
+            "cam_mask: label has {} values, expected {h}×{w}",
+            label.len()
+        )));
     }
     if p.block == 0 || p.divisor == 0 {
         return Err(Error::msg("cam_mask: block and divisor must be at least 1"));
@@ -104,7 +113,9 @@ pub fn cam_mask<R: Rng + ?Sized>(
     let mut st = CamMaskStats::default();
     let fill = |keep: &mut Vec<f32>, (y0, y1): (usize, usize), (x0, x1): (usize, usize)| {
         for y in y0..y1 {
-            keep[y * w + x0..y * w + x1].iter_mut().for_each(|v| *v = 0.0);
+            keep[y * w + x0..y * w + x1]
+                .iter_mut()
+                .for_each(|v| *v = 0.0);
         }
     };
     for by in (0..h).step_by(b) {
@@ -140,14 +151,22 @@ pub fn cam_mask<R: Rng + ?Sized>(
 /// `block` pixels from the top-left, each masked with probability `ratio`
 /// (MIC `BlockMaskGenerator`: keep iff a uniform draw is `> ratio`; here
 /// masked iff the draw is `< ratio`). One draw per block, row-major.
-pub fn random_block_mask<R: Rng + ?Sized>(h: usize, w: usize, block: usize, ratio: f32, rng: &mut R) -> Vec<f32> {
+pub fn random_block_mask<R: Rng + ?Sized>(
+    h: usize,
+    w: usize,
+    block: usize,
+    ratio: f32,
+    rng: &mut R,
+) -> Vec<f32> {
     let b = block.max(1);
     let mut keep = vec![1f32; h * w];
     for by in (0..h).step_by(b) {
         for bx in (0..w).step_by(b) {
             if rng.gen::<f32>() < ratio {
                 for y in by..(by + b).min(h) {
-                    keep[y * w + bx..y * w + (bx + b).min(w)].iter_mut().for_each(|v| *v = 0.0);
+                    keep[y * w + bx..y * w + (bx + b).min(w)]
+                        .iter_mut()
+                        .for_each(|v| *v = 0.0);
                 }
             }
         }
@@ -158,7 +177,9 @@ pub fn random_block_mask<R: Rng + ?Sized>(h: usize, w: usize, block: usize, rati
 /// Cell size of a `(h, w)` image over an `(hf, wf)` feature grid: `(h / hf, w / wf)`.
 fn cell_size(h: usize, w: usize, hf: usize, wf: usize) -> Result<(usize, usize)> {
     if hf == 0 || wf == 0 || hf > h || wf > w {
-        return Err(Error::msg(format!("feature grid {hf}×{wf} does not fit an image of {h}×{w}")));
+        return Err(Error::msg(format!(
+            "feature grid {hf}×{wf} does not fit an image of {h}×{w}"
+        )));
     }
     Ok((h / hf, w / wf))
 }
@@ -169,23 +190,39 @@ fn cell_size(h: usize, w: usize, hf: usize, wf: usize) -> Result<(usize, usize)>
 /// `(h/hf) × (w/wf)` pixels; ignored pixels count as an extra class; the cell
 /// gets its majority class if that class is a real class covering at least
 /// `min_ratio` of the cell, else [`IGNORE`]. Ties go to the lowest class.
-pub fn downscale_label_ratio(label: &[u32], h: usize, w: usize, hf: usize, wf: usize, min_ratio: f32, num_classes: usize) -> Result<Vec<u32>> {
+pub fn downscale_label_ratio(
+    label: &[u32],
+    h: usize,
+    w: usize,
+    hf: usize,
+    wf: usize,
+    min_ratio: f32,
+    num_classes: usize,
+) -> Result<Vec<u32>> {
     if label.len() != h * w {
-        return Err(Error::msg(format!("downscale_label_ratio: label has {} values, expected {h}×{w}", label.len())));
+        return Err(Error::msg(format!(
+            "downscale_label_ratio: label has {} values, expected {h}×{w}",
+            label.len()
+        )));
     }
     let cells = cell_size(h, w, hf, wf)?;
     let out = downscale_label_cells(label, (h, w), cells, min_ratio, num_classes)?;
     // When the cells do not tile the image exactly there can be more of them
     // than the feature grid has: keep the top-left `hf × wf`.
     let full_w = w / cells.1;
-    Ok((0..hf).flat_map(|y| out[y * full_w..y * full_w + wf].iter().copied()).collect())
+    Ok((0..hf)
+        .flat_map(|y| out[y * full_w..y * full_w + wf].iter().copied())
+        .collect())
 }
 
 /// Mean of `values` (h·w) over each cell of an `hf × wf` grid (cells as in
 /// [`downscale_label_ratio`]).
 pub fn cell_mean(values: &[f32], h: usize, w: usize, hf: usize, wf: usize) -> Result<Vec<f32>> {
     if values.len() != h * w {
-        return Err(Error::msg(format!("cell_mean: {} values, expected {h}×{w}", values.len())));
+        return Err(Error::msg(format!(
+            "cell_mean: {} values, expected {h}×{w}",
+            values.len()
+        )));
     }
     let (sh, sw) = cell_size(h, w, hf, wf)?;
     let mut out = vec![0f32; hf * wf];
@@ -193,7 +230,10 @@ pub fn cell_mean(values: &[f32], h: usize, w: usize, hf: usize, wf: usize) -> Re
         for cx in 0..wf {
             let mut s = 0f64;
             for y in cy * sh..(cy + 1) * sh {
-                s += values[y * w + cx * sw..y * w + (cx + 1) * sw].iter().map(|&v| v as f64).sum::<f64>();
+                s += values[y * w + cx * sw..y * w + (cx + 1) * sw]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
             }
             out[cy * wf + cx] = (s / (sh * sw) as f64) as f32;
         }

@@ -1,13 +1,14 @@
 //! The plugins' maths on hand-made tensors and buffers.
 
 use candle_core::{DType, Device, Tensor, Var};
+use omuda_core::ops::feature_distance::level_index;
 use omuda_core::train::class_balanced_weight;
 use omuda_core::train::plugin::{scaled_block, CdmMode};
 use omuda_plugins::cdm::{class_thresholds, pixel_weight, update_class_means};
-use omuda_core::ops::feature_distance::level_index;
 use omuda_plugins::fdm::cell_mask;
 use omuda_plugins::masks::{
-    cam_mask, cell_mean, downscale_label_ratio, fg_fraction, masked_feature_distance, random_block_mask, CamMaskParams, IGNORE,
+    cam_mask, cell_mean, downscale_label_ratio, fg_fraction, masked_feature_distance,
+    random_block_mask, CamMaskParams, IGNORE,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -16,11 +17,19 @@ const THING: u32 = 13;
 const STUFF: u32 = 0;
 
 fn things() -> Vec<bool> {
-    (0..19).map(|c| [6, 7, 11, 12, 13, 14, 15, 16, 17, 18].contains(&c)).collect()
+    (0..19)
+        .map(|c| [6, 7, 11, 12, 13, 14, 15, 16, 17, 18].contains(&c))
+        .collect()
 }
 
 fn params(fg: f32, bg: f32) -> CamMaskParams {
-    CamMaskParams { block: 4, divisor: 2, fg_min_fraction: 0.1, bg_mask_ratio: bg, fg_mask_ratio: fg }
+    CamMaskParams {
+        block: 4,
+        divisor: 2,
+        fg_min_fraction: 0.1,
+        bg_mask_ratio: bg,
+        fg_mask_ratio: fg,
+    }
 }
 
 /// 8×8 label, blocks of 4: top-left block 2/16 thing pixels (12.5 %, foreground),
@@ -48,7 +57,10 @@ fn cam_classifies_blocks_by_foreground_fraction() {
             assert_eq!(keep[y * 8 + x], expect, "pixel ({y}, {x})");
         }
     }
-    assert_eq!((st.fg_masked, st.fg_pixels, st.bg_masked, st.bg_pixels), (0, 16, 48, 48));
+    assert_eq!(
+        (st.fg_masked, st.fg_pixels, st.bg_masked, st.bg_pixels),
+        (0, 16, 48, 48)
+    );
     // Raising the threshold above 12.5 % turns the block into background.
     let mut p = params(0.0, 1.0);
     p.fg_min_fraction = 0.13;
@@ -68,8 +80,13 @@ fn cam_masks_foreground_in_sub_blocks() {
         let mut masked_subs = 0;
         for sy in [0, 2] {
             for sx in [0, 2] {
-                let v: Vec<f32> = (0..4).map(|i| keep[(sy + i / 2) * 8 + sx + i % 2]).collect();
-                assert!(v.iter().all(|&x| x == v[0]), "sub-block ({sy}, {sx}) split: {v:?}");
+                let v: Vec<f32> = (0..4)
+                    .map(|i| keep[(sy + i / 2) * 8 + sx + i % 2])
+                    .collect();
+                assert!(
+                    v.iter().all(|&x| x == v[0]),
+                    "sub-block ({sy}, {sx}) split: {v:?}"
+                );
                 masked_subs += (v[0] == 0.0) as usize;
             }
         }
@@ -77,16 +94,29 @@ fn cam_masks_foreground_in_sub_blocks() {
             partial += 1;
         }
         // Background blocks (ratio 0) are never masked.
-        assert!((0..64).filter(|i| i / 8 >= 4 || i % 8 >= 4).all(|i| keep[i] == 1.0));
+        assert!((0..64)
+            .filter(|i| i / 8 >= 4 || i % 8 >= 4)
+            .all(|i| keep[i] == 1.0));
     }
-    assert!(partial > 50, "sub-blocks are drawn independently ({partial} of 200 draws partial)");
+    assert!(
+        partial > 50,
+        "sub-blocks are drawn independently ({partial} of 200 draws partial)"
+    );
 }
 
 #[test]
 fn cam_realises_the_ratios_over_many_draws() {
     // 64×64, left half things, right half stuff, blocks of 8.
-    let l: Vec<u32> = (0..64 * 64).map(|i| if i % 64 < 32 { THING } else { STUFF }).collect();
-    let p = CamMaskParams { block: 8, divisor: 2, fg_min_fraction: 0.1, bg_mask_ratio: 0.7, fg_mask_ratio: 0.3 };
+    let l: Vec<u32> = (0..64 * 64)
+        .map(|i| if i % 64 < 32 { THING } else { STUFF })
+        .collect();
+    let p = CamMaskParams {
+        block: 8,
+        divisor: 2,
+        fg_min_fraction: 0.1,
+        bg_mask_ratio: 0.7,
+        fg_mask_ratio: 0.3,
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(42);
     let (mut fgm, mut fgn, mut bgm, mut bgn) = (0, 0, 0, 0);
     for _ in 0..100 {
@@ -112,7 +142,13 @@ fn cam_realises_the_ratios_over_many_draws() {
 fn cam_edge_blocks_are_cut_at_the_border() {
     // 6×10 image with blocks of 4: 2×3 blocks, the last row/column cut.
     let l = vec![STUFF; 60];
-    let p = CamMaskParams { block: 4, divisor: 2, fg_min_fraction: 0.1, bg_mask_ratio: 1.0, fg_mask_ratio: 0.0 };
+    let p = CamMaskParams {
+        block: 4,
+        divisor: 2,
+        fg_min_fraction: 0.1,
+        bg_mask_ratio: 1.0,
+        fg_mask_ratio: 0.0,
+    };
     let (keep, st) = cam_mask(&l, 6, 10, &things(), &p, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
     assert_eq!(st.blocks, 6);
     assert_eq!(st.bg_pixels, 60);
@@ -155,7 +191,9 @@ fn cdm_class_thresholds_and_weights() {
         assert!((t - e).abs() < 1e-6, "{thr:?}");
     }
     // Initial state: every class at 1/K gives the host threshold for all.
-    assert!(class_thresholds(&[1.0 / 19.0; 19], 0.968).iter().all(|&t| (t - 0.968).abs() < 1e-6));
+    assert!(class_thresholds(&[1.0 / 19.0; 19], 0.968)
+        .iter()
+        .all(|&t| (t - 0.968).abs() < 1e-6));
     assert_eq!(pixel_weight(0.5, 0.484, CdmMode::Hard), 1.0);
     assert_eq!(pixel_weight(0.48, 0.484, CdmMode::Hard), 0.0);
     assert_eq!(pixel_weight(0.968, 0.968, CdmMode::Hard), 1.0);
@@ -185,14 +223,24 @@ fn cdm_weights_from_given_statistics() {
     let mut mu = vec![0.1f64; 19];
     mu[0] = 0.9;
     mu[1] = 0.45;
-    cdm.load_state(&HashMap::from([("mu".to_string(), Tensor::new(mu.as_slice(), &dev).unwrap())])).unwrap();
+    cdm.load_state(&HashMap::from([(
+        "mu".to_string(),
+        Tensor::new(mu.as_slice(), &dev).unwrap(),
+    )]))
+    .unwrap();
     let pl = PseudoLabels {
         label: Tensor::new(&[[[0u32, 0, 1, 1]]], &dev).unwrap(),
         confidence: Tensor::new(&[[[0.97f32, 0.9, 0.5, 0.4]]], &dev).unwrap(),
         weight: Tensor::zeros((1, 1, 4), DType::F32, &dev).unwrap(),
     };
     // τ_0 = 0.968, τ_1 = 0.484.
-    let w = cdm.weights(&pl, 0.968).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let w = cdm
+        .weights(&pl, 0.968)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(w, [1.0, 0.0, 1.0, 0.0]);
     let state = cdm.state().unwrap();
     assert_eq!(state["mu"].to_vec1::<f64>().unwrap(), mu);
@@ -225,7 +273,9 @@ fn downscaled_labels_and_cell_means() {
     assert_eq!(mask, [0.0; 4]);
     assert_eq!(level_index(-1, 4, "plugin.fdm.layer").unwrap(), 3);
     assert_eq!(level_index(1, 4, "plugin.fdm.layer").unwrap(), 1);
-    let err = level_index(-5, 4, "plugin.fdm.layer").unwrap_err().to_string();
+    let err = level_index(-5, 4, "plugin.fdm.layer")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("plugin.fdm.layer"), "{err}");
 }
 
@@ -233,25 +283,43 @@ fn downscaled_labels_and_cell_means() {
 fn masked_feature_distance_and_its_gradient() {
     let dev = Device::Cpu;
     // (B=1, C=2, h=1, w=2): cell 0 differs by (3, 4), cell 1 by (0, 0).
-    let f = Var::from_tensor(&Tensor::new(&[[[[3f32, 1.0]], [[4.0, 2.0]]]], &dev).unwrap()).unwrap();
+    let f =
+        Var::from_tensor(&Tensor::new(&[[[[3f32, 1.0]], [[4.0, 2.0]]]], &dev).unwrap()).unwrap();
     let f0 = Tensor::new(&[[[[0f32, 1.0]], [[0.0, 2.0]]]], &dev).unwrap();
     let one = Tensor::new(&[[[1f32, 0.0]]], &dev).unwrap();
     let both = Tensor::new(&[[[1f32, 1.0]]], &dev).unwrap();
-    let d = masked_feature_distance(f.as_tensor(), &f0, &one).unwrap().unwrap();
+    let d = masked_feature_distance(f.as_tensor(), &f0, &one)
+        .unwrap()
+        .unwrap();
     assert!((d.to_scalar::<f32>().unwrap() - 5.0).abs() < 1e-5);
-    let d2 = masked_feature_distance(f.as_tensor(), &f0, &both).unwrap().unwrap();
+    let d2 = masked_feature_distance(f.as_tensor(), &f0, &both)
+        .unwrap()
+        .unwrap();
     assert!((d2.to_scalar::<f32>().unwrap() - 2.5).abs() < 1e-5);
     // ∂/∂f of the mean = (f − f0)/‖f − f0‖ / count on kept cells; finite at a zero distance.
     let g = d2.backward().unwrap();
-    let g = g.get(f.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let g = g
+        .get(f.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let expect = [0.3f32, 0.0, 0.4, 0.0];
     for (a, e) in g.iter().zip(expect) {
         assert!((a - e).abs() < 1e-4, "{g:?}");
     }
     // Empty mask: no loss.
     let none = Tensor::zeros((1, 1, 2), DType::F32, &dev).unwrap();
-    assert!(masked_feature_distance(f.as_tensor(), &f0, &none).unwrap().is_none());
-    assert!(masked_feature_distance(f.as_tensor(), &f0, &Tensor::zeros((1, 2, 2), DType::F32, &dev).unwrap()).is_err());
+    assert!(masked_feature_distance(f.as_tensor(), &f0, &none)
+        .unwrap()
+        .is_none());
+    assert!(masked_feature_distance(
+        f.as_tensor(),
+        &f0,
+        &Tensor::zeros((1, 2, 2), DType::F32, &dev).unwrap()
+    )
+    .is_err());
 }
 
 #[test]
@@ -261,7 +329,12 @@ fn class_balanced_averaging() {
     let label = Tensor::new(&[[[0u32, 0, 0, 1, 2]]], &dev).unwrap();
     let target = Tensor::new(&[[[1f32, 1.0, 1.0, 1.0, 0.0]]], &dev).unwrap();
     let weight = Tensor::new(&[[[1f32, 1.0, 0.5, 1.0, 1.0]]], &dev).unwrap();
-    let w = class_balanced_weight(&label, &target, &weight, 19).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let w = class_balanced_weight(&label, &target, &weight, 19)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     // N_t = 4, |C| = 2: class 0 × 4/(2·3), class 1 × 4/(2·1), the source pixel unchanged.
     let expect = [4.0 / 6.0, 4.0 / 6.0, 0.5 * 4.0 / 6.0, 2.0, 1.0];
     for (a, e) in w.iter().zip(expect) {
@@ -277,7 +350,18 @@ fn class_balanced_averaging() {
     // Ignored labels keep their weight and count in no class.
     let label = Tensor::new(&[[[0u32, 255]]], &dev).unwrap();
     let ones = Tensor::ones((1, 1, 2), DType::F32, &dev).unwrap();
-    let w = class_balanced_weight(&label, &ones, &ones, 19).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let w = class_balanced_weight(&label, &ones, &ones, 19)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(w, [1.0, 1.0]);
-    assert!(class_balanced_weight(&label, &ones, &Tensor::ones((1, 2), DType::F32, &dev).unwrap(), 19).is_err());
+    assert!(class_balanced_weight(
+        &label,
+        &ones,
+        &Tensor::ones((1, 2), DType::F32, &dev).unwrap(),
+        19
+    )
+    .is_err());
 }

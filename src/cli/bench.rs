@@ -159,29 +159,43 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // again with it set. (`main` has already set the glibc malloc tunables; the
     // PyTorch reference inherits the same environment.)
     let want_threads = args.threads.map(|n| n.to_string());
-    let threads_differ = want_threads.as_ref().is_some_and(|n| std::env::var("RAYON_NUM_THREADS").ok().as_ref() != Some(n));
+    let threads_differ = want_threads
+        .as_ref()
+        .is_some_and(|n| std::env::var("RAYON_NUM_THREADS").ok().as_ref() != Some(n));
     if threads_differ {
         if args.threads == Some(0) {
-            return Err(Error::Config { origin: "--threads".into(), message: "must be at least 1".into() });
+            return Err(Error::Config {
+                origin: "--threads".into(),
+                message: "must be at least 1".into(),
+            });
         }
-        let exe = std::env::current_exe().map_err(|e| Error::msg(format!("omuda bench: cannot find its own binary: {e}")))?;
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::msg(format!("omuda bench: cannot find its own binary: {e}")))?;
         let mut cmd = std::process::Command::new(exe);
         cmd.args(std::env::args_os().skip(1));
         if let Some(n) = &want_threads {
             cmd.env("RAYON_NUM_THREADS", n).env("CANDLE_NUM_THREADS", n);
         }
-        let status =
-            cmd.status().map_err(|e| Error::msg(format!("omuda bench: cannot restart with --threads {}: {e}", args.threads.unwrap_or(0))))?;
+        let status = cmd.status().map_err(|e| {
+            Error::msg(format!(
+                "omuda bench: cannot restart with --threads {}: {e}",
+                args.threads.unwrap_or(0)
+            ))
+        })?;
         std::process::exit(status.code().unwrap_or(1));
     }
     let [h, w] = parse_crop(&args.crop)?;
     if args.batch == 0 || args.iters == 0 {
-        return Err(Error::Config { origin: "omuda bench".into(), message: "--batch and --iters must be at least 1".into() });
+        return Err(Error::Config {
+            origin: "omuda bench".into(),
+            message: "--batch and --iters must be at least 1".into(),
+        });
     }
     if args.compare_pytorch && (args.method != "dacs" || args.autocast != "f32") {
         return Err(Error::Config {
             origin: "--compare-pytorch".into(),
-            message: "the PyTorch reference times DACS in f32: use it without --method/--autocast".into(),
+            message: "the PyTorch reference times DACS in f32: use it without --method/--autocast"
+                .into(),
         });
     }
     let mut cfg = load_config(None)?;
@@ -190,7 +204,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "f32" => Autocast::F32,
         "bf16" => Autocast::Bf16,
         "f16" => Autocast::F16,
-        other => return Err(Error::Config { origin: "--autocast".into(), message: format!("{other:?}: expected f32, bf16 or f16") }),
+        other => {
+            return Err(Error::Config {
+                origin: "--autocast".into(),
+                message: format!("{other:?}: expected f32, bf16 or f16"),
+            })
+        }
     };
     cfg.train.batch_size = args.batch;
     cfg.train.iters = args.warmup + args.iters + 1;
@@ -253,17 +272,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let (eval_forward_s, eval_cpu) = (eval.map(|e| e.0), eval.map(|e| e.1));
     let (train_step_s, train_cpu) = (train.map(|t| t.0), train.map(|t| t.1));
-    let cpu_s = CpuTimes { eval_forward: eval_cpu, train_step: train_cpu, uda_iteration: uda_cpu };
-    let flops = flops::forward_flops(&args.model, args.batch, h, w, cfg.model.num_classes).map(|f| Flops {
-        eval_forward: f,
-        train_step: 3.0 * f,
-        uda_iteration: (args.method == "dacs").then_some(7.0 * f),
-    });
+    let cpu_s = CpuTimes {
+        eval_forward: eval_cpu,
+        train_step: train_cpu,
+        uda_iteration: uda_cpu,
+    };
+    let flops =
+        flops::forward_flops(&args.model, args.batch, h, w, cfg.model.num_classes).map(|f| Flops {
+            eval_forward: f,
+            train_step: 3.0 * f,
+            uda_iteration: (args.method == "dacs").then_some(7.0 * f),
+        });
     let peak_rss_mib = peak_rss_mib();
     let pytorch = if args.compare_pytorch {
         let repo = compare::repo_root()?;
         let python = compare::torch_python(&repo)?;
-        let json = std::env::temp_dir().join(format!("omuda-bench-pytorch-{}.json", std::process::id()));
+        let json =
+            std::env::temp_dir().join(format!("omuda-bench-pytorch-{}.json", std::process::id()));
         let run = compare::TorchRun {
             model: &args.model,
             crop: [h, w],
@@ -278,7 +303,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let _ = std::fs::remove_file(&json);
         // `--uda-only` conflicts with `--compare-pytorch`: both rows were timed.
         let (Some(eval_s), Some(train_s)) = (eval_forward_s, train_step_s) else {
-            return Err(Error::msg("omuda bench: --compare-pytorch needs the evaluation and training rows"));
+            return Err(Error::msg(
+                "omuda bench: --compare-pytorch needs the evaluation and training rows",
+            ));
         };
         Some(Comparison {
             ratio_eval_forward: eval_s / t.eval_forward_s,
@@ -318,7 +345,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     print_table(&report);
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| Error::file(path, e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::file(path, e.to_string()))?;
         write_atomic(path, text.as_bytes())?;
     }
     Ok(())
@@ -326,12 +354,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 fn print_table(r: &BenchReport) {
     let rows = [
-        ("eval forward", r.eval_forward_s, r.flops.as_ref().map(|f| f.eval_forward), r.pytorch.as_ref().map(|p| p.eval_forward_s)),
-        ("supervised train step", r.train_step_s, r.flops.as_ref().map(|f| f.train_step), r.pytorch.as_ref().map(|p| p.train_step_s)),
-        (r.uda_label.as_str(), r.uda_iteration_s, r.flops.as_ref().and_then(|f| f.uda_iteration), r.pytorch.as_ref().and_then(|p| p.uda_iteration_s)),
+        (
+            "eval forward",
+            r.eval_forward_s,
+            r.flops.as_ref().map(|f| f.eval_forward),
+            r.pytorch.as_ref().map(|p| p.eval_forward_s),
+        ),
+        (
+            "supervised train step",
+            r.train_step_s,
+            r.flops.as_ref().map(|f| f.train_step),
+            r.pytorch.as_ref().map(|p| p.train_step_s),
+        ),
+        (
+            r.uda_label.as_str(),
+            r.uda_iteration_s,
+            r.flops.as_ref().and_then(|f| f.uda_iteration),
+            r.pytorch.as_ref().and_then(|p| p.uda_iteration_s),
+        ),
     ];
-    let gflops = |f: Option<f64>, t: f64| f.map_or("-".to_string(), |f| format!("{:.1}", f / t / 1e9));
-    println!("{} {}x{} batch {}, {} threads, {} parameters", r.model, r.crop[0], r.crop[1], r.batch, r.threads, r.parameters);
+    let gflops =
+        |f: Option<f64>, t: f64| f.map_or("-".to_string(), |f| format!("{:.1}", f / t / 1e9));
+    println!(
+        "{} {}x{} batch {}, {} threads, {} parameters",
+        r.model, r.crop[0], r.crop[1], r.batch, r.threads, r.parameters
+    );
     if let Some(p) = &r.pytorch {
         println!("PyTorch: {}, {} parameters", p.framework, p.parameters);
         println!("| measurement | GFLOP | omuda s | omuda GFLOP/s | PyTorch s | PyTorch GFLOP/s | omuda/PyTorch |");
@@ -345,40 +392,80 @@ fn print_table(r: &BenchReport) {
         let g = f.map_or("-".to_string(), |f| format!("{:.2}", f / 1e9));
         match (&r.pytorch, pt) {
             (Some(_), Some(pt)) => {
-                println!("| {name} | {g} | {t:.4} | {} | {pt:.4} | {} | {:.2} |", gflops(f, t), gflops(f, pt), t / pt)
+                println!(
+                    "| {name} | {g} | {t:.4} | {} | {pt:.4} | {} | {:.2} |",
+                    gflops(f, t),
+                    gflops(f, pt),
+                    t / pt
+                )
             }
             _ => println!("| {name} | {g} | {t:.4} | {} |", gflops(f, t)),
         }
     }
     let cpu_rows = [
-        ("eval forward", r.cpu_s.eval_forward, r.pytorch.as_ref().map(|p| p.cpu_s.eval_forward)),
-        ("supervised train step", r.cpu_s.train_step, r.pytorch.as_ref().map(|p| p.cpu_s.train_step)),
-        (r.uda_label.as_str(), r.cpu_s.uda_iteration, r.pytorch.as_ref().and_then(|p| p.cpu_s.uda_iteration)),
+        (
+            "eval forward",
+            r.cpu_s.eval_forward,
+            r.pytorch.as_ref().map(|p| p.cpu_s.eval_forward),
+        ),
+        (
+            "supervised train step",
+            r.cpu_s.train_step,
+            r.pytorch.as_ref().map(|p| p.cpu_s.train_step),
+        ),
+        (
+            r.uda_label.as_str(),
+            r.cpu_s.uda_iteration,
+            r.pytorch.as_ref().and_then(|p| p.cpu_s.uda_iteration),
+        ),
     ];
     println!("CPU time (user + system, median), s:");
     for (name, t, pt) in cpu_rows {
         match (t, pt) {
-            (Some(t), Some(pt)) => println!("| {name} | omuda {t:.3} | PyTorch {pt:.3} | {:.2} |", t / pt),
+            (Some(t), Some(pt)) => println!(
+                "| {name} | omuda {t:.3} | PyTorch {pt:.3} | {:.2} |",
+                t / pt
+            ),
             (Some(t), None) => println!("| {name} | {t:.3} |"),
             _ => {}
         }
     }
     if let Some(u) = &r.updates {
         println!("parameter updates, s (fused kernel / composed Candle ops):");
-        println!("| AdamW step | {:.4} | {:.4} | {:.2} |", u.adamw_fused_s, u.adamw_composed_s, u.adamw_fused_s / u.adamw_composed_s);
-        println!("| EMA update | {:.4} | {:.4} | {:.2} |", u.ema_fused_s, u.ema_composed_s, u.ema_fused_s / u.ema_composed_s);
+        println!(
+            "| AdamW step | {:.4} | {:.4} | {:.2} |",
+            u.adamw_fused_s,
+            u.adamw_composed_s,
+            u.adamw_fused_s / u.adamw_composed_s
+        );
+        println!(
+            "| EMA update | {:.4} | {:.4} | {:.2} |",
+            u.ema_fused_s,
+            u.ema_composed_s,
+            u.ema_fused_s / u.ema_composed_s
+        );
     }
     match (r.peak_rss_mib, &r.pytorch) {
-        (Some(m), Some(p)) => println!("peak RSS: omuda {m:.0} MiB, PyTorch {:.0} MiB, ratio {:.2}", p.peak_rss_mib, m / p.peak_rss_mib),
+        (Some(m), Some(p)) => println!(
+            "peak RSS: omuda {m:.0} MiB, PyTorch {:.0} MiB, ratio {:.2}",
+            p.peak_rss_mib,
+            m / p.peak_rss_mib
+        ),
         (Some(m), None) => println!("peak RSS: {m:.0} MiB"),
         _ => {}
     }
 }
 
 fn parse_crop(text: &str) -> Result<[usize; 2]> {
-    let bad = || Error::Config { origin: "--crop".into(), message: format!("{text:?}: expected N or HxW, e.g. 512 or 512x1024") };
+    let bad = || Error::Config {
+        origin: "--crop".into(),
+        message: format!("{text:?}: expected N or HxW, e.g. 512 or 512x1024"),
+    };
     let parts: Vec<&str> = text.split(['x', 'X']).collect();
-    let nums: Vec<usize> = parts.iter().map(|p| p.trim().parse::<usize>().map_err(|_| bad())).collect::<Result<_>>()?;
+    let nums: Vec<usize> = parts
+        .iter()
+        .map(|p| p.trim().parse::<usize>().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
     match nums.as_slice() {
         [n] if *n > 0 => Ok([*n, *n]),
         [h, w] if *h > 0 && *w > 0 => Ok([*h, *w]),
@@ -390,33 +477,66 @@ fn random_batch(b: usize, h: usize, w: usize, classes: usize, device: &Device) -
     let source_image = Tensor::randn(0f32, 1.0, (b, 3, h, w), device)?;
     let target_image = Tensor::randn(0f32, 1.0, (b, 3, h, w), device)?;
     // Labels in blocks of 32 px, so ClassMix sees several classes per image.
-    let blocks = Tensor::rand(0f32, classes as f32, (b, 1, h.div_ceil(32), w.div_ceil(32)), device)?.floor()?;
+    let blocks = Tensor::rand(
+        0f32,
+        classes as f32,
+        (b, 1, h.div_ceil(32), w.div_ceil(32)),
+        device,
+    )?
+    .floor()?;
     let source_label = blocks
         .upsample_nearest2d(h.div_ceil(32) * 32, w.div_ceil(32) * 32)?
         .narrow(2, 0, h)?
         .narrow(3, 0, w)?
         .squeeze(1)?
         .to_dtype(DType::U32)?;
-    Ok(UdaBatch { source_image, source_label, target_image, target_valid: None })
+    Ok(UdaBatch {
+        source_image,
+        source_label,
+        target_image,
+        target_valid: None,
+    })
 }
 
 /// Trainable parameters of the method's student (BatchNorm running
 /// statistics live in the VarMap too and are not counted).
 fn trainable_parameters(method: &SelfTraining) -> Result<usize> {
-    let data = method.student_vars().data().lock().map_err(|_| Error::msg("student VarMap lock poisoned"))?;
-    Ok(data.iter().filter(|(name, _)| !is_buffer(name)).map(|(_, v)| v.elem_count()).sum())
+    let data = method
+        .student_vars()
+        .data()
+        .lock()
+        .map_err(|_| Error::msg("student VarMap lock poisoned"))?;
+    Ok(data
+        .iter()
+        .filter(|(name, _)| !is_buffer(name))
+        .map(|(_, v)| v.elem_count())
+        .sum())
 }
 
 /// Times one AdamW step and one EMA update over the parameters of `student`,
 /// each with the fused kernels and with the composed Candle ops.
-fn time_updates(student: &VarMap, warmup: usize, iters: usize, device: &Device) -> Result<UpdateTimes> {
+fn time_updates(
+    student: &VarMap,
+    warmup: usize,
+    iters: usize,
+    device: &Device,
+) -> Result<UpdateTimes> {
     // A gradient for every parameter (d/dp Σp = 1) and a teacher with the same names.
     let teacher = VarMap::new();
     let mut loss: Option<Tensor> = None;
     {
-        let data = student.data().lock().map_err(|_| Error::msg("student VarMap lock poisoned"))?;
+        let data = student
+            .data()
+            .lock()
+            .map_err(|_| Error::msg("student VarMap lock poisoned"))?;
         for (name, var) in data.iter().filter(|(name, _)| !is_buffer(name)) {
-            teacher.get(var.shape(), name, candle_nn::Init::Const(0.0), var.dtype(), device)?;
+            teacher.get(
+                var.shape(),
+                name,
+                candle_nn::Init::Const(0.0),
+                var.dtype(),
+                device,
+            )?;
             let s = var.as_tensor().sum_all()?;
             loss = Some(match loss {
                 Some(l) => l.add(&s)?,
@@ -431,14 +551,28 @@ fn time_updates(student: &VarMap, warmup: usize, iters: usize, device: &Device) 
     let mut composed = AdamW::new_composed(student, AdamWConfig::default())?;
     let (adamw_fused_s, _) = median_time(warmup, iters, device, || fused.step(&grads, lr))?;
     let (adamw_composed_s, _) = median_time(warmup, iters, device, || composed.step(&grads, lr))?;
-    let (ema_fused_s, _) = median_time(warmup, iters, device, || Ok(ema_update(&teacher, student, 0.99)?))?;
-    let (ema_composed_s, _) = median_time(warmup, iters, device, || Ok(ema_update_composed(&teacher, student, 0.99)?))?;
-    Ok(UpdateTimes { adamw_fused_s, adamw_composed_s, ema_fused_s, ema_composed_s })
+    let (ema_fused_s, _) = median_time(warmup, iters, device, || {
+        Ok(ema_update(&teacher, student, 0.99)?)
+    })?;
+    let (ema_composed_s, _) = median_time(warmup, iters, device, || {
+        Ok(ema_update_composed(&teacher, student, 0.99)?)
+    })?;
+    Ok(UpdateTimes {
+        adamw_fused_s,
+        adamw_composed_s,
+        ema_fused_s,
+        ema_composed_s,
+    })
 }
 
 /// Median wall time and median process CPU time of `f` over `iters` runs
 /// after `warmup` runs; waits for the device to finish before reading the clocks.
-fn median_time(warmup: usize, iters: usize, device: &Device, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+fn median_time(
+    warmup: usize,
+    iters: usize,
+    device: &Device,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64)> {
     for _ in 0..warmup {
         f()?;
     }
@@ -462,11 +596,20 @@ fn median_time(warmup: usize, iters: usize, device: &Device, mut f: impl FnMut()
 /// User + system CPU time of this process so far, seconds (Linux
 /// `/proc/self/stat`, in clock ticks of 1/100 s; 0 elsewhere).
 fn process_cpu_s() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (tick(11) + tick(12)) / 100.0
 }
 

@@ -34,20 +34,29 @@ pub fn choose_python(env: Option<&str>, repo: &Path) -> Result<TorchPython> {
         if !path.is_file() {
             return Err(Error::Config {
                 origin: PYTHON_ENV.into(),
-                message: format!("{p:?} is not a file; expected the path of a Python interpreter with torch"),
+                message: format!(
+                    "{p:?} is not a file; expected the path of a Python interpreter with torch"
+                ),
             });
         }
         return Ok(TorchPython::FromEnv(path));
     }
     let venv = repo.join(".bench-venv");
     let python = venv.join("bin").join("python");
-    Ok(if python.is_file() { TorchPython::Venv(python) } else { TorchPython::CreateVenv(venv) })
+    Ok(if python.is_file() {
+        TorchPython::Venv(python)
+    } else {
+        TorchPython::CreateVenv(venv)
+    })
 }
 
 /// The repository root holding `bench/pytorch_reference.py`: the source tree the
 /// binary was built from, else the current folder.
 pub fn repo_root() -> Result<PathBuf> {
-    let candidates = [PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from(".")];
+    let candidates = [
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        PathBuf::from("."),
+    ];
     candidates
         .into_iter()
         .find(|d| d.join("bench/pytorch_reference.py").is_file())
@@ -61,7 +70,9 @@ pub fn repo_root() -> Result<PathBuf> {
 }
 
 fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().map_err(|e| Error::msg(format!("{what}: cannot start: {e}")))?;
+    let status = cmd
+        .status()
+        .map_err(|e| Error::msg(format!("{what}: cannot start: {e}")))?;
     if !status.success() {
         return Err(Error::msg(format!("{what}: failed ({status})")));
     }
@@ -69,7 +80,11 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
 }
 
 fn imports_torch(python: &Path) -> bool {
-    Command::new(python).args(["-c", "import torch"]).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new(python)
+        .args(["-c", "import torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// A Python that imports torch, installing it into the local venv if needed.
@@ -88,13 +103,22 @@ pub fn torch_python(repo: &Path) -> Result<PathBuf> {
         TorchPython::Venv(p) => p,
         TorchPython::CreateVenv(dir) => {
             eprintln!("bench: creating {} (python3 -m venv)", dir.display());
-            run_checked(Command::new("python3").arg("-m").arg("venv").arg(&dir), "python3 -m venv")?;
+            run_checked(
+                Command::new("python3").arg("-m").arg("venv").arg(&dir),
+                "python3 -m venv",
+            )?;
             dir.join("bin").join("python")
         }
     };
     if !imports_torch(&python) {
-        eprintln!("bench: installing torch into {} (pip install torch)", python.display());
-        run_checked(Command::new(&python).args(["-m", "pip", "install", "torch"]), "pip install torch")?;
+        eprintln!(
+            "bench: installing torch into {} (pip install torch)",
+            python.display()
+        );
+        run_checked(
+            Command::new(&python).args(["-m", "pip", "install", "torch"]),
+            "pip install torch",
+        )?;
     }
     Ok(python)
 }
@@ -133,7 +157,12 @@ pub struct TorchRun<'a> {
 }
 
 /// Runs the reference script and reads its JSON report.
-pub fn run_reference(python: &Path, repo: &Path, run: &TorchRun, json: &Path) -> Result<TorchReport> {
+pub fn run_reference(
+    python: &Path,
+    repo: &Path,
+    run: &TorchRun,
+    json: &Path,
+) -> Result<TorchReport> {
     let mut cmd = Command::new(python);
     cmd.arg(repo.join("bench/pytorch_reference.py"))
         .args(["--model", run.model])
@@ -152,13 +181,15 @@ pub fn run_reference(python: &Path, repo: &Path, run: &TorchRun, json: &Path) ->
     // workers sleep instead of spinning (unless the caller chose otherwise), as
     // omuda's own pool does (`CANDLE_BARRIER_POOL_SPIN_LIMIT=0`): on a shared
     // machine spinning workers make PyTorch's step several times slower.
-    cmd.env("OMP_NUM_THREADS", run.threads.to_string()).env("CUDA_VISIBLE_DEVICES", "");
+    cmd.env("OMP_NUM_THREADS", run.threads.to_string())
+        .env("CUDA_VISIBLE_DEVICES", "");
     if std::env::var_os("OMP_WAIT_POLICY").is_none() {
         cmd.env("OMP_WAIT_POLICY", "PASSIVE");
     }
     run_checked(&mut cmd, "bench/pytorch_reference.py")?;
     let text = std::fs::read_to_string(json).map_err(|e| Error::file(json, e.to_string()))?;
-    serde_json::from_str(&text).map_err(|e| Error::file(json, format!("not a reference report: {e}")))
+    serde_json::from_str(&text)
+        .map_err(|e| Error::file(json, format!("not a reference report: {e}")))
 }
 
 #[cfg(test)]
@@ -170,20 +201,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path();
         // Nothing there: create the venv.
-        assert_eq!(choose_python(None, repo).unwrap(), TorchPython::CreateVenv(repo.join(".bench-venv")));
-        assert_eq!(choose_python(Some("  "), repo).unwrap(), TorchPython::CreateVenv(repo.join(".bench-venv")));
+        assert_eq!(
+            choose_python(None, repo).unwrap(),
+            TorchPython::CreateVenv(repo.join(".bench-venv"))
+        );
+        assert_eq!(
+            choose_python(Some("  "), repo).unwrap(),
+            TorchPython::CreateVenv(repo.join(".bench-venv"))
+        );
         // A venv with an interpreter: use it.
         let py = repo.join(".bench-venv/bin/python");
         std::fs::create_dir_all(py.parent().unwrap()).unwrap();
         std::fs::write(&py, "").unwrap();
-        assert_eq!(choose_python(None, repo).unwrap(), TorchPython::Venv(py.clone()));
+        assert_eq!(
+            choose_python(None, repo).unwrap(),
+            TorchPython::Venv(py.clone())
+        );
         // The variable wins over the venv.
         let other = repo.join("my-python");
         std::fs::write(&other, "").unwrap();
         let got = choose_python(Some(other.to_str().unwrap()), repo).unwrap();
         assert_eq!(got, TorchPython::FromEnv(other));
         // A variable naming nothing is an error naming the variable.
-        let err = choose_python(Some("/no/such/python"), repo).unwrap_err().to_string();
-        assert!(err.contains(PYTHON_ENV) && err.contains("/no/such/python"), "{err}");
+        let err = choose_python(Some("/no/such/python"), repo)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(PYTHON_ENV) && err.contains("/no/such/python"),
+            "{err}"
+        );
     }
 }

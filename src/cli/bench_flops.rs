@@ -27,7 +27,11 @@ pub fn forward_flops(model: &str, batch: usize, h: usize, w: usize, classes: usi
         }
         "daformer" => {
             // C = 256 for every MiT (`DaformerHeadConfig::daformer`), 64 for `tiny`.
-            let c = if enc == "tiny" { mit.decoder_hidden_size } else { 256 } as f64;
+            let c = if enc == "tiny" {
+                mit.decoder_hidden_size
+            } else {
+                256
+            } as f64;
             let embed: f64 = levels.iter().map(|&(n, ci)| (n * ci) as f64 * c).sum();
             let cat = 4.0 * c;
             // ASPP: 1x1 branch, three depthwise 3x3 + pointwise branches, 3x3 bottleneck.
@@ -54,7 +58,11 @@ fn mit_flops(cfg: &MitConfig, h: usize, w: usize) -> (f64, Vec<(usize, usize)>) 
         let cf = c as f64;
         macs += n * cf * (cin * k * k) as f64;
         let r = cfg.sr_ratios[i];
-        let nr = if r > 1 { ((h - r) / r + 1) * ((w - r) / r + 1) } else { h * w } as f64;
+        let nr = if r > 1 {
+            ((h - r) / r + 1) * ((w - r) / r + 1)
+        } else {
+            h * w
+        } as f64;
         let hidden = cf * cfg.mlp_ratio as f64;
         let mut block = n * cf * cf; // query
         if r > 1 {
@@ -82,17 +90,29 @@ mod tests {
         // Levels: 8x8 (16 ch, sr 8 → 1 token), 4x4 (32, sr 4 → 1), 2x2 (64, sr 2 → 1), 1x1 (128, sr 1 → 1).
         let stage = |n: f64, c: f64, cin: f64, k: f64, nr: f64, r: f64| {
             let sr = if r > 1.0 { nr * c * c * r * r } else { 0.0 };
-            n * c * cin * k * k + n * c * c + sr + 2.0 * nr * c * c + 2.0 * n * nr * c + n * c * c + n * c * 4.0 * c * 2.0 + n * 4.0 * c * 9.0
+            n * c * cin * k * k
+                + n * c * c
+                + sr
+                + 2.0 * nr * c * c
+                + 2.0 * n * nr * c
+                + n * c * c
+                + n * c * 4.0 * c * 2.0
+                + n * 4.0 * c * 9.0
         };
         let enc = stage(64.0, 16.0, 3.0, 7.0, 1.0, 8.0)
             + stage(16.0, 32.0, 16.0, 3.0, 1.0, 4.0)
             + stage(4.0, 64.0, 32.0, 3.0, 1.0, 2.0)
             + stage(1.0, 128.0, 64.0, 3.0, 1.0, 1.0);
         let d = 64.0;
-        let head = (64.0 * 16.0 + 16.0 * 32.0 + 4.0 * 64.0 + 128.0) * d + 64.0 * 4.0 * d * d + 64.0 * d * 2.0;
+        let head = (64.0 * 16.0 + 16.0 * 32.0 + 4.0 * 64.0 + 128.0) * d
+            + 64.0 * 4.0 * d * d
+            + 64.0 * d * 2.0;
         let got = forward_flops("segformer_tiny", 1, 32, 32, 2).unwrap();
         assert_eq!(got, 2.0 * (enc + head));
-        assert_eq!(forward_flops("segformer_tiny", 3, 32, 32, 2).unwrap(), 3.0 * got);
+        assert_eq!(
+            forward_flops("segformer_tiny", 3, 32, 32, 2).unwrap(),
+            3.0 * got
+        );
         assert!(forward_flops("dlv2_r101", 1, 32, 32, 2).is_none());
         // FlopCounterMode on the same network (bench/pytorch_reference.py).
         assert_eq!(got, 4_744_704.0);
@@ -106,8 +126,14 @@ mod tests {
         let got = forward_flops("daformer_mitb0", 2, 256, 256, 19).unwrap();
         assert_eq!(got, TORCH_DAFORMER_MITB0_256_B2);
         // segformer_mitb0 and daformer_tiny (64x64, batch 1, 2 classes) likewise.
-        assert_eq!(forward_flops("segformer_mitb0", 2, 256, 256, 19).unwrap(), 7_058_227_200.0);
-        assert_eq!(forward_flops("daformer_tiny", 1, 64, 64, 2).unwrap(), 123_273_216.0);
+        assert_eq!(
+            forward_flops("segformer_mitb0", 2, 256, 256, 19).unwrap(),
+            7_058_227_200.0
+        );
+        assert_eq!(
+            forward_flops("daformer_tiny", 1, 64, 64, 2).unwrap(),
+            123_273_216.0
+        );
     }
 
     /// Printed by `python bench/pytorch_reference.py --model daformer_mitb0 --crop 256 --batch 2`.

@@ -51,7 +51,10 @@ pub fn parse_set(set: &str) -> Result<Vec<String>> {
         if !omuda::plugins::PLUGIN_NAMES.contains(&n.as_str()) {
             return Err(Error::Config {
                 origin: "--plugins".into(),
-                message: format!("unknown plugin {n:?} in {set:?}; available: none, {}", omuda::plugins::PLUGIN_NAMES.join(", ")),
+                message: format!(
+                    "unknown plugin {n:?} in {set:?}; available: none, {}",
+                    omuda::plugins::PLUGIN_NAMES.join(", ")
+                ),
             });
         }
     }
@@ -126,17 +129,31 @@ pub fn run(args: CompareArgs) -> Result<()> {
     cfg.plugins.clear();
     cfg.validate("command line")?;
     if args.seeds.is_empty() || args.plugins.is_empty() {
-        return Err(Error::Config { origin: "command line".into(), message: "--seeds and --plugins need at least one value".into() });
+        return Err(Error::Config {
+            origin: "command line".into(),
+            message: "--seeds and --plugins need at least one value".into(),
+        });
     }
-    let sets: Vec<(String, Vec<String>)> =
-        args.plugins.iter().map(|s| Ok((s.clone(), parse_set(s)?))).collect::<Result<_>>()?;
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/compare-{}", args.preset.replace(['/', '.'], "_"))));
+    let sets: Vec<(String, Vec<String>)> = args
+        .plugins
+        .iter()
+        .map(|s| Ok((s.clone(), parse_set(s)?)))
+        .collect::<Result<_>>()?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "runs/compare-{}",
+            args.preset.replace(['/', '.'], "_")
+        ))
+    });
     let device = omuda::core::device::device_from_str(&cfg.device, "device")?;
     for host in cfg.methods.clone() {
         if !omuda::baselines::METHOD_NAMES.contains(&host.as_str()) {
             return Err(Error::Config {
                 origin: "methods".into(),
-                message: format!("unknown method {host:?}; available: {}", omuda::baselines::METHOD_NAMES.join(", ")),
+                message: format!(
+                    "unknown method {host:?}; available: {}",
+                    omuda::baselines::METHOD_NAMES.join(", ")
+                ),
             });
         }
         let start = Instant::now();
@@ -156,7 +173,14 @@ pub fn run(args: CompareArgs) -> Result<()> {
         let rows = summarise(&sets, &records, &args.seeds)?;
         let class_names = records[0][0].target_val.class_names.clone();
         let dir = out.join(&host);
-        let md = markdown(&host, &args.preset, cfg.train.iters, &args.seeds, &class_names, &rows);
+        let md = markdown(
+            &host,
+            &args.preset,
+            cfg.train.iters,
+            &args.seeds,
+            &class_names,
+            &rows,
+        );
         write_atomic(&dir.join("compare.md"), md.as_bytes())?;
         write_json(
             &dir.join("compare.json"),
@@ -172,7 +196,11 @@ pub fn run(args: CompareArgs) -> Result<()> {
         )?;
         charts(&dir, &host, &class_names, &rows, &records)?;
         println!("{md}");
-        println!("written: {}/compare.md, compare.json, compare_gains.png, compare_curves.png ({:.0} s)", dir.display(), start.elapsed().as_secs_f64());
+        println!(
+            "written: {}/compare.md, compare.json, compare_gains.png, compare_curves.png ({:.0} s)",
+            dir.display(),
+            start.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
@@ -185,18 +213,30 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     let config = cfg.to_toml()?;
     if record_path.is_file() {
         let text = std::fs::read_to_string(&record_path).map_err(|e| Error::io(&record_path, e))?;
-        let rec: RunRecord = serde_json::from_str(&text).map_err(|e| Error::file(&record_path, e.to_string()))?;
+        let rec: RunRecord =
+            serde_json::from_str(&text).map_err(|e| Error::file(&record_path, e.to_string()))?;
         if rec.config == config {
-            eprintln!("{host} [{label}] seed {}: reusing {}", cfg.seed, record_path.display());
+            eprintln!(
+                "{host} [{label}] seed {}: reusing {}",
+                cfg.seed,
+                record_path.display()
+            );
             return Ok(rec);
         }
-        eprintln!("{host} [{label}] seed {}: {} has another configuration; training again", cfg.seed, record_path.display());
+        eprintln!(
+            "{host} [{label}] seed {}: {} has another configuration; training again",
+            cfg.seed,
+            record_path.display()
+        );
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let method = build_method(host, cfg, device)?;
     let mut method = omuda::attach_plugins(method, cfg)?;
     let mut loader = omuda::core::data::source::build_batch_source(cfg, host, device)?;
-    eprintln!("{host} [{label}] seed {}: training {} iterations", cfg.seed, cfg.train.iters);
+    eprintln!(
+        "{host} [{label}] seed {}: training {} iterations",
+        cfg.seed, cfg.train.iters
+    );
     let eval_seconds = std::cell::Cell::new(0.0);
     let evaluate = |m: &dyn UdaMethod| -> Result<MiouReport> {
         let t0 = Instant::now();
@@ -204,17 +244,38 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
         eval_seconds.set(eval_seconds.get() + t0.elapsed().as_secs_f64());
         r
     };
-    let mut obs = Lines { name: format!("{host} [{label}] seed {}", cfg.seed), iters: cfg.train.iters, log_interval: cfg.train.log_interval.max(1), start: Instant::now(), curve: Vec::new() };
+    let mut obs = Lines {
+        name: format!("{host} [{label}] seed {}", cfg.seed),
+        iters: cfg.train.iters,
+        log_interval: cfg.train.log_interval.max(1),
+        start: Instant::now(),
+        curve: Vec::new(),
+    };
     let start = Instant::now();
     // The loop of `omuda train`: one batch per step in loader order,
     // target-val evaluation every `eval_interval` iterations.
-    let loop_cfg = LoopConfig { iters: cfg.train.iters, eval_interval: cfg.train.eval_interval, checkpoint_interval: 0, debug_interval: 0 };
-    fit(&mut method, &mut loader, loop_cfg, &mut |m: &dyn UdaMethod| evaluate(m), &mut obs)?;
+    let loop_cfg = LoopConfig {
+        iters: cfg.train.iters,
+        eval_interval: cfg.train.eval_interval,
+        checkpoint_interval: 0,
+        debug_interval: 0,
+    };
+    fit(
+        &mut method,
+        &mut loader,
+        loop_cfg,
+        &mut |m: &dyn UdaMethod| evaluate(m),
+        &mut obs,
+    )?;
     let train_seconds = start.elapsed().as_secs_f64() - eval_seconds.get();
     let target = evaluate(&method)?;
     let mut curve = obs.curve;
     curve.push((cfg.train.iters, target.miou));
-    eprintln!("{host} [{label}] seed {}: target-val mIoU {:.2} ({train_seconds:.0} s of training)", cfg.seed, target.miou.unwrap_or(f64::NAN));
+    eprintln!(
+        "{host} [{label}] seed {}: target-val mIoU {:.2} ({train_seconds:.0} s of training)",
+        cfg.seed,
+        target.miou.unwrap_or(f64::NAN)
+    );
     let rec = RunRecord {
         host: host.into(),
         plugins: label.into(),
@@ -241,7 +302,11 @@ impl TrainObserver for Lines {
     fn on_step(&mut self, log: &StepLog, timing: StepTiming) -> Result<()> {
         let done = log.iter + 1;
         if done.is_multiple_of(self.log_interval) || done == self.iters {
-            let losses: Vec<String> = log.losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            let losses: Vec<String> = log
+                .losses
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect();
             eprintln!(
                 "{} iter {done}/{} {} | {:.3} s/it | {:.0} s",
                 self.name,
@@ -253,9 +318,19 @@ impl TrainObserver for Lines {
         }
         Ok(())
     }
-    fn on_eval(&mut self, iter: usize, report: &MiouReport, _method: &dyn UdaMethod, _data: &dyn BatchSource) -> Result<()> {
+    fn on_eval(
+        &mut self,
+        iter: usize,
+        report: &MiouReport,
+        _method: &dyn UdaMethod,
+        _data: &dyn BatchSource,
+    ) -> Result<()> {
         self.curve.push((iter, report.miou));
-        eprintln!("{} iter {iter}: target-val mIoU {:.2}", self.name, report.miou.unwrap_or(f64::NAN));
+        eprintln!(
+            "{} iter {iter}: target-val mIoU {:.2}",
+            self.name,
+            report.miou.unwrap_or(f64::NAN)
+        );
         Ok(())
     }
 }
@@ -280,8 +355,9 @@ fn std(v: &[f64]) -> f64 {
 /// Two-sided 5 % critical value of Student's t with `df` degrees of freedom.
 pub fn t_critical_05(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110,
-        2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
     ];
     match df {
         0 => f64::INFINITY,
@@ -302,22 +378,43 @@ pub fn paired_gain(row: &[f64], base: &[f64]) -> PairedGain {
         None => "identical differences on every seed".to_string(),
         Some(t) => {
             let crit = t_critical_05(n - 1);
-            let verdict = if t.abs() > crit { "significant" } else { "not significant" };
+            let verdict = if t.abs() > crit {
+                "significant"
+            } else {
+                "not significant"
+            };
             format!("{verdict} at 5 % (paired t = {t:.2}, df = {}, critical {crit:.2}); better on {wins}/{n} seeds", n - 1)
         }
     };
-    PairedGain { mean: m, std: s, diffs, wins, t, note, per_class: Vec::new() }
+    PairedGain {
+        mean: m,
+        std: s,
+        diffs,
+        wins,
+        t,
+        note,
+        per_class: Vec::new(),
+    }
 }
 
-fn summarise(sets: &[(String, Vec<String>)], records: &[Vec<RunRecord>], seeds: &[u64]) -> Result<Vec<Row>> {
+fn summarise(
+    sets: &[(String, Vec<String>)],
+    records: &[Vec<RunRecord>],
+    seeds: &[u64],
+) -> Result<Vec<Row>> {
     let miou = |r: &RunRecord| -> Result<f64> {
-        r.target_val.miou.ok_or_else(|| Error::msg(format!("run {} seed {}: no target mIoU", r.plugins, r.seed)))
+        r.target_val
+            .miou
+            .ok_or_else(|| Error::msg(format!("run {} seed {}: no target mIoU", r.plugins, r.seed)))
     };
     let k = records[0][0].target_val.per_class_iou.len();
     let class_mean = |recs: &[RunRecord]| -> Vec<Option<f64>> {
         (0..k)
             .map(|c| {
-                let v: Vec<f64> = recs.iter().filter_map(|r| r.target_val.per_class_iou.get(c).copied().flatten()).collect();
+                let v: Vec<f64> = recs
+                    .iter()
+                    .filter_map(|r| r.target_val.per_class_iou.get(c).copied().flatten())
+                    .collect();
                 (v.len() == recs.len()).then(|| mean(&v))
             })
             .collect()
@@ -330,7 +427,11 @@ fn summarise(sets: &[(String, Vec<String>)], records: &[Vec<RunRecord>], seeds: 
         let per_class = class_mean(recs);
         let gain = (i > 0).then(|| {
             let mut g = paired_gain(&m, &base);
-            g.per_class = per_class.iter().zip(&base_class).map(|(a, b)| Some((*a)? - (*b)?)).collect();
+            g.per_class = per_class
+                .iter()
+                .zip(&base_class)
+                .map(|(a, b)| Some((*a)? - (*b)?))
+                .collect();
             g
         });
         rows.push(Row {
@@ -347,14 +448,24 @@ fn summarise(sets: &[(String, Vec<String>)], records: &[Vec<RunRecord>], seeds: 
     Ok(rows)
 }
 
-fn markdown(host: &str, preset: &str, iters: usize, seeds: &[u64], class_names: &[String], rows: &[Row]) -> String {
+fn markdown(
+    host: &str,
+    preset: &str,
+    iters: usize,
+    seeds: &[u64],
+    class_names: &[String],
+    rows: &[Row],
+) -> String {
     let mut s = format!(
         "# {host}: plugin comparison\n\npreset `{preset}`, {iters} iterations, seeds {:?}; target-val mIoU (%). \
          Gains are paired over seeds against the first row (`{}`).\n\n",
         seeds, rows[0].plugins
     );
     let seed_cols: Vec<String> = seeds.iter().map(|s| format!("seed {s}")).collect();
-    s += &format!("| plugins | {} | mean ± std | gain ± std | significance | train time (s/run) |\n", seed_cols.join(" | "));
+    s += &format!(
+        "| plugins | {} | mean ± std | gain ± std | significance | train time (s/run) |\n",
+        seed_cols.join(" | ")
+    );
     s += &format!("|---|{}---|---|---|---:|\n", "---:|".repeat(seeds.len()));
     for r in rows {
         let per: Vec<String> = r.miou.iter().map(|v| format!("{v:.2}")).collect();
@@ -362,25 +473,56 @@ fn markdown(host: &str, preset: &str, iters: usize, seeds: &[u64], class_names: 
             Some(g) => (format!("{:+.2} ± {:.2}", g.mean, g.std), g.note.clone()),
             None => ("baseline".into(), String::new()),
         };
-        s += &format!("| {} | {} | {:.2} ± {:.2} | {gain} | {note} | {:.0} |\n", r.plugins, per.join(" | "), r.mean, r.std, r.train_seconds_mean);
+        s += &format!(
+            "| {} | {} | {:.2} ± {:.2} | {gain} | {note} | {:.0} |\n",
+            r.plugins,
+            per.join(" | "),
+            r.mean,
+            r.std,
+            r.train_seconds_mean
+        );
     }
     s += "\nPer-class IoU (%), mean over seeds:\n\n";
-    s += &format!("| plugins | {} |\n|---|{}\n", class_names.join(" | "), "---:|".repeat(class_names.len()));
+    s += &format!(
+        "| plugins | {} |\n|---|{}\n",
+        class_names.join(" | "),
+        "---:|".repeat(class_names.len())
+    );
     let cell = |v: &Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "n/a".into());
     for r in rows {
-        s += &format!("| {} | {} |\n", r.plugins, r.per_class_iou.iter().map(cell).collect::<Vec<_>>().join(" | "));
+        s += &format!(
+            "| {} | {} |\n",
+            r.plugins,
+            r.per_class_iou
+                .iter()
+                .map(cell)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
     }
     s
 }
 
-fn charts(dir: &Path, host: &str, class_names: &[String], rows: &[Row], records: &[Vec<RunRecord>]) -> Result<()> {
+fn charts(
+    dir: &Path,
+    host: &str,
+    class_names: &[String],
+    rows: &[Row],
+    records: &[Vec<RunRecord>],
+) -> Result<()> {
     // Per-class gains of the last row over the baseline.
     if let Some(last) = rows.iter().skip(1).last() {
         if let Some(g) = &last.gain {
-            let (labels, values): (Vec<String>, Vec<f64>) =
-                class_names.iter().zip(&g.per_class).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).unzip();
+            let (labels, values): (Vec<String>, Vec<f64>) = class_names
+                .iter()
+                .zip(&g.per_class)
+                .filter_map(|(n, v)| v.map(|v| (n.clone(), v)))
+                .unzip();
             if !labels.is_empty() {
-                let title = format!("{host}: per-class IoU gain of {} over {} (points)", last.plugins, rows[0].plugins);
+                let title = format!(
+                    "{host}: per-class IoU gain of {} over {} (points)",
+                    last.plugins, rows[0].plugins
+                );
                 omuda::plot::bar_chart(&dir.join("compare_gains.png"), &title, &labels, &values)?;
             }
         }
@@ -396,7 +538,12 @@ fn charts(dir: &Path, host: &str, class_names: &[String], rows: &[Row], records:
                 .filter_map(|&(it, _)| {
                     let v: Vec<f64> = recs
                         .iter()
-                        .filter_map(|rec| rec.target_curve.iter().find(|p| p.0 == it).and_then(|p| p.1))
+                        .filter_map(|rec| {
+                            rec.target_curve
+                                .iter()
+                                .find(|p| p.0 == it)
+                                .and_then(|p| p.1)
+                        })
                         .collect();
                     (v.len() == recs.len()).then(|| (it as f64, mean(&v)))
                 })
@@ -404,7 +551,13 @@ fn charts(dir: &Path, host: &str, class_names: &[String], rows: &[Row], records:
             (r.plugins.clone(), pts)
         })
         .collect();
-    omuda::plot::line_chart(&dir.join("compare_curves.png"), &format!("{host}: target-val mIoU"), "iteration", "mIoU (%)", &series)
+    omuda::plot::line_chart(
+        &dir.join("compare_curves.png"),
+        &format!("{host}: target-val mIoU"),
+        "iteration",
+        "mIoU (%)",
+        &series,
+    )
 }
 
 #[cfg(test)]
@@ -433,7 +586,10 @@ mod tests {
     fn plugin_sets_and_presets() {
         assert!(parse_set("none").unwrap().is_empty());
         assert_eq!(parse_set("cam+fdm+cdm").unwrap(), ["cam", "fdm", "cdm"]);
-        assert!(parse_set("cam+mixup").unwrap_err().to_string().contains("mixup"));
+        assert!(parse_set("cam+mixup")
+            .unwrap_err()
+            .to_string()
+            .contains("mixup"));
         let cfg = preset_config("synth-dacs").unwrap();
         assert_eq!(cfg.methods, ["dacs"]);
         assert_eq!(cfg.train.iters, RunConfig::default().train.iters);

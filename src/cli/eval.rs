@@ -32,9 +32,10 @@ pub fn restore(ckpt: &Path, config: Option<&PathBuf>) -> Result<Restored> {
     }
     // The checkpoint replaces every tensor: pretrained weights are not needed.
     cfg.model.weights = None;
-    let state_text = std::fs::read_to_string(ckpt.join("state.json")).map_err(|e| Error::io(ckpt.join("state.json"), e))?;
-    let state: serde_json::Value =
-        serde_json::from_str(&state_text).map_err(|e| Error::file(ckpt.join("state.json"), e.to_string()))?;
+    let state_text = std::fs::read_to_string(ckpt.join("state.json"))
+        .map_err(|e| Error::io(ckpt.join("state.json"), e))?;
+    let state: serde_json::Value = serde_json::from_str(&state_text)
+        .map_err(|e| Error::file(ckpt.join("state.json"), e.to_string()))?;
     let name = state["method"]
         .as_str()
         .ok_or_else(|| Error::file(ckpt.join("state.json"), "missing key `method`"))?
@@ -42,12 +43,22 @@ pub fn restore(ckpt: &Path, config: Option<&PathBuf>) -> Result<Restored> {
     let device = cfg.open_device()?;
     let mut method = omuda::attach_plugins(build_method(&name, &cfg, &device)?, &cfg)?;
     method.load_state(ckpt)?;
-    Ok(Restored { name, cfg, method, device })
+    Ok(Restored {
+        name,
+        cfg,
+        method,
+        device,
+    })
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let ckpt = &args.checkpoint;
-    let Restored { name, cfg, method, device } = restore(ckpt, args.config.as_ref())?;
+    let Restored {
+        name,
+        cfg,
+        method,
+        device,
+    } = restore(ckpt, args.config.as_ref())?;
     let predict = |x: &candle_core::Tensor| Ok(method.predict(x)?);
     let target = omuda::core::data::source::evaluate_target_val(&cfg, &device, &predict)?;
     let source = omuda::core::data::source::evaluate_source_val(&cfg, &device, &predict)?;
@@ -55,7 +66,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     print!("{}", target.table());
     println!("source-val mIoU {}", fmt_pct(source.miou));
     let out = args.out.unwrap_or_else(|| ckpt.join("eval.json"));
-    write_json(&out, &serde_json::json!({ "method": name, "iteration": method.iteration(), "target_val": target, "source_val": source }))?;
+    write_json(
+        &out,
+        &serde_json::json!({ "method": name, "iteration": method.iteration(), "target_val": target, "source_val": source }),
+    )?;
     println!("wrote {}", out.display());
     Ok(())
 }

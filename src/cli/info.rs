@@ -5,7 +5,14 @@ use omuda::Result;
 
 pub fn run(device: Option<&str>) -> Result<()> {
     println!("omuda {}", env!("CARGO_PKG_VERSION"));
-    println!("backends: cpu{}", if cuda_compiled() { ", cuda" } else { " (built without the `cuda` feature)" });
+    println!(
+        "backends: cpu{}",
+        if cuda_compiled() {
+            ", cuda"
+        } else {
+            " (built without the `cuda` feature)"
+        }
+    );
     println!("cpu threads: {}", rayon_threads());
     let text = device.unwrap_or("cpu");
     let spec = DeviceSpec::parse(text, "--device")?;
@@ -14,12 +21,16 @@ pub fn run(device: Option<&str>) -> Result<()> {
     let x = candle_core::Tensor::arange(0f32, 4., &dev)?;
     let s = x.sum_all()?.to_scalar::<f32>()?;
     if s != 6.0 {
-        return Err(omuda::Error::msg(format!("device {text}: a test sum gave {s}, expected 6")));
+        return Err(omuda::Error::msg(format!(
+            "device {text}: a test sum gave {s}, expected 6"
+        )));
     }
     println!("device {text}: ok ({dev:?})");
     Ok(())
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand};
 use omuda::{Result, RunConfig};
 
 #[derive(Parser)]
-#[command(name = "omuda", version, about = "Unsupervised domain adaptation for semantic segmentation")]
+#[command(
+    name = "omuda",
+    version,
+    about = "Unsupervised domain adaptation for semantic segmentation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -57,7 +57,9 @@ pub fn read_log(path: &Path) -> Result<Curves> {
             Err(_) if i + 1 == n => break,
             Err(e) => return Err(Error::file(path, format!("line {}: {e}", i + 1))),
         };
-        let Some(iter) = v["iter"].as_f64() else { continue };
+        let Some(iter) = v["iter"].as_f64() else {
+            continue;
+        };
         match v["type"].as_str() {
             Some("step") => {
                 if let Some(lr) = v["lr"].as_f64() {
@@ -88,15 +90,26 @@ pub fn read_log(path: &Path) -> Result<Curves> {
 pub fn run(args: PlotArgs) -> Result<()> {
     let dirs = method_dirs(&args.out)?;
     if dirs.is_empty() {
-        return Err(Error::file(&args.out, "no log.jsonl found here or in the method folders below"));
+        return Err(Error::file(
+            &args.out,
+            "no log.jsonl found here or in the method folders below",
+        ));
     }
     let plots = args.out.join("plots");
     let mut loss_all: Vec<Series> = Vec::new();
     let mut lr_all: Vec<Series> = Vec::new();
     let mut miou_all: Vec<Series> = Vec::new();
     for d in &dirs {
-        let label = d.strip_prefix(&args.out).ok().map(|p| p.display().to_string()).filter(|s| !s.is_empty());
-        let label = label.unwrap_or_else(|| d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let label = d
+            .strip_prefix(&args.out)
+            .ok()
+            .map(|p| p.display().to_string())
+            .filter(|s| !s.is_empty());
+        let label = label.unwrap_or_else(|| {
+            d.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
         let c = read_log(&d.join("log.jsonl"))?;
         if let Some(total) = c.losses.get("total") {
             loss_all.push((label.clone(), total.clone()));
@@ -106,10 +119,20 @@ pub fn run(args: PlotArgs) -> Result<()> {
             miou_all.push((label.clone(), c.miou.clone()));
         }
         // Per method: every loss term.
-        let series: Vec<Series> = c.losses.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let series: Vec<Series> = c
+            .losses
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         if !series.is_empty() {
             let p = d.join("plots").join("losses.png");
-            line_chart(&p, &format!("{label}: losses"), "iteration", "loss", &series)?;
+            line_chart(
+                &p,
+                &format!("{label}: losses"),
+                "iteration",
+                "loss",
+                &series,
+            )?;
             println!("wrote {}", p.display());
         }
     }

@@ -37,44 +37,105 @@ pub struct PredictArgs {
 pub fn run(args: PredictArgs) -> Result<()> {
     if let Some(a) = args.opacity {
         if !(0.0..=1.0).contains(&a) {
-            return Err(Error::Config { origin: "--opacity".into(), message: format!("{a}: expected a value in [0, 1]") });
+            return Err(Error::Config {
+                origin: "--opacity".into(),
+                message: format!("{a}: expected a value in [0, 1]"),
+            });
         }
     }
     // Distinct output names before any work.
     let mut stems = HashSet::new();
     for p in &args.images {
-        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).ok_or_else(|| Error::file(p, "no file name"))?;
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::file(p, "no file name"))?;
         if !stems.insert(stem.clone()) {
-            return Err(Error::file(p, format!("another input has the same name {stem:?}; outputs would collide")));
+            return Err(Error::file(
+                p,
+                format!("another input has the same name {stem:?}; outputs would collide"),
+            ));
         }
     }
-    let Restored { name, cfg, method, device } = restore(&args.checkpoint, args.config.as_ref())?;
+    let Restored {
+        name,
+        cfg,
+        method,
+        device,
+    } = restore(&args.checkpoint, args.config.as_ref())?;
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
-    eprintln!("{name} (iteration {}) from {}", method.iteration(), args.checkpoint.display());
+    eprintln!(
+        "{name} (iteration {}) from {}",
+        method.iteration(),
+        args.checkpoint.display()
+    );
     for path in &args.images {
-        let img = image::open(path).map_err(|e| Error::file(path, format!("cannot read image: {e}")))?.to_rgb8();
+        let img = image::open(path)
+            .map_err(|e| Error::file(path, format!("cannot read image: {e}")))?
+            .to_rgb8();
         let (w, h) = (img.width() as usize, img.height() as usize);
         let mut data = Vec::with_capacity(3 * h * w);
         for c in 0..3 {
-            data.extend(img.pixels().map(|p| (p.0[c] as f32 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]));
+            data.extend(
+                img.pixels()
+                    .map(|p| (p.0[c] as f32 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]),
+            );
         }
         let x = Tensor::from_vec(data, (1, 3, h, w), &device)?;
         let classes = predict_classes(&x, &cfg.eval, &|t| Ok(method.predict(t)?))
             .map_err(|e| Error::file(path, format!("prediction: {e}")))?;
-        let ids: Vec<u8> = classes.flatten_all()?.to_vec1::<u32>()?.iter().map(|&c| c.min(255) as u8).collect();
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let ids: Vec<u8> = classes
+            .flatten_all()?
+            .to_vec1::<u32>()?
+            .iter()
+            .map(|&c| c.min(255) as u8)
+            .collect();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let colour = colorize(&ids);
-        write_rgb_png(&args.out.join(format!("{stem}_color.png")), &colour, w as u32, h as u32)?;
+        write_rgb_png(
+            &args.out.join(format!("{stem}_color.png")),
+            &colour,
+            w as u32,
+            h as u32,
+        )?;
         let gray = image::GrayImage::from_raw(w as u32, h as u32, ids.clone())
             .ok_or_else(|| Error::file(path, "trainId image size mismatch"))?;
-        encode_png(&args.out.join(format!("{stem}_trainid.png")), &image::DynamicImage::ImageLuma8(gray))?;
+        encode_png(
+            &args.out.join(format!("{stem}_trainid.png")),
+            &image::DynamicImage::ImageLuma8(gray),
+        )?;
         if let Some(a) = args.opacity {
-            let base = Rgb { width: w, height: h, data: img.into_raw() };
-            let over = Rgb { width: w, height: h, data: colour };
+            let base = Rgb {
+                width: w,
+                height: h,
+                data: img.into_raw(),
+            };
+            let over = Rgb {
+                width: w,
+                height: h,
+                data: colour,
+            };
             let o = overlay(&base, &over, a);
-            write_rgb_png(&args.out.join(format!("{stem}_overlay.png")), &o.data, w as u32, h as u32)?;
+            write_rgb_png(
+                &args.out.join(format!("{stem}_overlay.png")),
+                &o.data,
+                w as u32,
+                h as u32,
+            )?;
         }
-        println!("{} -> {}/{stem}_{{color,trainid{}}}.png", path.display(), args.out.display(), if args.opacity.is_some() { ",overlay" } else { "" });
+        println!(
+            "{} -> {}/{stem}_{{color,trainid{}}}.png",
+            path.display(),
+            args.out.display(),
+            if args.opacity.is_some() {
+                ",overlay"
+            } else {
+                ""
+            }
+        );
     }
     Ok(())
 }

@@ -33,22 +33,39 @@ pub struct PrepareArgs {
 
 pub fn run(args: PrepareArgs) -> Result<()> {
     let kind = DatasetKind::parse(&args.kind)?;
-    let opts = PrepareOptions { convert: args.convert, check_images: !args.quick, splits: args.splits, out_dir: args.out };
+    let opts = PrepareOptions {
+        convert: args.convert,
+        check_images: !args.quick,
+        splits: args.splits,
+        out_dir: args.out,
+    };
     let bar = ProgressBar::hidden();
     if std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix(format!("checking {}", kind.name()));
     }
-    let report = prepare(kind, &args.root, &opts, &|n| bar.set_length(n as u64), &|| bar.inc(1))?;
+    let report = prepare(
+        kind,
+        &args.root,
+        &opts,
+        &|n| bar.set_length(n as u64),
+        &|| bar.inc(1),
+    )?;
     bar.finish_and_clear();
     eprintln!(
         "{} frames checked at {}{}",
         report.frames,
         args.root.display(),
-        if report.converted > 0 { format!(", {} labels converted to trainIds", report.converted) } else { String::new() }
+        if report.converted > 0 {
+            format!(", {} labels converted to trainIds", report.converted)
+        } else {
+            String::new()
+        }
     );
     if !report.problems.is_empty() {
         for (path, problem) in &report.problems {

@@ -54,7 +54,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         if !given.is_empty() {
             return Err(Error::Config {
                 origin: "--resume".into(),
-                message: format!("a resumed run keeps its saved configuration; drop {}", given.join(", ")),
+                message: format!(
+                    "a resumed run keeps its saved configuration; drop {}",
+                    given.join(", ")
+                ),
             });
         }
         return resume(dir);
@@ -76,7 +79,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     check_methods(&cfg)?;
     match args.seeds {
         Some(seeds) if !seeds.is_empty() => run_seeds(&cfg, &seeds, false),
-        Some(_) => Err(Error::Config { origin: "--seeds".into(), message: "no seed given".into() }),
+        Some(_) => Err(Error::Config {
+            origin: "--seeds".into(),
+            message: "no seed given".into(),
+        }),
         None => run_all(&cfg, false).map(|_| ()),
     }
 }
@@ -87,7 +93,10 @@ fn check_methods(cfg: &RunConfig) -> Result<()> {
         if !omuda::baselines::METHOD_NAMES.contains(&m.as_str()) {
             return Err(Error::Config {
                 origin: "--method".into(),
-                message: format!("unknown method {m:?}; available: {}", omuda::baselines::METHOD_NAMES.join(", ")),
+                message: format!(
+                    "unknown method {m:?}; available: {}",
+                    omuda::baselines::METHOD_NAMES.join(", ")
+                ),
             });
         }
     }
@@ -98,7 +107,10 @@ fn check_methods(cfg: &RunConfig) -> Result<()> {
 fn resume(dir: &Path) -> Result<()> {
     let cfg_path = dir.join("config.toml");
     if !cfg_path.is_file() {
-        return Err(Error::file(dir, "not a run folder written by `omuda train` (no config.toml)"));
+        return Err(Error::file(
+            dir,
+            "not a run folder written by `omuda train` (no config.toml)",
+        ));
     }
     let mut cfg = RunConfig::from_file(&cfg_path)?;
     cfg.out = dir.to_path_buf();
@@ -108,9 +120,14 @@ fn resume(dir: &Path) -> Result<()> {
     let seeds_path = dir.join(SEEDS_FILE);
     if seeds_path.is_file() {
         let text = std::fs::read_to_string(&seeds_path).map_err(|e| Error::io(&seeds_path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&seeds_path, e.to_string()))?;
-        let seeds: Vec<u64> = serde_json::from_value(v["seeds"].clone())
-            .map_err(|e| Error::file(&seeds_path, format!("key `seeds`: {e} (expected a list of integers)")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::file(&seeds_path, e.to_string()))?;
+        let seeds: Vec<u64> = serde_json::from_value(v["seeds"].clone()).map_err(|e| {
+            Error::file(
+                &seeds_path,
+                format!("key `seeds`: {e} (expected a list of integers)"),
+            )
+        })?;
         return run_seeds(&cfg, &seeds, true);
     }
     run_all(&cfg, true).map(|_| ())
@@ -135,10 +152,18 @@ fn run_all(cfg: &RunConfig, resume: bool) -> Result<Vec<Outcome>> {
     for name in cfg.methods.clone() {
         outcomes.push(train_one(&name, cfg, &device, resume)?);
     }
-    println!("\nsummary (seed {}, {} iterations, mIoU %):", cfg.seed, cfg.train.iters);
+    println!(
+        "\nsummary (seed {}, {} iterations, mIoU %):",
+        cfg.seed, cfg.train.iters
+    );
     println!("{:<14} {:>11} {:>11}", "method", "target-val", "source-val");
     for o in &outcomes {
-        println!("{:<14} {:>11} {:>11}", o.name, fmt_pct(o.target.miou), fmt_pct(o.source.miou));
+        println!(
+            "{:<14} {:>11} {:>11}",
+            o.name,
+            fmt_pct(o.target.miou),
+            fmt_pct(o.source.miou)
+        );
     }
     Ok(outcomes)
 }
@@ -160,13 +185,21 @@ fn run_seeds(cfg: &RunConfig, seeds: &[u64], resume: bool) -> Result<()> {
         per_seed.push((seed, run_all(&c, resume_this)?));
     }
     let mut methods = Vec::new();
-    println!("\nover seeds {seeds:?} ({} iterations), target-val mIoU %:", cfg.train.iters);
-    println!("{:<14} {:>16}  median seed (checkpoint)", "method", "mean ± std");
+    println!(
+        "\nover seeds {seeds:?} ({} iterations), target-val mIoU %:",
+        cfg.train.iters
+    );
+    println!(
+        "{:<14} {:>16}  median seed (checkpoint)",
+        "method", "mean ± std"
+    );
     for name in &cfg.methods {
         let mut runs: Vec<(u64, f64, PathBuf)> = Vec::new();
         for (seed, outcomes) in &per_seed {
             if let Some(o) = outcomes.iter().find(|o| &o.name == name) {
-                let miou = o.target.miou.ok_or_else(|| Error::msg(format!("{name}, seed {seed}: target mIoU undefined")))?;
+                let miou = o.target.miou.ok_or_else(|| {
+                    Error::msg(format!("{name}, seed {seed}: target mIoU undefined"))
+                })?;
                 runs.push((*seed, miou, o.checkpoint.clone()));
             }
         }
@@ -175,7 +208,14 @@ fn run_seeds(cfg: &RunConfig, seeds: &[u64], resume: bool) -> Result<()> {
         let mut sorted = runs.clone();
         sorted.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
         let median = &sorted[(sorted.len() - 1) / 2];
-        println!("{:<14} {:>7.2} ± {:<6.2}  seed {} ({})", name, mean, std, median.0, median.2.display());
+        println!(
+            "{:<14} {:>7.2} ± {:<6.2}  seed {} ({})",
+            name,
+            mean,
+            std,
+            median.0,
+            median.2.display()
+        );
         methods.push(json!({
             "method": name,
             "seeds": runs.iter().map(|r| r.0).collect::<Vec<_>>(),
@@ -187,7 +227,10 @@ fn run_seeds(cfg: &RunConfig, seeds: &[u64], resume: bool) -> Result<()> {
         }));
     }
     let path = cfg.out.join("summary.json");
-    write_json(&path, &json!({ "iters": cfg.train.iters, "std": "sample standard deviation (n - 1)", "methods": methods }))?;
+    write_json(
+        &path,
+        &json!({ "iters": cfg.train.iters, "std": "sample standard deviation (n - 1)", "methods": methods }),
+    )?;
     println!("wrote {}", path.display());
     Ok(())
 }
@@ -205,7 +248,11 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 fn env_usize(name: &str) -> Result<Option<usize>> {
     match std::env::var(name) {
-        Ok(v) => v.trim().parse().map(Some).map_err(|_| Error::msg(format!("{name}={v:?}: expected an iteration number"))),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::msg(format!("{name}={v:?}: expected an iteration number"))),
         Err(_) => Ok(None),
     }
 }
@@ -236,29 +283,49 @@ impl StepHook for ForceNan {
         let f = view
             .source_features
             .and_then(|f| f.first())
-            .ok_or_else(|| Error::msg("test hook: no source features to build the NaN loss from"))?;
+            .ok_or_else(|| {
+                Error::msg("test hook: no source features to build the NaN loss from")
+            })?;
         let value = if self.grad_only {
             // sqrt(x - x) is 0, its gradient 1 / (2 sqrt(0)) is infinite.
             (f - f.detach())?.sqrt()?.sum_all()?
         } else {
             (f.sum_all()? * f64::NAN)?
         };
-        Ok(vec![NamedLoss { name: "loss".into(), value }])
+        Ok(vec![NamedLoss {
+            name: "loss".into(),
+            value,
+        }])
     }
 }
 
 fn attach_test_hooks(method: &mut SelfTraining) -> Result<()> {
     if let Some(at) = env_usize("OMUDA_TEST_FORCE_NAN_AT")? {
-        method.add_hook(Box::new(ForceNan { at, grad_only: false }));
+        method.add_hook(Box::new(ForceNan {
+            at,
+            grad_only: false,
+        }));
     }
     if let Some(at) = env_usize("OMUDA_TEST_FORCE_NAN_GRAD_AT")? {
-        method.add_hook(Box::new(ForceNan { at, grad_only: true }));
+        method.add_hook(Box::new(ForceNan {
+            at,
+            grad_only: true,
+        }));
     }
     Ok(())
 }
 
 /// Files of a previous run in a method folder, replaced by a fresh run.
-const RUN_FILES: [&str; 8] = ["checkpoints", BEST_DIR, FINAL_DIR, "log.jsonl", "tb", "debug", "metrics.json", "plots"];
+const RUN_FILES: [&str; 8] = [
+    "checkpoints",
+    BEST_DIR,
+    FINAL_DIR,
+    "log.jsonl",
+    "tb",
+    "debug",
+    "metrics.json",
+    "plots",
+];
 
 fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> Result<Outcome> {
     let out = run_cfg.out.join(name);
@@ -267,13 +334,21 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
     let final_dir = out.join(FINAL_DIR);
 
     if resume && metrics_path.is_file() {
-        let text = std::fs::read_to_string(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&metrics_path, e.to_string()))?;
+        let text =
+            std::fs::read_to_string(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::file(&metrics_path, e.to_string()))?;
         let report = |key: &str| -> Result<MiouReport> {
-            serde_json::from_value(v[key].clone()).map_err(|e| Error::file(&metrics_path, format!("key `{key}`: {e}")))
+            serde_json::from_value(v[key].clone())
+                .map_err(|e| Error::file(&metrics_path, format!("key `{key}`: {e}")))
         };
         eprintln!("{name}: finished earlier ({})", metrics_path.display());
-        return Ok(Outcome { name: name.into(), target: report("target_val")?, source: report("source_val")?, checkpoint: final_dir });
+        return Ok(Outcome {
+            name: name.into(),
+            target: report("target_val")?,
+            source: report("source_val")?,
+            checkpoint: final_dir,
+        });
     }
 
     // Where to continue from, and with which configuration.
@@ -287,7 +362,8 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
     }
     let cfg = match &from {
         Some((dir, s)) => {
-            let mut c = RunConfig::from_toml_str(&s.config, &dir.join("run.json").display().to_string())?;
+            let mut c =
+                RunConfig::from_toml_str(&s.config, &dir.join("run.json").display().to_string())?;
             c.out = run_cfg.out.clone();
             c.device = run_cfg.device.clone();
             c
@@ -299,13 +375,21 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
         for f in RUN_FILES {
             let p = out.join(f);
             if p.exists() {
-                let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                let r = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
                 r.map_err(|e| Error::io(&p, e))?;
                 replaced.push(f);
             }
         }
         if !replaced.is_empty() {
-            eprintln!("{name}: starting afresh in {} (replaced {})", out.display(), replaced.join(", "));
+            eprintln!(
+                "{name}: starting afresh in {} (replaced {})",
+                out.display(),
+                replaced.join(", ")
+            );
         }
     }
     write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
@@ -323,14 +407,22 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
             let sidecar = checkpoint::load_checkpoint(dir, &mut method, &mut loader)?;
             truncate_log(&log_path, sidecar.iteration)?;
             omuda::tensorboard::truncate_after(&tb_dir, sidecar.iteration as i64)?;
-            eprintln!("{name}: resuming from {} (iteration {}/{})", dir.display(), sidecar.iteration, cfg.train.iters);
+            eprintln!(
+                "{name}: resuming from {} (iteration {}/{})",
+                dir.display(),
+                sidecar.iteration,
+                cfg.train.iters
+            );
             observer.curve = sidecar.target_curve.clone();
             observer.best = sidecar.best;
             observer.train_seconds_before = sidecar.train_seconds;
             observer.last_good = Some((sidecar.iteration, dir.clone()));
             observer.start_iter = sidecar.iteration;
         }
-        None => eprintln!("training {name}: {} iterations, seed {}, model {}", cfg.train.iters, cfg.seed, cfg.model.name),
+        None => eprintln!(
+            "training {name}: {} iterations, seed {}, model {}",
+            cfg.train.iters, cfg.seed, cfg.model.name
+        ),
     }
     observer.open_logs(&log_path, &tb_dir)?;
 
@@ -349,7 +441,13 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
         checkpoint_interval: cfg.train.checkpoint_interval,
         debug_interval: cfg.train.debug_interval,
     };
-    let fitted = fit(&mut method, &mut loader, loop_cfg, &mut |m: &dyn UdaMethod| evaluate_target(m), &mut observer);
+    let fitted = fit(
+        &mut method,
+        &mut loader,
+        loop_cfg,
+        &mut |m: &dyn UdaMethod| evaluate_target(m),
+        &mut observer,
+    );
     observer.finish();
     if let Err(e) = fitted {
         return Err(observer.fail(e));
@@ -363,10 +461,12 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
     observer.curve.push((cfg.train.iters, target.miou));
     observer.log_eval(cfg.train.iters, &target)?;
     observer.update_best(cfg.train.iters, &target, &method, &loader)?;
-    let source = omuda::core::data::source::evaluate_source_val(&cfg, device, &|x| {
-        Ok(method.predict(x)?)
-    })?;
-    println!("\n{name}: target-val ({} images), {:.0} s of training", target.num_images, train_seconds);
+    let source =
+        omuda::core::data::source::evaluate_source_val(&cfg, device, &|x| Ok(method.predict(x)?))?;
+    println!(
+        "\n{name}: target-val ({} images), {:.0} s of training",
+        target.num_images, train_seconds
+    );
     print!("{}", target.table());
     println!("{name}: source-val mIoU {}", fmt_pct(source.miou));
     let metrics = RunMetrics {
@@ -381,7 +481,12 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
         nonfinite_skipped: method.skipped_steps(),
     };
     write_json(&metrics_path, &metrics)?;
-    Ok(Outcome { name: name.into(), target, source, checkpoint: final_dir })
+    Ok(Outcome {
+        name: name.into(),
+        target,
+        source,
+        checkpoint: final_dir,
+    })
 }
 
 /// Keep the lines of `log.jsonl` up to iteration `iter` (a resumed run
@@ -396,7 +501,9 @@ fn truncate_log(path: &Path, iter: usize) -> Result<()> {
     for (i, line) in lines.iter().enumerate() {
         match serde_json::from_str::<serde_json::Value>(line) {
             Ok(v) => {
-                let at = v["iter"].as_u64().ok_or_else(|| Error::file(path, format!("line {}: no `iter`", i + 1)))?;
+                let at = v["iter"]
+                    .as_u64()
+                    .ok_or_else(|| Error::file(path, format!("line {}: no `iter`", i + 1)))?;
                 if at as usize <= iter {
                     kept.push_str(line);
                     kept.push('\n');
@@ -444,7 +551,9 @@ impl RunObserver {
         let iters = cfg.train.iters;
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = ProgressBar::new(iters as u64);
-            if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}") {
+            if let Ok(style) =
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            {
                 b.set_style(style.progress_chars("=> "));
             }
             b.set_prefix(name.to_string());
@@ -472,7 +581,11 @@ impl RunObserver {
     }
 
     fn open_logs(&mut self, log_path: &Path, tb_dir: &Path) -> Result<()> {
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(log_path).map_err(|e| Error::io(log_path, e))?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .map_err(|e| Error::io(log_path, e))?;
         self.log = Some((log_path.to_path_buf(), f));
         if self.cfg.train.tensorboard {
             self.tb = Some(EventWriter::create(tb_dir)?);
@@ -503,7 +616,8 @@ impl RunObserver {
         if let Some((path, f)) = &mut self.log {
             let mut line = value.to_string();
             line.push('\n');
-            f.write_all(line.as_bytes()).map_err(|e| Error::io(path.as_path(), e))?;
+            f.write_all(line.as_bytes())
+                .map_err(|e| Error::io(path.as_path(), e))?;
         }
         Ok(())
     }
@@ -534,36 +648,63 @@ impl RunObserver {
 
     /// Write a checkpoint of the current state into `dir` (`periodic`: one of
     /// `checkpoints/`, where the mid-checkpoint test hook applies).
-    fn save(&mut self, dir: &Path, method: &dyn UdaMethod, data: &dyn BatchSource, periodic: bool) -> Result<()> {
+    fn save(
+        &mut self,
+        dir: &Path,
+        method: &dyn UdaMethod,
+        data: &dyn BatchSource,
+        periodic: bool,
+    ) -> Result<()> {
         // The log holds every line up to this checkpoint before it exists.
         if let Some((path, f)) = &mut self.log {
             f.sync_data().map_err(|e| Error::io(path.as_path(), e))?;
         }
         let sidecar = self.sidecar(method, data)?;
         let stop = periodic && self.stop_mid_checkpoint == Some(method.iteration());
-        let hook = |_: &Path| wait_to_be_killed(&format!("stopped mid-checkpoint at iteration {}", sidecar.iteration));
+        let hook = |_: &Path| {
+            wait_to_be_killed(&format!(
+                "stopped mid-checkpoint at iteration {}",
+                sidecar.iteration
+            ))
+        };
         let t0 = Instant::now();
         checkpoint::save_checkpoint(dir, method, &sidecar, if stop { Some(&hook) } else { None })?;
         if periodic {
-            self.println(format!("{}: checkpoint {} ({:.2} s)", self.name, dir.display(), t0.elapsed().as_secs_f64()));
+            self.println(format!(
+                "{}: checkpoint {} ({:.2} s)",
+                self.name,
+                dir.display(),
+                t0.elapsed().as_secs_f64()
+            ));
         }
         self.last_good = Some((sidecar.iteration, dir.to_path_buf()));
         Ok(())
     }
 
-    fn update_best(&mut self, iter: usize, report: &MiouReport, method: &dyn UdaMethod, data: &dyn BatchSource) -> Result<()> {
+    fn update_best(
+        &mut self,
+        iter: usize,
+        report: &MiouReport,
+        method: &dyn UdaMethod,
+        data: &dyn BatchSource,
+    ) -> Result<()> {
         let Some(m) = report.miou else { return Ok(()) };
         if self.best.is_some_and(|b| b.miou >= m) {
             return Ok(());
         }
-        self.best = Some(Best { iteration: iter, miou: m });
+        self.best = Some(Best {
+            iteration: iter,
+            miou: m,
+        });
         let dir = self.out.join(BEST_DIR);
         self.save(&dir, method, data, false)
     }
 
     /// The error a failed run ends with: for a non-finite value, where the last good checkpoint is.
     fn fail(&mut self, e: Error) -> Error {
-        let Error::NonFinite { iter, message } = &e else { return e };
+        let Error::NonFinite { iter, message } = &e else {
+            return e;
+        };
         let _ = self.log_json(json!({ "type": "error", "iter": iter, "message": message }));
         let kept = match &self.last_good {
             Some((i, dir)) => format!(
@@ -573,19 +714,29 @@ impl RunObserver {
             ),
             None => "no checkpoint was written before it".into(),
         };
-        Error::msg(format!("{}: training stopped: {message}; {kept}", self.name))
+        Error::msg(format!(
+            "{}: training stopped: {message}; {kept}",
+            self.name
+        ))
     }
 }
 
 fn loss_summary(log: &StepLog) -> String {
-    log.losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")
+    log.losses
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl TrainObserver for RunObserver {
     fn on_step(&mut self, log: &StepLog, timing: StepTiming) -> Result<()> {
         let done = log.iter + 1;
         if let Some(reason) = &log.skipped {
-            self.println(format!("{}: skipped the update of iteration {}: {reason}", self.name, log.iter));
+            self.println(format!(
+                "{}: skipped the update of iteration {}: {reason}",
+                self.name, log.iter
+            ));
             self.log_json(json!({ "type": "skipped", "iter": done, "message": reason }))?;
         }
         if done.is_multiple_of(self.log_interval) || done == self.iters {
@@ -593,8 +744,16 @@ impl TrainObserver for RunObserver {
             let per_iter = elapsed / (done - self.start_iter).max(1) as f64;
             let eta = per_iter * (self.iters - done) as f64;
             let mem = peak_memory_mib();
-            let losses: serde_json::Map<String, serde_json::Value> = log.losses.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-            let metrics: serde_json::Map<String, serde_json::Value> = log.metrics.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            let losses: serde_json::Map<String, serde_json::Value> = log
+                .losses
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            let metrics: serde_json::Map<String, serde_json::Value> = log
+                .metrics
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
             self.log_json(json!({
                 "type": "step",
                 "iter": done,
@@ -608,7 +767,10 @@ impl TrainObserver for RunObserver {
                 "peak_mem_mib": mem,
             }))?;
             if let Some(tb) = &mut self.tb {
-                let mut s: Vec<(String, f64)> = vec![("train/lr".into(), log.lr), ("train/total_loss".into(), log.total_loss())];
+                let mut s: Vec<(String, f64)> = vec![
+                    ("train/lr".into(), log.lr),
+                    ("train/total_loss".into(), log.total_loss()),
+                ];
                 s.extend(log.losses.iter().map(|(k, v)| (format!("loss/{k}"), *v)));
                 s.extend(log.metrics.iter().map(|(k, v)| (format!("metric/{k}"), *v)));
                 s.push(("time/iter_s".into(), timing.step + timing.data));
@@ -618,7 +780,9 @@ impl TrainObserver for RunObserver {
                 }
                 tb.scalars(done as i64, &s)?;
             }
-            let mem_text = mem.map(|m| format!(" | mem {m:.0} MiB")).unwrap_or_default();
+            let mem_text = mem
+                .map(|m| format!(" | mem {m:.0} MiB"))
+                .unwrap_or_default();
             match &self.bar {
                 Some(b) => b.set_message(loss_summary(log)),
                 None => eprintln!(
@@ -642,21 +806,39 @@ impl TrainObserver for RunObserver {
         Ok(())
     }
 
-    fn on_eval(&mut self, iter: usize, report: &MiouReport, method: &dyn UdaMethod, data: &dyn BatchSource) -> Result<()> {
+    fn on_eval(
+        &mut self,
+        iter: usize,
+        report: &MiouReport,
+        method: &dyn UdaMethod,
+        data: &dyn BatchSource,
+    ) -> Result<()> {
         self.curve.push((iter, report.miou));
-        self.println(format!("{} iter {iter}: target-val mIoU {}", self.name, fmt_pct(report.miou)));
+        self.println(format!(
+            "{} iter {iter}: target-val mIoU {}",
+            self.name,
+            fmt_pct(report.miou)
+        ));
         self.log_eval(iter, report)?;
         self.update_best(iter, report, method, data)
     }
 
-    fn on_checkpoint(&mut self, iter: usize, method: &dyn UdaMethod, data: &dyn BatchSource) -> Result<()> {
+    fn on_checkpoint(
+        &mut self,
+        iter: usize,
+        method: &dyn UdaMethod,
+        data: &dyn BatchSource,
+    ) -> Result<()> {
         let dir = checkpoint::periodic_dir(&self.out, iter);
         self.save(&dir, method, data, true)?;
         checkpoint::prune_periodic(&self.out, self.cfg.train.keep_last)
     }
 
     fn on_debug(&mut self, iter: usize, debug: &StepDebug) -> Result<()> {
-        let path = self.out.join("debug").join(format!("iter_{:08}.png", iter + 1));
+        let path = self
+            .out
+            .join("debug")
+            .join(format!("iter_{:08}.png", iter + 1));
         omuda::visual::debug_grid(&path, debug)
     }
 }

@@ -119,7 +119,10 @@ impl Dataset {
         if scan.problems.is_empty() {
             return Ok(scan.dataset);
         }
-        Err(problems_error(&format!("{} dataset at {}", kind.name(), root.display()), &scan.problems))
+        Err(problems_error(
+            &format!("{} dataset at {}", kind.name(), root.display()),
+            &scan.problems,
+        ))
     }
 
     pub fn len(&self) -> usize {
@@ -143,7 +146,12 @@ impl Dataset {
             Some(l) => read_label_checked(l, (w, h), &f.image)?,
             None => vec![self.ignore_index; w * h],
         };
-        Ok(Sample { image, label, height: h, width: w })
+        Ok(Sample {
+            image,
+            label,
+            height: h,
+            width: w,
+        })
     }
 
     /// Decode only the image of frame `i`.
@@ -152,14 +160,22 @@ impl Dataset {
     }
 
     fn frame(&self, i: usize) -> Result<&Frame> {
-        self.frames
-            .get(i)
-            .ok_or_else(|| Error::msg(format!("{} dataset: frame {i} out of range ({} frames)", self.name, self.frames.len())))
+        self.frames.get(i).ok_or_else(|| {
+            Error::msg(format!(
+                "{} dataset: frame {i} out of range ({} frames)",
+                self.name,
+                self.frames.len()
+            ))
+        })
     }
 
     /// Index of each frame key.
     pub fn key_index(&self) -> BTreeMap<&str, usize> {
-        self.frames.iter().enumerate().map(|(i, f)| (f.key.as_str(), i)).collect()
+        self.frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.key.as_str(), i))
+            .collect()
     }
 }
 
@@ -169,7 +185,12 @@ pub fn read_label_checked(l: &LabelFile, size: (usize, usize), image: &Path) -> 
     if (lw, lh) != size {
         return Err(Error::file(
             &l.path,
-            format!("label is {lw}×{lh} but its image {} is {}×{}", image.display(), size.0, size.1),
+            format!(
+                "label is {lw}×{lh} but its image {} is {}×{}",
+                image.display(),
+                size.0,
+                size.1
+            ),
         ));
     }
     Ok(label)
@@ -182,13 +203,19 @@ pub fn problems_error(what: &str, problems: &[(PathBuf, String)]) -> Error {
         s.push_str(&format!("\n  {}: {m}", p.display()));
     }
     if problems.len() > 50 {
-        s.push_str(&format!("\n  … and {} more (run `omuda prepare` to list all)", problems.len() - 50));
+        s.push_str(&format!(
+            "\n  … and {} more (run `omuda prepare` to list all)",
+            problems.len() - 50
+        ));
     }
     Error::msg(s)
 }
 
 fn cityscapes_classes() -> (Vec<String>, Vec<[u8; 3]>) {
-    (CITYSCAPES_CLASSES.iter().map(|s| s.to_string()).collect(), CITYSCAPES_PALETTE.to_vec())
+    (
+        CITYSCAPES_CLASSES.iter().map(|s| s.to_string()).collect(),
+        CITYSCAPES_PALETTE.to_vec(),
+    )
 }
 
 /// PNG files directly in `dir` (sorted) whose names satisfy `keep`.
@@ -215,16 +242,36 @@ fn list_pngs(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, Pat
 /// (trainIds) or else `labels/XXXXX.png` (Cityscapes label ids, usually a
 /// palette PNG) mapped on the fly.
 fn scan_gta(root: &Path) -> Result<Scan> {
-    let raw = LabelCodec { storage: LabelStorage::Gray8, map: cityscapes_id_map() };
-    scan_image_label_dirs("gta", DatasetKind::Gta, root, &root.join("images"), &root.join("labels"), raw)
+    let raw = LabelCodec {
+        storage: LabelStorage::Gray8,
+        map: cityscapes_id_map(),
+    };
+    scan_image_label_dirs(
+        "gta",
+        DatasetKind::Gta,
+        root,
+        &root.join("images"),
+        &root.join("labels"),
+        raw,
+    )
 }
 
 /// SYNTHIA RAND_CITYSCAPES: `RGB/XXXXXXX.png`, labels
 /// `GT/LABELS/XXXXXXX_labelTrainIds.png` (trainIds) or else
 /// `GT/LABELS/XXXXXXX.png` (16-bit, class id in the first PNG channel).
 fn scan_synthia(root: &Path) -> Result<Scan> {
-    let raw = LabelCodec { storage: LabelStorage::Channel16(0), map: synthia_id_map() };
-    scan_image_label_dirs("synthia", DatasetKind::Synthia, root, &root.join("RGB"), &root.join("GT").join("LABELS"), raw)
+    let raw = LabelCodec {
+        storage: LabelStorage::Channel16(0),
+        map: synthia_id_map(),
+    };
+    scan_image_label_dirs(
+        "synthia",
+        DatasetKind::Synthia,
+        root,
+        &root.join("RGB"),
+        &root.join("GT").join("LABELS"),
+        raw,
+    )
 }
 
 /// A dataset of `image_dir/NAME.png` with labels `label_dir/NAME_labelTrainIds.png`
@@ -251,14 +298,33 @@ fn scan_image_label_dirs(
         let conv = label_dir.join(format!("{stem}_labelTrainIds.png"));
         let orig = label_dir.join(&file);
         let label = if conv.is_file() {
-            LabelFile { path: conv, codec: tid.clone(), is_train_ids: true }
+            LabelFile {
+                path: conv,
+                codec: tid.clone(),
+                is_train_ids: true,
+            }
         } else if orig.is_file() {
-            LabelFile { path: orig, codec: raw.clone(), is_train_ids: false }
+            LabelFile {
+                path: orig,
+                codec: raw.clone(),
+                is_train_ids: false,
+            }
         } else {
-            problems.push((image.clone(), format!("missing label: neither {} nor {}", orig.display(), conv.display())));
+            problems.push((
+                image.clone(),
+                format!(
+                    "missing label: neither {} nor {}",
+                    orig.display(),
+                    conv.display()
+                ),
+            ));
             continue;
         };
-        frames.push(Frame { key: stem, image, label: Some(label) });
+        frames.push(Frame {
+            key: stem,
+            image,
+            label: Some(label),
+        });
     }
     let (class_names, palette) = cityscapes_classes();
     let dataset = Dataset {
@@ -280,9 +346,15 @@ fn scan_image_label_dirs(
 fn scan_cityscapes(root: &Path, split: &str) -> Result<Scan> {
     let img_dir = root.join("leftImg8bit").join(split);
     if !img_dir.is_dir() {
-        return Err(Error::file(&img_dir, "directory does not exist (expected leftImg8bit/<split>/<city>/)"));
+        return Err(Error::file(
+            &img_dir,
+            "directory does not exist (expected leftImg8bit/<split>/<city>/)",
+        ));
     }
-    let raw = Arc::new(LabelCodec { storage: LabelStorage::Gray8, map: cityscapes_id_map() });
+    let raw = Arc::new(LabelCodec {
+        storage: LabelStorage::Gray8,
+        map: cityscapes_id_map(),
+    });
     let tid = Arc::new(LabelCodec::train_ids(NUM_CLASSES, IGNORE_INDEX));
     let mut cities: Vec<PathBuf> = std::fs::read_dir(&img_dir)
         .map_err(|e| Error::io(&img_dir, e))?
@@ -294,7 +366,9 @@ fn scan_cityscapes(root: &Path, split: &str) -> Result<Scan> {
     let mut problems = Vec::new();
     let labelled = split != "test";
     for city in &cities {
-        let Some(city_name) = city.file_name() else { continue };
+        let Some(city_name) = city.file_name() else {
+            continue;
+        };
         let gt_dir = root.join("gtFine").join(split).join(city_name);
         for (name, image) in list_pngs(city, |n| n.ends_with("_leftImg8bit.png"))? {
             let base = name.trim_end_matches("_leftImg8bit.png").to_string();
@@ -302,21 +376,43 @@ fn scan_cityscapes(root: &Path, split: &str) -> Result<Scan> {
                 let conv = gt_dir.join(format!("{base}_gtFine_labelTrainIds.png"));
                 let orig = gt_dir.join(format!("{base}_gtFine_labelIds.png"));
                 if conv.is_file() {
-                    Some(LabelFile { path: conv, codec: tid.clone(), is_train_ids: true })
+                    Some(LabelFile {
+                        path: conv,
+                        codec: tid.clone(),
+                        is_train_ids: true,
+                    })
                 } else if orig.is_file() {
-                    Some(LabelFile { path: orig, codec: raw.clone(), is_train_ids: false })
+                    Some(LabelFile {
+                        path: orig,
+                        codec: raw.clone(),
+                        is_train_ids: false,
+                    })
                 } else {
-                    problems.push((image.clone(), format!("missing label: neither {} nor {}", conv.display(), orig.display())));
+                    problems.push((
+                        image.clone(),
+                        format!(
+                            "missing label: neither {} nor {}",
+                            conv.display(),
+                            orig.display()
+                        ),
+                    ));
                     continue;
                 }
             } else {
                 None
             };
-            frames.push(Frame { key: base, image, label });
+            frames.push(Frame {
+                key: base,
+                image,
+                label,
+            });
         }
     }
     if frames.is_empty() && problems.is_empty() {
-        problems.push((img_dir.clone(), "no *_leftImg8bit.png images found in any city folder".into()));
+        problems.push((
+            img_dir.clone(),
+            "no *_leftImg8bit.png images found in any city folder".into(),
+        ));
     }
     let (class_names, palette) = cityscapes_classes();
     let dataset = Dataset {
@@ -389,10 +485,14 @@ fn default_ignore() -> u8 {
 impl FolderSpec {
     pub fn from_file(path: &Path) -> Result<Self> {
         if path.is_dir() {
-            return Err(Error::file(path, "a folder dataset is given by its TOML spec file, not a directory"));
+            return Err(Error::file(
+                path,
+                "a folder dataset is given by its TOML spec file, not a directory",
+            ));
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut spec: FolderSpec = toml::from_str(&text).map_err(|e| Error::file(path, format!("invalid dataset spec: {e}")))?;
+        let mut spec: FolderSpec = toml::from_str(&text)
+            .map_err(|e| Error::file(path, format!("invalid dataset spec: {e}")))?;
         spec.spec_path = path.to_path_buf();
         spec.validate()?;
         Ok(spec)
@@ -405,27 +505,45 @@ impl FolderSpec {
     pub fn validate(&self) -> Result<()> {
         let names = self.class_names();
         if names.is_empty() || names.len() > 255 {
-            return Err(self.err(format!("classes: {} classes, expected 1 to 255", names.len())));
+            return Err(self.err(format!(
+                "classes: {} classes, expected 1 to 255",
+                names.len()
+            )));
         }
         if usize::from(self.ignore_index) < names.len() {
-            return Err(self.err(format!("ignore_index {} is a class index (there are {} classes)", self.ignore_index, names.len())));
+            return Err(self.err(format!(
+                "ignore_index {} is a class index (there are {} classes)",
+                self.ignore_index,
+                names.len()
+            )));
         }
         match (&self.palette, &self.classes) {
             (Some(p), _) if p.len() != names.len() => {
-                return Err(self.err(format!("palette has {} colours for {} classes", p.len(), names.len())));
+                return Err(self.err(format!(
+                    "palette has {} colours for {} classes",
+                    p.len(),
+                    names.len()
+                )));
             }
             (None, Some(c)) if c.len() != NUM_CLASSES => {
-                return Err(self.err("palette is required when classes are not the 19 Cityscapes classes".into()));
+                return Err(self.err(
+                    "palette is required when classes are not the 19 Cityscapes classes".into(),
+                ));
             }
             _ => {}
         }
         if let Some(s) = &self.label_storage {
             if !matches!(s.as_str(), "gray8" | "channel16") {
-                return Err(self.err(format!("label_storage = {s:?}: expected \"gray8\" or \"channel16\"")));
+                return Err(self.err(format!(
+                    "label_storage = {s:?}: expected \"gray8\" or \"channel16\""
+                )));
             }
         }
         self.id_map()?;
-        Glob::parse(&self.images, &format!("{}: images", self.spec_path.display()))?;
+        Glob::parse(
+            &self.images,
+            &format!("{}: images", self.spec_path.display()),
+        )?;
         if let Some(l) = &self.labels {
             Glob::parse(l, &format!("{}: labels", self.spec_path.display()))?;
         }
@@ -446,22 +564,42 @@ impl FolderSpec {
         };
         let mut pairs = Vec::new();
         for (key, &v) in m {
-            let id: u16 = key
-                .trim()
-                .parse()
-                .map_err(|_| self.err(format!("id_to_train_id: key {key:?} is not an id (0–65535)")))?;
+            let id: u16 = key.trim().parse().map_err(|_| {
+                self.err(format!(
+                    "id_to_train_id: key {key:?} is not an id (0–65535)"
+                ))
+            })?;
             if usize::from(v) >= k && v != self.ignore_index {
-                return Err(self.err(format!("id_to_train_id: {id} → {v}, which is neither a class (< {k}) nor ignore_index")));
+                return Err(self.err(format!(
+                    "id_to_train_id: {id} → {v}, which is neither a class (< {k}) nor ignore_index"
+                )));
             }
-            pairs.push((id, if v == self.ignore_index { IGNORE_INDEX } else { v }));
+            pairs.push((
+                id,
+                if v == self.ignore_index {
+                    IGNORE_INDEX
+                } else {
+                    v
+                },
+            ));
         }
         let max_key = pairs.iter().map(|p| p.0).max().unwrap_or(0);
         let max_id = self.max_id.unwrap_or(max_key).max(max_key);
-        Ok(IdMap::from_pairs(&format!("ids of {} (0–{max_id})", self.spec_path.display()), max_id, &pairs, &[], IGNORE_INDEX))
+        Ok(IdMap::from_pairs(
+            &format!("ids of {} (0–{max_id})", self.spec_path.display()),
+            max_id,
+            &pairs,
+            &[],
+            IGNORE_INDEX,
+        ))
     }
 
     pub fn root_dir(&self) -> PathBuf {
-        let base = self.spec_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = self
+            .spec_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         match &self.root {
             Some(r) if r.is_absolute() => r.clone(),
             Some(r) => base.join(r),
@@ -476,27 +614,47 @@ impl FolderSpec {
         let images = ig.matches(&root)?;
         let mut problems = Vec::new();
         if images.is_empty() {
-            problems.push((ig.fixed_dir(&root), format!("images glob {:?} matches no file", self.images)));
+            problems.push((
+                ig.fixed_dir(&root),
+                format!("images glob {:?} matches no file", self.images),
+            ));
         }
         let storage = match self.label_storage.as_deref() {
             Some("channel16") => LabelStorage::Channel16(0),
             _ => LabelStorage::Gray8,
         };
-        let codec = Arc::new(LabelCodec { storage, map: self.id_map()? });
+        let codec = Arc::new(LabelCodec {
+            storage,
+            map: self.id_map()?,
+        });
         let is_train_ids = self.id_to_train_id.is_none();
         let mut frames = Vec::new();
         match &self.labels {
-            None => frames.extend(images.into_iter().map(|m| Frame { key: m.key, image: m.path, label: None })),
+            None => frames.extend(images.into_iter().map(|m| Frame {
+                key: m.key,
+                image: m.path,
+                label: None,
+            })),
             Some(lg) => {
                 let lg = Glob::parse(lg, &format!("{spec}: labels"))?;
                 let labels = lg.matches(&root)?;
                 if labels.is_empty() {
-                    problems.push((lg.fixed_dir(&root), format!("labels glob {:?} matches no file", lg.as_str())));
+                    problems.push((
+                        lg.fixed_dir(&root),
+                        format!("labels glob {:?} matches no file", lg.as_str()),
+                    ));
                 }
                 let mut by_key: BTreeMap<String, PathBuf> = BTreeMap::new();
                 for m in labels {
                     if let Some(prev) = by_key.insert(m.key.clone(), m.path.clone()) {
-                        problems.push((m.path, format!("label key {:?} is also the key of {}", m.key, prev.display())));
+                        problems.push((
+                            m.path,
+                            format!(
+                                "label key {:?} is also the key of {}",
+                                m.key,
+                                prev.display()
+                            ),
+                        ));
                     }
                 }
                 for m in images {
@@ -504,13 +662,30 @@ impl FolderSpec {
                         Some(path) => frames.push(Frame {
                             key: m.key,
                             image: m.path,
-                            label: Some(LabelFile { path, codec: codec.clone(), is_train_ids }),
+                            label: Some(LabelFile {
+                                path,
+                                codec: codec.clone(),
+                                is_train_ids,
+                            }),
                         }),
-                        None => problems.push((m.path, format!("missing label: no file of glob {:?} has key {:?}", lg.as_str(), m.key))),
+                        None => problems.push((
+                            m.path,
+                            format!(
+                                "missing label: no file of glob {:?} has key {:?}",
+                                lg.as_str(),
+                                m.key
+                            ),
+                        )),
                     }
                 }
                 for (key, path) in by_key {
-                    problems.push((path, format!("label without image: no file of glob {:?} has key {key:?}", self.images)));
+                    problems.push((
+                        path,
+                        format!(
+                            "label without image: no file of glob {:?} has key {key:?}",
+                            self.images
+                        ),
+                    ));
                 }
             }
         }

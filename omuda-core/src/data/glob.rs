@@ -47,13 +47,20 @@ impl Glob {
         if text.starts_with('/') {
             return Err(bad("it must be relative to the dataset root".into()));
         }
-        if let Some(c) = text.chars().find(|c| matches!(c, '[' | ']' | '{' | '}' | '\\')) {
-            return Err(bad(format!("{c:?} is not supported (only *, ? and ** are)")));
+        if let Some(c) = text
+            .chars()
+            .find(|c| matches!(c, '[' | ']' | '{' | '}' | '\\'))
+        {
+            return Err(bad(format!(
+                "{c:?} is not supported (only *, ? and ** are)"
+            )));
         }
         let mut comps = Vec::new();
         for part in text.split('/') {
             if part.is_empty() {
-                return Err(bad("it has an empty path component (\"//\" or a trailing \"/\")".into()));
+                return Err(bad(
+                    "it has an empty path component (\"//\" or a trailing \"/\")".into(),
+                ));
             }
             if part == ".." {
                 return Err(bad("\"..\" is not allowed".into()));
@@ -61,7 +68,9 @@ impl Glob {
             if part == "**" {
                 comps.push(Comp::AnyDirs);
             } else if part.contains("**") {
-                return Err(bad(format!("\"**\" must be a whole path component, not part of {part:?}")));
+                return Err(bad(format!(
+                    "\"**\" must be a whole path component, not part of {part:?}"
+                )));
             } else if part.contains(['*', '?']) {
                 comps.push(Comp::Pattern(part.chars().collect()));
             } else if part != "." {
@@ -72,20 +81,33 @@ impl Glob {
             return Err(bad("it names no file".into()));
         };
         if *last == Comp::AnyDirs {
-            return Err(bad("it ends in \"**\": the last component must match file names".into()));
+            return Err(bad(
+                "it ends in \"**\": the last component must match file names".into(),
+            ));
         }
-        let prefix_len = comps.iter().take_while(|c| matches!(c, Comp::Literal(_))).count();
+        let prefix_len = comps
+            .iter()
+            .take_while(|c| matches!(c, Comp::Literal(_)))
+            .count();
         if prefix_len == comps.len() {
             return Err(bad("it has no wildcard (* or ?)".into()));
         }
         let suffix = match last {
             Comp::Pattern(p) => {
-                let pos = p.iter().rposition(|&c| c == '*' || c == '?').map_or(0, |i| i + 1);
+                let pos = p
+                    .iter()
+                    .rposition(|&c| c == '*' || c == '?')
+                    .map_or(0, |i| i + 1);
                 p[pos..].iter().collect()
             }
             _ => String::new(),
         };
-        Ok(Self { text: text.into(), comps, prefix_len, suffix })
+        Ok(Self {
+            text: text.into(),
+            comps,
+            prefix_len,
+            suffix,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -109,7 +131,10 @@ impl Glob {
     pub fn matches(&self, base: &Path) -> Result<Vec<GlobMatch>> {
         let dir = self.fixed_dir(base);
         if !dir.is_dir() {
-            return Err(Error::file(&dir, format!("directory of glob {:?} does not exist", self.text)));
+            return Err(Error::file(
+                &dir,
+                format!("directory of glob {:?} does not exist", self.text),
+            ));
         }
         let mut found = Vec::new();
         walk(&dir, &self.comps[self.prefix_len..], &mut found)?;
@@ -119,7 +144,10 @@ impl Glob {
         for path in found {
             let rel = path.strip_prefix(&dir).unwrap_or(&path);
             let rel = rel.to_string_lossy().replace('\\', "/");
-            let key = rel.strip_suffix(self.suffix.as_str()).unwrap_or(&rel).to_string();
+            let key = rel
+                .strip_suffix(self.suffix.as_str())
+                .unwrap_or(&rel)
+                .to_string();
             out.push(GlobMatch { key, path });
         }
         Ok(out)
@@ -207,7 +235,10 @@ mod tests {
     use super::*;
 
     fn m(p: &str, s: &str) -> bool {
-        wildcard_match(&p.chars().collect::<Vec<_>>(), &s.chars().collect::<Vec<_>>())
+        wildcard_match(
+            &p.chars().collect::<Vec<_>>(),
+            &s.chars().collect::<Vec<_>>(),
+        )
     }
 
     #[test]
@@ -223,9 +254,21 @@ mod tests {
 
     #[test]
     fn bad_globs_are_named() {
-        for g in ["", "/abs/*.png", "a/[ab].png", "a/x**.png", "a//*.png", "a/**", "a/b.png", "../*.png"] {
+        for g in [
+            "",
+            "/abs/*.png",
+            "a/[ab].png",
+            "a/x**.png",
+            "a//*.png",
+            "a/**",
+            "a/b.png",
+            "../*.png",
+        ] {
             let e = Glob::parse(g, "spec.toml: images").unwrap_err().to_string();
-            assert!(e.contains("spec.toml: images") && e.contains("bad glob"), "{g}: {e}");
+            assert!(
+                e.contains("spec.toml: images") && e.contains("bad glob"),
+                "{g}: {e}"
+            );
         }
     }
 

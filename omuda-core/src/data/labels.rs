@@ -28,7 +28,13 @@ pub struct IdMap {
 impl IdMap {
     /// Ids `0..=max_id` are known; those in `pairs` map to their trainId, the
     /// others to `ignore`. `extra_ignore` are further known ids mapped to ignore.
-    pub fn from_pairs(name: &str, max_id: u16, pairs: &[(u16, u8)], extra_ignore: &[u16], ignore: u8) -> Self {
+    pub fn from_pairs(
+        name: &str,
+        max_id: u16,
+        pairs: &[(u16, u8)],
+        extra_ignore: &[u16],
+        ignore: u8,
+    ) -> Self {
         let mut table = vec![u16::from(ignore); usize::from(max_id) + 1];
         for &(id, train) in pairs {
             let id = usize::from(id);
@@ -44,7 +50,10 @@ impl IdMap {
             }
             table[id] = u16::from(ignore);
         }
-        Self { name: name.into(), table }
+        Self {
+            name: name.into(),
+            table,
+        }
     }
 
     /// Labels that already hold trainIds: `0..num_classes` and `ignore` are
@@ -55,9 +64,18 @@ impl IdMap {
             *slot = c as u16;
         }
         table[usize::from(ignore)] = u16::from(IGNORE_INDEX);
-        let len = table.iter().rposition(|&v| v != UNKNOWN).map_or(0, |p| p + 1);
+        let len = table
+            .iter()
+            .rposition(|&v| v != UNKNOWN)
+            .map_or(0, |p| p + 1);
         table.truncate(len);
-        Self { name: format!("trainIds (0–{} and {ignore})", num_classes.saturating_sub(1)), table }
+        Self {
+            name: format!(
+                "trainIds (0–{} and {ignore})",
+                num_classes.saturating_sub(1)
+            ),
+            table,
+        }
     }
 
     /// The trainId of `id`, `None` if the id is unknown.
@@ -123,11 +141,23 @@ impl IdMap {
                 *counts.entry(id).or_default() += 1;
             }
         }
-        let list: Vec<String> = counts.iter().take(12).map(|(id, n)| format!("{id} ({n} px)")).collect();
-        let more = if counts.len() > 12 { format!(" and {} more", counts.len() - 12) } else { String::new() };
+        let list: Vec<String> = counts
+            .iter()
+            .take(12)
+            .map(|(id, n)| format!("{id} ({n} px)"))
+            .collect();
+        let more = if counts.len() > 12 {
+            format!(" and {} more", counts.len() - 12)
+        } else {
+            String::new()
+        };
         Error::file(
             path,
-            format!("unknown label id {}{more}: not among the {} (the dataset kind may be wrong)", list.join(", "), self.name),
+            format!(
+                "unknown label id {}{more}: not among the {} (the dataset kind may be wrong)",
+                list.join(", "),
+                self.name
+            ),
         )
     }
 }
@@ -185,11 +215,23 @@ pub const SYNTHIA_ID_TO_TRAIN_ID: [(u16, u8); 16] = [
 pub const SYNTHIA_MAX_ID: u16 = 22;
 
 pub fn cityscapes_id_map() -> IdMap {
-    IdMap::from_pairs("Cityscapes label ids (0–33, 255)", 33, &CITYSCAPES_ID_TO_TRAIN_ID, &[255], IGNORE_INDEX)
+    IdMap::from_pairs(
+        "Cityscapes label ids (0–33, 255)",
+        33,
+        &CITYSCAPES_ID_TO_TRAIN_ID,
+        &[255],
+        IGNORE_INDEX,
+    )
 }
 
 pub fn synthia_id_map() -> IdMap {
-    IdMap::from_pairs("SYNTHIA class ids (0–22)", SYNTHIA_MAX_ID, &SYNTHIA_ID_TO_TRAIN_ID, &[], IGNORE_INDEX)
+    IdMap::from_pairs(
+        "SYNTHIA class ids (0–22)",
+        SYNTHIA_MAX_ID,
+        &SYNTHIA_ID_TO_TRAIN_ID,
+        &[],
+        IGNORE_INDEX,
+    )
 }
 
 /// How the ids of a label PNG are stored.
@@ -214,7 +256,10 @@ pub struct LabelCodec {
 
 impl LabelCodec {
     pub fn train_ids(num_classes: usize, ignore: u8) -> Self {
-        Self { storage: LabelStorage::Gray8, map: IdMap::train_ids(num_classes, ignore) }
+        Self {
+            storage: LabelStorage::Gray8,
+            map: IdMap::train_ids(num_classes, ignore),
+        }
     }
 
     /// Decode `path` into `(width, height, trainIds)`.

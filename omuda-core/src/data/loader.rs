@@ -15,8 +15,14 @@ pub const IMAGENET_STD: [f32; 3] = [58.395, 57.12, 57.375];
 
 /// Stack samples into (B,3,H,W) normalised images and (B,H,W) u32 labels,
 /// mirroring horizontally the ones whose `flip` is set.
-pub fn samples_to_tensors(samples: &[Sample], flips: &[bool], device: &Device) -> Result<(Tensor, Tensor)> {
-    let first = samples.first().ok_or_else(|| crate::Error::msg("empty batch"))?;
+pub fn samples_to_tensors(
+    samples: &[Sample],
+    flips: &[bool],
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let first = samples
+        .first()
+        .ok_or_else(|| crate::Error::msg("empty batch"))?;
     let (h, w) = (first.height, first.width);
     let mut img = Vec::with_capacity(samples.len() * 3 * h * w);
     let mut lbl = Vec::with_capacity(samples.len() * h * w);
@@ -44,7 +50,10 @@ pub fn samples_to_tensors(samples: &[Sample], flips: &[bool], device: &Device) -
         }
     }
     let n = samples.len();
-    Ok((Tensor::from_vec(img, (n, 3, h, w), device)?, Tensor::from_vec(lbl, (n, h, w), device)?))
+    Ok((
+        Tensor::from_vec(img, (n, 3, h, w), device)?,
+        Tensor::from_vec(lbl, (n, h, w), device)?,
+    ))
 }
 
 /// Training batches of the synthetic pair: random indices and flips from a
@@ -67,7 +76,14 @@ pub struct SynthPairLoader {
 }
 
 impl SynthPairLoader {
-    pub fn new(synth: SynthConfig, dataset_seed: u64, source_domain: Domain, batch_size: usize, order_seed: u64, device: &Device) -> Self {
+    pub fn new(
+        synth: SynthConfig,
+        dataset_seed: u64,
+        source_domain: Domain,
+        batch_size: usize,
+        order_seed: u64,
+        device: &Device,
+    ) -> Self {
         Self {
             synth,
             dataset_seed,
@@ -98,8 +114,12 @@ impl SynthPairLoader {
 
     fn draw(&mut self) -> (Vec<usize>, Vec<bool>) {
         let n = self.synth.train_size;
-        let idx = (0..self.batch_size).map(|_| self.rng.gen_range(0..n)).collect();
-        let flips = (0..self.batch_size).map(|_| self.rng.gen_bool(0.5)).collect();
+        let idx = (0..self.batch_size)
+            .map(|_| self.rng.gen_range(0..n))
+            .collect();
+        let flips = (0..self.batch_size)
+            .map(|_| self.rng.gen_bool(0.5))
+            .collect();
         (idx, flips)
     }
 
@@ -120,30 +140,65 @@ impl SynthPairLoader {
             None => self.draw(),
         };
         let (tgt_idx, tgt_flip) = self.draw();
-        let src = generate_many(&self.synth, self.dataset_seed, self.source_domain, Split::Train, &src_idx);
-        let tgt = generate_many(&self.synth, self.dataset_seed, Domain::Target, Split::Train, &tgt_idx);
+        let src = generate_many(
+            &self.synth,
+            self.dataset_seed,
+            self.source_domain,
+            Split::Train,
+            &src_idx,
+        );
+        let tgt = generate_many(
+            &self.synth,
+            self.dataset_seed,
+            Domain::Target,
+            Split::Train,
+            &tgt_idx,
+        );
         let (source_image, source_label) = samples_to_tensors(&src, &src_flip, &self.device)?;
         let (target_image, _) = samples_to_tensors(&tgt, &tgt_flip, &self.device)?;
         let target_valid = match self.target_margins {
             Some(m) => Some(synth_valid_masks(&tgt, &tgt_flip, m, &self.device)?),
             None => None,
         };
-        Ok(UdaBatch { source_image, source_label, target_image, target_valid })
+        Ok(UdaBatch {
+            source_image,
+            source_label,
+            target_image,
+            target_valid,
+        })
     }
 }
 
 /// (B, H, W) valid-pseudo-label masks of uncropped frames, flipped like the images.
-fn synth_valid_masks(samples: &[Sample], flips: &[bool], margins: [usize; 4], device: &Device) -> Result<Tensor> {
+fn synth_valid_masks(
+    samples: &[Sample],
+    flips: &[bool],
+    margins: [usize; 4],
+    device: &Device,
+) -> Result<Tensor> {
     use crate::data::pipeline::CropBox;
     use crate::data::valid_region::{margin_mask, transform_mask};
     let mut out = Vec::new();
     for (s, &flip) in samples.iter().zip(flips) {
         let (w, h) = (s.width, s.height);
         let whole = CropBox { y: 0, x: 0, h, w };
-        out.extend(transform_mask(&margin_mask(w, h, margins), (w, h), (w, h), whole, flip, (w, h)));
+        out.extend(transform_mask(
+            &margin_mask(w, h, margins),
+            (w, h),
+            (w, h),
+            whole,
+            flip,
+            (w, h),
+        ));
     }
-    let first = samples.first().ok_or_else(|| crate::Error::msg("empty batch"))?;
-    Ok(Tensor::from_vec(out, (samples.len(), first.height, first.width), device)?)
+    let first = samples
+        .first()
+        .ok_or_else(|| crate::Error::msg("empty batch"))?;
+    Ok(Tensor::from_vec(
+        out,
+        (samples.len(), first.height, first.width),
+        device,
+    )?)
 }
 
 /// Labelled evaluation batches of one split, in index order.
@@ -160,7 +215,10 @@ pub fn eval_batches<'a>(
         let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
         let samples = generate_many(synth, dataset_seed, domain, Split::Val, &idx);
         let (img, _) = samples_to_tensors(&samples, &[], &device)?;
-        let labels = samples.iter().flat_map(|s| s.label.iter().copied()).collect();
+        let labels = samples
+            .iter()
+            .flat_map(|s| s.label.iter().copied())
+            .collect();
         Ok((img, labels))
     })
 }
@@ -172,13 +230,19 @@ mod tests {
     fn sample(h: usize, w: usize) -> Sample {
         let image = (0..h * w * 3).map(|i| (i % 251) as u8).collect();
         let label = (0..h * w).map(|i| (i % 19) as u8).collect();
-        Sample { image, label, height: h, width: w }
+        Sample {
+            image,
+            label,
+            height: h,
+            width: w,
+        }
     }
 
     #[test]
     fn normalisation_layout_and_flip() {
         let s = sample(2, 3);
-        let (img, lbl) = samples_to_tensors(&[s.clone(), s.clone()], &[false, true], &Device::Cpu).unwrap();
+        let (img, lbl) =
+            samples_to_tensors(&[s.clone(), s.clone()], &[false, true], &Device::Cpu).unwrap();
         assert_eq!(img.dims(), &[2, 3, 2, 3]);
         let all = img.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let (w, plane) = (3, 6); // width, pixels per channel plane
@@ -195,7 +259,9 @@ mod tests {
 
     #[test]
     fn mismatched_sizes_are_an_error() {
-        let err = samples_to_tensors(&[sample(2, 3), sample(3, 3)], &[], &Device::Cpu).unwrap_err().to_string();
+        let err = samples_to_tensors(&[sample(2, 3), sample(3, 3)], &[], &Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sample 1"), "{err}");
     }
 }

@@ -39,13 +39,24 @@ pub struct CropBox {
 pub fn random_crop_box(rng: &mut impl Rng, h: usize, w: usize, crop: [usize; 2]) -> CropBox {
     let oy = rng.gen_range(0..=h.saturating_sub(crop[0]));
     let ox = rng.gen_range(0..=w.saturating_sub(crop[1]));
-    CropBox { y: oy, x: ox, h: crop[0].min(h), w: crop[1].min(w) }
+    CropBox {
+        y: oy,
+        x: ox,
+        h: crop[0].min(h),
+        w: crop[1].min(w),
+    }
 }
 
 /// Whether `label` cropped to `b` passes the `cat_max_ratio` rule of mmseg
 /// `RandomCrop.__call__`: more than one non-ignore class, and the largest
 /// class below `cat_max_ratio` of the non-ignore pixels.
-pub fn crop_accepted(label: &[u8], width: usize, b: CropBox, cat_max_ratio: f64, ignore: u8) -> bool {
+pub fn crop_accepted(
+    label: &[u8],
+    width: usize,
+    b: CropBox,
+    cat_max_ratio: f64,
+    ignore: u8,
+) -> bool {
     let mut hist = [0u64; 256];
     for y in b.y..b.y + b.h {
         for &l in &label[y * width + b.x..y * width + b.x + b.w] {
@@ -88,7 +99,9 @@ pub fn resize_nearest(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) ->
     if (sw, sh) == (dw, dh) {
         return src.to_vec();
     }
-    let xs: Vec<usize> = (0..dw).map(|x| ((x as f64 * sw as f64 / dw as f64) as usize).min(sw - 1)).collect();
+    let xs: Vec<usize> = (0..dw)
+        .map(|x| ((x as f64 * sw as f64 / dw as f64) as usize).min(sw - 1))
+        .collect();
     let mut out = Vec::with_capacity(dw * dh);
     for y in 0..dh {
         let sy = ((y as f64 * sh as f64 / dh as f64) as usize).min(sh - 1);
@@ -123,7 +136,14 @@ fn linear_taps(src: usize, dst: usize, range: std::ops::Range<usize>) -> Vec<(us
 /// evaluated only for the destination box `b` (the output is `b.w×b.h`).
 /// Values are rounded to the nearest byte; OpenCV's fixed-point weights can
 /// differ by one level.
-pub fn resize_bilinear_rgb_box(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize, b: CropBox) -> Vec<u8> {
+pub fn resize_bilinear_rgb_box(
+    src: &[u8],
+    sw: usize,
+    sh: usize,
+    dw: usize,
+    dh: usize,
+    b: CropBox,
+) -> Vec<u8> {
     if (sw, sh) == (dw, dh) {
         let mut out = Vec::with_capacity(b.w * b.h * 3);
         for y in b.y..b.y + b.h {
@@ -166,7 +186,19 @@ pub fn resize_bilinear_rgb_box(src: &[u8], sw: usize, sh: usize, dw: usize, dh: 
 
 /// Bilinear resize of a whole RGB image.
 pub fn resize_bilinear_rgb(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
-    resize_bilinear_rgb_box(src, sw, sh, dw, dh, CropBox { y: 0, x: 0, h: dh, w: dw })
+    resize_bilinear_rgb_box(
+        src,
+        sw,
+        sh,
+        dw,
+        dh,
+        CropBox {
+            y: 0,
+            x: 0,
+            h: dh,
+            w: dw,
+        },
+    )
 }
 
 /// One training pipeline: resize, random crop, flip (normalisation and
@@ -196,23 +228,46 @@ impl PipelineConfig {
     /// DAFormer/DACS(mmseg) source: GTA → keep ratio (1280, 720) → crop 512²
     /// with cat_max_ratio 0.75 → flip 0.5 (`uda_gta_to_cityscapes_512x512.py`).
     pub fn daformer_gta() -> Self {
-        Self { scale: Some([1280, 720]), crop: Some([512, 512]), cat_max_ratio: 0.75, flip_prob: 0.5 }
+        Self {
+            scale: Some([1280, 720]),
+            crop: Some([512, 512]),
+            cat_max_ratio: 0.75,
+            flip_prob: 0.5,
+        }
     }
     /// DAFormer SYNTHIA source: (1280, 760) (identity for SYNTHIA frames).
     pub fn daformer_synthia() -> Self {
-        Self { scale: Some([1280, 760]), ..Self::daformer_gta() }
+        Self {
+            scale: Some([1280, 760]),
+            ..Self::daformer_gta()
+        }
     }
     /// DAFormer target: Cityscapes → (1024, 512) → crop 512² (no cat rule) → flip.
     pub fn daformer_cityscapes() -> Self {
-        Self { scale: Some([1024, 512]), crop: Some([512, 512]), cat_max_ratio: 1.0, flip_prob: 0.5 }
+        Self {
+            scale: Some([1024, 512]),
+            crop: Some([512, 512]),
+            cat_max_ratio: 1.0,
+            flip_prob: 0.5,
+        }
     }
     /// HRDA/MIC source: GTA → (2560, 1440) → crop 1024² with cat_max_ratio 0.75.
     pub fn hrda_gta() -> Self {
-        Self { scale: Some([2560, 1440]), crop: Some([1024, 1024]), cat_max_ratio: 0.75, flip_prob: 0.5 }
+        Self {
+            scale: Some([2560, 1440]),
+            crop: Some([1024, 1024]),
+            cat_max_ratio: 0.75,
+            flip_prob: 0.5,
+        }
     }
     /// HRDA/MIC target: Cityscapes at (2048, 1024) → crop 1024².
     pub fn hrda_cityscapes() -> Self {
-        Self { scale: Some([2048, 1024]), crop: Some([1024, 1024]), cat_max_ratio: 1.0, flip_prob: 0.5 }
+        Self {
+            scale: Some([2048, 1024]),
+            crop: Some([1024, 1024]),
+            cat_max_ratio: 1.0,
+            flip_prob: 0.5,
+        }
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -227,10 +282,16 @@ impl PipelineConfig {
             }
         }
         if !(self.cat_max_ratio > 0.0 && self.cat_max_ratio <= 1.0) {
-            return Err(format!("cat_max_ratio = {}: expected a value in (0, 1]", self.cat_max_ratio));
+            return Err(format!(
+                "cat_max_ratio = {}: expected a value in (0, 1]",
+                self.cat_max_ratio
+            ));
         }
         if !(0.0..=1.0).contains(&self.flip_prob) {
-            return Err(format!("flip_prob = {}: expected a value in [0, 1]", self.flip_prob));
+            return Err(format!(
+                "flip_prob = {}: expected a value in [0, 1]",
+                self.flip_prob
+            ));
         }
         Ok(())
     }
@@ -276,17 +337,34 @@ impl Prepared {
     /// resized size, without resizing a full-size ignore map.
     pub fn image_only(image: Vec<u8>, width: usize, height: usize, cfg: &PipelineConfig) -> Self {
         let (rw, rh) = cfg.resized_size(width, height);
-        let src = Sample { image, label: Vec::new(), height, width };
-        Self { src, rw, rh, label: vec![IGNORE_INDEX; rw * rh] }
+        let src = Sample {
+            image,
+            label: Vec::new(),
+            height,
+            width,
+        };
+        Self {
+            src,
+            rw,
+            rh,
+            label: vec![IGNORE_INDEX; rw * rh],
+        }
     }
 
     /// Draw a crop box with the `cat_max_ratio` rule.
     pub fn draw_box(&self, cfg: &PipelineConfig, rng: &mut impl Rng) -> CropBox {
         match cfg.crop {
-            None => CropBox { y: 0, x: 0, h: self.rh, w: self.rw },
+            None => CropBox {
+                y: 0,
+                x: 0,
+                h: self.rh,
+                w: self.rw,
+            },
             Some(c) => {
                 let (rh, rw) = (self.rh, self.rw);
-                choose_crop(&self.label, rw, cfg.cat_max_ratio, IGNORE_INDEX, || random_crop_box(rng, rh, rw, c))
+                choose_crop(&self.label, rw, cfg.cat_max_ratio, IGNORE_INDEX, || {
+                    random_crop_box(rng, rh, rw, c)
+                })
             }
         }
     }
@@ -294,14 +372,26 @@ impl Prepared {
     /// Pixels of class `c` inside box `b` (of the resized label).
     pub fn count_in_box(&self, b: CropBox, c: u8) -> usize {
         (b.y..b.y + b.h)
-            .map(|y| self.label[y * self.rw + b.x..y * self.rw + b.x + b.w].iter().filter(|&&l| l == c).count())
+            .map(|y| {
+                self.label[y * self.rw + b.x..y * self.rw + b.x + b.w]
+                    .iter()
+                    .filter(|&&l| l == c)
+                    .count()
+            })
             .sum()
     }
 
     /// The crop `b`, flipped if asked, padded to `crop` (image 0, label
     /// ignore) like mmseg's `Pad(pad_val=0, seg_pad_val=255)`.
     pub fn finish(&self, cfg: &PipelineConfig, b: CropBox, flip: bool) -> Sample {
-        let img = resize_bilinear_rgb_box(&self.src.image, self.src.width, self.src.height, self.rw, self.rh, b);
+        let img = resize_bilinear_rgb_box(
+            &self.src.image,
+            self.src.width,
+            self.src.height,
+            self.rw,
+            self.rh,
+            b,
+        );
         let mut lbl = Vec::with_capacity(b.w * b.h);
         for y in b.y..b.y + b.h {
             lbl.extend_from_slice(&self.label[y * self.rw + b.x..y * self.rw + b.x + b.w]);
@@ -321,7 +411,12 @@ impl Prepared {
                 label[d] = lbl[s];
             }
         }
-        Sample { image, label, height: oh, width: ow }
+        Sample {
+            image,
+            label,
+            height: oh,
+            width: ow,
+        }
     }
 
     /// The whole pipeline once: box with the cat rule, flip, finish.
@@ -342,11 +437,19 @@ mod tests {
         let src: Vec<u8> = (0..sw * sh * 3).map(|i| ((i * 7919) % 256) as u8).collect();
         let (dw, dh) = (25, 16);
         let whole = resize_bilinear_rgb(&src, sw, sh, dw, dh);
-        let b = CropBox { y: 3, x: 5, h: 9, w: 11 };
+        let b = CropBox {
+            y: 3,
+            x: 5,
+            h: 9,
+            w: 11,
+        };
         let part = resize_bilinear_rgb_box(&src, sw, sh, dw, dh, b);
         for y in 0..b.h {
             for x in 0..b.w * 3 {
-                assert_eq!(part[y * b.w * 3 + x], whole[(y + b.y) * dw * 3 + b.x * 3 + x]);
+                assert_eq!(
+                    part[y * b.w * 3 + x],
+                    whole[(y + b.y) * dw * 3 + b.x * 3 + x]
+                );
             }
         }
     }

@@ -31,7 +31,10 @@ fn open(path: &Path, t: Transformations) -> Result<png::Reader<BufReader<File>>>
 fn decode_error(path: &Path, e: png::DecodingError) -> Error {
     match e {
         png::DecodingError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Error::file(path, "truncated PNG: the file ends before the image data is complete")
+            Error::file(
+                path,
+                "truncated PNG: the file ends before the image data is complete",
+            )
         }
         png::DecodingError::IoError(io) => Error::io(path, io),
         other => Error::file(path, format!("corrupt PNG or not a PNG: {other}")),
@@ -39,12 +42,17 @@ fn decode_error(path: &Path, e: png::DecodingError) -> Error {
 }
 
 /// Decode the one frame of `reader` into a buffer of its output size.
-fn read_frame(path: &Path, mut reader: png::Reader<BufReader<File>>) -> Result<(png::OutputInfo, Vec<u8>)> {
+fn read_frame(
+    path: &Path,
+    mut reader: png::Reader<BufReader<File>>,
+) -> Result<(png::OutputInfo, Vec<u8>)> {
     let size = reader
         .output_buffer_size()
         .ok_or_else(|| Error::file(path, "PNG dimensions too large to decode"))?;
     let mut buf = vec![0u8; size];
-    let info = reader.next_frame(&mut buf).map_err(|e| decode_error(path, e))?;
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| decode_error(path, e))?;
     buf.truncate(info.buffer_size());
     Ok((info, buf))
 }
@@ -57,13 +65,22 @@ pub fn read_rgb(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     let (w, h) = (info.width as usize, info.height as usize);
     let rgb = match info.color_type {
         ColorType::Rgb => buf,
-        ColorType::Rgba => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        ColorType::Rgba => buf
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
         ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g]).collect(),
-        ColorType::GrayscaleAlpha => buf.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        ColorType::GrayscaleAlpha => buf
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
         ColorType::Indexed => return Err(Error::file(path, "palette PNG was not expanded to RGB")),
     };
     if rgb.len() != w * h * 3 {
-        return Err(Error::file(path, format!("decoded {} bytes, expected {}×{}×3", rgb.len(), w, h)));
+        return Err(Error::file(
+            path,
+            format!("decoded {} bytes, expected {}×{}×3", rgb.len(), w, h),
+        ));
     }
     Ok((w, h, rgb))
 }
@@ -76,11 +93,16 @@ pub fn read_label8(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     if !matches!(ct, ColorType::Grayscale | ColorType::Indexed) {
         return Err(Error::file(
             path,
-            format!("label PNG is {ct:?}: expected one channel of ids (8-bit grey or palette indices)"),
+            format!(
+                "label PNG is {ct:?}: expected one channel of ids (8-bit grey or palette indices)"
+            ),
         ));
     }
     if bd == BitDepth::Sixteen {
-        return Err(Error::file(path, "label PNG is 16-bit grey: expected 8-bit ids"));
+        return Err(Error::file(
+            path,
+            "label PNG is 16-bit grey: expected 8-bit ids",
+        ));
     }
     let (info, buf) = read_frame(path, reader)?;
     let (w, h) = (info.width as usize, info.height as usize);
@@ -110,32 +132,54 @@ pub fn read_label16(path: &Path, channel: usize) -> Result<(usize, usize, Vec<u1
     let reader = open(path, Transformations::IDENTITY)?;
     let ct = reader.info().color_type;
     if ct == ColorType::Indexed {
-        return Err(Error::file(path, "label PNG is a palette image: expected 16-bit grey or multi-channel ids"));
+        return Err(Error::file(
+            path,
+            "label PNG is a palette image: expected 16-bit grey or multi-channel ids",
+        ));
     }
     let (info, buf) = read_frame(path, reader)?;
     let (w, h) = (info.width as usize, info.height as usize);
     let channels = info.color_type.samples();
     let ch = if channels == 1 { 0 } else { channel };
     if ch >= channels {
-        return Err(Error::file(path, format!("label PNG has {channels} channels, channel {channel} requested")));
+        return Err(Error::file(
+            path,
+            format!("label PNG has {channels} channels, channel {channel} requested"),
+        ));
     }
     let out: Vec<u16> = match info.bit_depth {
         BitDepth::Sixteen => buf
             .chunks_exact(2 * channels)
             .map(|p| u16::from_be_bytes([p[2 * ch], p[2 * ch + 1]]))
             .collect(),
-        BitDepth::Eight => buf.chunks_exact(channels).map(|p| u16::from(p[ch])).collect(),
+        BitDepth::Eight => buf
+            .chunks_exact(channels)
+            .map(|p| u16::from(p[ch]))
+            .collect(),
         other => {
-            return Err(Error::file(path, format!("label PNG has {other:?}-bit channels: expected 8 or 16")));
+            return Err(Error::file(
+                path,
+                format!("label PNG has {other:?}-bit channels: expected 8 or 16"),
+            ));
         }
     };
     if out.len() != w * h {
-        return Err(Error::file(path, format!("decoded {} pixels, expected {}×{}", out.len(), w, h)));
+        return Err(Error::file(
+            path,
+            format!("decoded {} pixels, expected {}×{}", out.len(), w, h),
+        ));
     }
     Ok((w, h, out))
 }
 
-fn write_png(path: &Path, w: usize, h: usize, color: ColorType, depth: BitDepth, data: &[u8]) -> Result<()> {
+fn write_png(
+    path: &Path,
+    w: usize,
+    h: usize,
+    color: ColorType,
+    depth: BitDepth,
+    data: &[u8],
+) -> Result<()> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -175,7 +219,12 @@ pub fn write_u16(path: &Path, w: usize, h: usize, channels: usize, data: &[u16])
         1 => ColorType::Grayscale,
         3 => ColorType::Rgb,
         4 => ColorType::Rgba,
-        n => return Err(Error::file(path, format!("cannot write a {n}-channel 16-bit PNG"))),
+        n => {
+            return Err(Error::file(
+                path,
+                format!("cannot write a {n}-channel 16-bit PNG"),
+            ))
+        }
     };
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_be_bytes()).collect();
     write_png(path, w, h, color, BitDepth::Sixteen, &bytes)
@@ -183,7 +232,13 @@ pub fn write_u16(path: &Path, w: usize, h: usize, channels: usize, data: &[u16])
 
 /// Write an 8-bit palette PNG (indices plus an RGB palette), the format of
 /// the GTA5 label files.
-pub fn write_indexed8(path: &Path, w: usize, h: usize, data: &[u8], palette: &[[u8; 3]]) -> Result<()> {
+pub fn write_indexed8(
+    path: &Path,
+    w: usize,
+    h: usize,
+    data: &[u8],
+    palette: &[[u8; 3]],
+) -> Result<()> {
     check_len(path, data.len(), w * h)?;
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
@@ -204,7 +259,10 @@ pub fn write_indexed8(path: &Path, w: usize, h: usize, data: &[u8], palette: &[[
 
 fn check_len(path: &Path, got: usize, want: usize) -> Result<()> {
     if got != want {
-        return Err(Error::file(path, format!("{got} values given for a PNG that needs {want}")));
+        return Err(Error::file(
+            path,
+            format!("{got} values given for a PNG that needs {want}"),
+        ));
     }
     Ok(())
 }

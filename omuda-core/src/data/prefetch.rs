@@ -80,7 +80,11 @@ impl HostBatch {
             target_valid: if self.target_valid.is_empty() {
                 None
             } else {
-                Some(Tensor::from_slice(&self.target_valid, (tb, th, tw), device)?)
+                Some(Tensor::from_slice(
+                    &self.target_valid,
+                    (tb, th, tw),
+                    device,
+                )?)
             },
         })
     }
@@ -95,7 +99,9 @@ fn splitmix(mut z: u64) -> u64 {
 
 /// The generator of one sample slot of one batch.
 pub fn slot_rng(seed: u64, batch: u64, slot: u64, domain: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(splitmix(splitmix(splitmix(seed) ^ batch) ^ (slot << 1 | domain)))
+    ChaCha8Rng::seed_from_u64(splitmix(
+        splitmix(splitmix(seed) ^ batch) ^ (slot << 1 | domain),
+    ))
 }
 
 /// Append `s` as normalised CHW floats (ImageNet mean/std, RGB).
@@ -104,7 +110,14 @@ pub fn normalize_into(s: &Sample, out: &mut Vec<f32>) {
     for c in 0..3 {
         let (m, sd) = (IMAGENET_MEAN[c], IMAGENET_STD[c]);
         let inv = 1.0 / sd;
-        out.extend(s.image.iter().skip(c).step_by(3).take(n).map(|&v| (f32::from(v) - m) * inv));
+        out.extend(
+            s.image
+                .iter()
+                .skip(c)
+                .step_by(3)
+                .take(n)
+                .map(|&v| (f32::from(v) - m) * inv),
+        );
     }
 }
 
@@ -121,7 +134,13 @@ pub struct Producer {
 }
 
 impl Producer {
-    pub fn new(source: DomainData, target: DomainData, rcs: Option<RcsSampler>, batch_size: usize, seed: u64) -> Result<Self> {
+    pub fn new(
+        source: DomainData,
+        target: DomainData,
+        rcs: Option<RcsSampler>,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<Self> {
         if source.dataset.is_empty() || target.dataset.is_empty() {
             return Err(Error::msg(format!(
                 "loader: the source ({}, {} frames) and target ({}, {} frames) datasets must both have frames",
@@ -132,12 +151,22 @@ impl Producer {
             )));
         }
         if source.dataset.frames.iter().any(|f| f.label.is_none()) {
-            return Err(Error::msg(format!("loader: source dataset {} has frames without labels", source.dataset.name)));
+            return Err(Error::msg(format!(
+                "loader: source dataset {} has frames without labels",
+                source.dataset.name
+            )));
         }
         if batch_size == 0 {
             return Err(Error::msg("loader: batch size must be at least 1"));
         }
-        Ok(Self { source, target, rcs, batch_size, seed, target_margins: None })
+        Ok(Self {
+            source,
+            target,
+            rcs,
+            batch_size,
+            seed,
+            target_margins: None,
+        })
     }
 
     /// The same producer with target valid-region masks (reference §4.7).
@@ -183,7 +212,11 @@ impl Producer {
     /// A target sample, its frame, and (with `target_margins`) its valid
     /// pseudo-label mask: built at the original frame size and taken through
     /// the same resize, crop and flip as the image.
-    pub fn target_sample_valid(&self, index: u64, slot: usize) -> Result<(Sample, usize, Option<Vec<f32>>)> {
+    pub fn target_sample_valid(
+        &self,
+        index: u64,
+        slot: usize,
+    ) -> Result<(Sample, usize, Option<Vec<f32>>)> {
         let mut rng = slot_rng(self.seed, index, slot as u64, 1);
         let ds = &self.target.dataset;
         let p = &self.target.pipeline;
@@ -196,7 +229,14 @@ impl Producer {
         let flip = rng.gen_bool(p.flip_prob);
         let s = prep.finish(p, b, flip);
         let valid = self.target_margins.map(|m| {
-            transform_mask(&margin_mask(w, h, m), (w, h), (prep.rw, prep.rh), b, flip, (s.width, s.height))
+            transform_mask(
+                &margin_mask(w, h, m),
+                (w, h),
+                (prep.rw, prep.rh),
+                b,
+                flip,
+                (s.width, s.height),
+            )
         });
         Ok((s, frame, valid))
     }
@@ -220,7 +260,8 @@ impl Producer {
             let (s, f, c) = self.source_sample(index, slot)?;
             check_dims(&mut out.source_dims, &s, "source", &self.source.dataset, f)?;
             normalize_into(&s, &mut out.source_image);
-            out.source_label.extend(s.label.iter().map(|&l| u32::from(l)));
+            out.source_label
+                .extend(s.label.iter().map(|&l| u32::from(l)));
             out.source_frames.push(f);
             out.rcs_classes.push(c);
             let (t, tf, valid) = self.target_sample_valid(index, slot)?;
@@ -235,14 +276,24 @@ impl Producer {
     }
 }
 
-fn check_dims(dims: &mut (usize, usize, usize), s: &Sample, what: &str, ds: &Dataset, frame: usize) -> Result<()> {
+fn check_dims(
+    dims: &mut (usize, usize, usize),
+    s: &Sample,
+    what: &str,
+    ds: &Dataset,
+    frame: usize,
+) -> Result<()> {
     if dims.1 == 0 {
         dims.1 = s.height;
         dims.2 = s.width;
         return Ok(());
     }
     if (dims.1, dims.2) != (s.height, s.width) {
-        let path = ds.frames.get(frame).map(|f| f.image.clone()).unwrap_or_default();
+        let path = ds
+            .frames
+            .get(frame)
+            .map(|f| f.image.clone())
+            .unwrap_or_default();
         return Err(Error::file(
             path,
             format!(
@@ -285,10 +336,20 @@ impl UdaLoader {
     }
 
     /// A loader whose first batch is batch `first` (resuming a run).
-    pub fn start_at(producer: Producer, opts: LoaderOptions, device: &Device, first: u64) -> Result<Self> {
+    pub fn start_at(
+        producer: Producer,
+        opts: LoaderOptions,
+        device: &Device,
+        first: u64,
+    ) -> Result<Self> {
         let producer = Arc::new(producer);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { next_to_make: first, consumed: first, ready: BTreeMap::new(), stop: false }),
+            state: Mutex::new(State {
+                next_to_make: first,
+                consumed: first,
+                ready: BTreeMap::new(),
+                stop: false,
+            }),
             cv: Condvar::new(),
             prefetch: opts.prefetch.max(1) as u64,
         });
@@ -301,7 +362,15 @@ impl UdaLoader {
                 .map_err(|e| Error::msg(format!("loader: cannot start a worker thread: {e}")))?;
             threads.push(t);
         }
-        Ok(Self { producer, shared, threads, next: first, device: device.clone(), wait_seconds: 0.0, batches: 0 })
+        Ok(Self {
+            producer,
+            shared,
+            threads,
+            next: first,
+            device: device.clone(),
+            wait_seconds: 0.0,
+            batches: 0,
+        })
     }
 
     /// Index of the next batch [`UdaLoader::next_host_batch`] returns.
@@ -320,14 +389,22 @@ impl UdaLoader {
         let result = if self.threads.is_empty() {
             self.producer.batch(idx)
         } else {
-            let mut st = self.shared.state.lock().map_err(|_| Error::msg("loader: worker state poisoned"))?;
+            let mut st = self
+                .shared
+                .state
+                .lock()
+                .map_err(|_| Error::msg("loader: worker state poisoned"))?;
             loop {
                 if let Some(r) = st.ready.remove(&idx) {
                     st.consumed = idx + 1;
                     self.shared.cv.notify_all();
                     break r;
                 }
-                st = self.shared.cv.wait(st).map_err(|_| Error::msg("loader: worker state poisoned"))?;
+                st = self
+                    .shared
+                    .cv
+                    .wait(st)
+                    .map_err(|_| Error::msg("loader: worker state poisoned"))?;
             }
         };
         self.wait_seconds += t0.elapsed().as_secs_f64();
@@ -343,7 +420,11 @@ impl UdaLoader {
 
     /// Continue at batch `index` (batches are a pure function of (seed, index)).
     pub fn seek(&mut self, index: u64) -> Result<()> {
-        let mut st = self.shared.state.lock().map_err(|_| Error::msg("loader: worker state poisoned"))?;
+        let mut st = self
+            .shared
+            .state
+            .lock()
+            .map_err(|_| Error::msg("loader: worker state poisoned"))?;
         st.ready.clear();
         st.next_to_make = index;
         st.consumed = index;
@@ -361,7 +442,9 @@ impl UdaLoader {
         let seed = state.get("seed").and_then(serde_json::Value::as_u64);
         let next = state.get("next_batch").and_then(serde_json::Value::as_u64);
         let (Some(seed), Some(next)) = (seed, next) else {
-            return Err(Error::msg(format!("loader order state {state}: expected {{\"seed\": n, \"next_batch\": n}}")));
+            return Err(Error::msg(format!(
+                "loader order state {state}: expected {{\"seed\": n, \"next_batch\": n}}"
+            )));
         };
         if seed != self.producer.seed {
             return Err(Error::msg(format!(
@@ -390,7 +473,11 @@ fn worker(p: &Producer, s: &Shared) {
             st.next_to_make - 1
         };
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.batch(idx)))
-            .unwrap_or_else(|_| Err(Error::msg(format!("loader: a worker panicked while making batch {idx}"))));
+            .unwrap_or_else(|_| {
+                Err(Error::msg(format!(
+                    "loader: a worker panicked while making batch {idx}"
+                )))
+            });
         let Ok(mut st) = s.state.lock() else { return };
         // After a seek, batches before the new position are no longer wanted.
         if idx >= st.consumed {

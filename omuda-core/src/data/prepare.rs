@@ -28,7 +28,12 @@ pub struct PrepareOptions {
 
 impl Default for PrepareOptions {
     fn default() -> Self {
-        Self { convert: false, check_images: true, splits: vec!["train".into(), "val".into()], out_dir: None }
+        Self {
+            convert: false,
+            check_images: true,
+            splits: vec!["train".into(), "val".into()],
+            out_dir: None,
+        }
     }
 }
 
@@ -88,15 +93,15 @@ pub fn prepare(
     on_total(total);
     report.frames = total;
     for (split, ds) in &datasets {
-        let results: Vec<std::result::Result<(Option<FrameStats>, bool), Vec<(PathBuf, String)>>> = ds
-            .frames
-            .par_iter()
-            .map(|f| {
-                let r = check_frame(f, ds.num_classes(), opts);
-                tick();
-                r
-            })
-            .collect();
+        let results: Vec<std::result::Result<(Option<FrameStats>, bool), Vec<(PathBuf, String)>>> =
+            ds.frames
+                .par_iter()
+                .map(|f| {
+                    let r = check_frame(f, ds.num_classes(), opts);
+                    tick();
+                    r
+                })
+                .collect();
         let keep_stats = kind != DatasetKind::Cityscapes || split == "train";
         for r in results {
             match r {
@@ -114,7 +119,10 @@ pub fn prepare(
         let dir = match &opts.out_dir {
             Some(d) => d.clone(),
             None => match kind {
-                DatasetKind::Folder => datasets.first().map(|(_, d)| d.root.clone()).unwrap_or_else(|| root.to_path_buf()),
+                DatasetKind::Folder => datasets
+                    .first()
+                    .map(|(_, d)| d.root.clone())
+                    .unwrap_or_else(|| root.to_path_buf()),
                 _ => root.to_path_buf(),
             },
         };
@@ -126,7 +134,11 @@ pub fn prepare(
 
 /// Check one frame; on success its statistics (none for an unlabelled frame)
 /// and whether a converted label was written.
-fn check_frame(f: &Frame, num_classes: usize, opts: &PrepareOptions) -> std::result::Result<(Option<FrameStats>, bool), Vec<(PathBuf, String)>> {
+fn check_frame(
+    f: &Frame,
+    num_classes: usize,
+    opts: &PrepareOptions,
+) -> std::result::Result<(Option<FrameStats>, bool), Vec<(PathBuf, String)>> {
     let mut problems = Vec::new();
     let size = if opts.check_images {
         png_io::read_rgb(&f.image).map(|(w, h, _)| (w, h))
@@ -141,7 +153,11 @@ fn check_frame(f: &Frame, num_classes: usize, opts: &PrepareOptions) -> std::res
         }
     };
     let Some(l) = &f.label else {
-        return if problems.is_empty() { Ok((None, false)) } else { Err(problems) };
+        return if problems.is_empty() {
+            Ok((None, false))
+        } else {
+            Err(problems)
+        };
     };
     let label = match l.codec.read(&l.path) {
         Ok(v) => Some(v),
@@ -154,7 +170,13 @@ fn check_frame(f: &Frame, num_classes: usize, opts: &PrepareOptions) -> std::res
         return Err(problems);
     };
     if (lw, lh) != (iw, ih) {
-        problems.push((l.path.clone(), format!("label is {lw}×{lh} but its image {} is {iw}×{ih}", f.image.display())));
+        problems.push((
+            l.path.clone(),
+            format!(
+                "label is {lw}×{lh} but its image {} is {iw}×{ih}",
+                f.image.display()
+            ),
+        ));
         return Err(problems);
     }
     let mut file = l.path.clone();
@@ -168,7 +190,10 @@ fn check_frame(f: &Frame, num_classes: usize, opts: &PrepareOptions) -> std::res
         converted = true;
     }
     let hist = class_counts(&label, num_classes);
-    Ok((Some(FrameStats::from_hist(file.display().to_string(), &hist)), converted))
+    Ok((
+        Some(FrameStats::from_hist(file.display().to_string(), &hist)),
+        converted,
+    ))
 }
 
 /// The message of an error without a leading "<path>: " (the report names the file).

@@ -8,7 +8,10 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::datasets::Dataset;
-use super::stats::{read_sample_class_stats, read_samples_with_class, FrameStats, SAMPLES_WITH_CLASS, SAMPLE_CLASS_STATS};
+use super::stats::{
+    read_sample_class_stats, read_samples_with_class, FrameStats, SAMPLES_WITH_CLASS,
+    SAMPLE_CLASS_STATS,
+};
 use crate::{Error, Result};
 
 /// RCS settings; the defaults are DAFormer's (`rcs_class_temp=0.01`,
@@ -27,17 +30,27 @@ pub struct RcsConfig {
 
 impl Default for RcsConfig {
     fn default() -> Self {
-        Self { class_temp: 0.01, min_pixels: 3000, min_crop_ratio: 0.5 }
+        Self {
+            class_temp: 0.01,
+            min_pixels: 3000,
+            min_crop_ratio: 0.5,
+        }
     }
 }
 
 impl RcsConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         if !(self.class_temp > 0.0 && self.class_temp.is_finite()) {
-            return Err(format!("class_temp = {}: expected a positive number", self.class_temp));
+            return Err(format!(
+                "class_temp = {}: expected a positive number",
+                self.class_temp
+            ));
         }
         if !(self.min_crop_ratio >= 0.0 && self.min_crop_ratio.is_finite()) {
-            return Err(format!("min_crop_ratio = {}: expected a number ≥ 0", self.min_crop_ratio));
+            return Err(format!(
+                "min_crop_ratio = {}: expected a number ≥ 0",
+                self.min_crop_ratio
+            ));
         }
         Ok(())
     }
@@ -61,18 +74,33 @@ pub fn class_probs(stats: &[FrameStats], temperature: f64) -> (Vec<u8>, Vec<f32>
     totals.sort_by_key(|&(_, n)| n);
     let sum: u64 = totals.iter().map(|t| t.1).sum();
     let t = temperature as f32;
-    let logits: Vec<f32> = totals.iter().map(|&(_, n)| (1.0 - n as f32 / sum as f32) / t).collect();
+    let logits: Vec<f32> = totals
+        .iter()
+        .map(|&(_, n)| (1.0 - n as f32 / sum as f32) / t)
+        .collect();
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let e: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
     let z: f32 = e.iter().sum();
-    (totals.into_iter().map(|(c, _)| c).collect(), e.into_iter().map(|x| x / z).collect())
+    (
+        totals.into_iter().map(|(c, _)| c).collect(),
+        e.into_iter().map(|x| x / z).collect(),
+    )
 }
 
 /// Candidate files of each class: those with strictly more than `min_pixels`.
-pub fn candidate_files(samples_with_class: &BTreeMap<u8, Vec<(String, u64)>>, class: u8, min_pixels: u64) -> Vec<String> {
+pub fn candidate_files(
+    samples_with_class: &BTreeMap<u8, Vec<(String, u64)>>,
+    class: u8,
+    min_pixels: u64,
+) -> Vec<String> {
     samples_with_class
         .get(&class)
-        .map(|v| v.iter().filter(|(_, n)| *n > min_pixels).map(|(f, _)| f.clone()).collect())
+        .map(|v| {
+            v.iter()
+                .filter(|(_, n)| *n > min_pixels)
+                .map(|(f, _)| f.clone())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -87,7 +115,12 @@ pub fn crop_has_class(count: usize, cfg: &RcsConfig) -> bool {
 fn stats_key(file: &str) -> (String, String) {
     let base = file.rsplit(['/', '\\']).next().unwrap_or(file).to_string();
     let mut key = base.clone();
-    for suf in ["_gtFine_labelTrainIds.png", "_gtFine_labelIds.png", "_labelTrainIds.png", ".png"] {
+    for suf in [
+        "_gtFine_labelTrainIds.png",
+        "_gtFine_labelIds.png",
+        "_labelTrainIds.png",
+        ".png",
+    ] {
         if let Some(k) = base.strip_suffix(suf) {
             key = k.to_string();
             break;
@@ -114,7 +147,13 @@ impl RcsSampler {
     pub fn from_dir(stats_dir: &Path, dataset: &Dataset, cfg: &RcsConfig) -> Result<Self> {
         let stats = read_sample_class_stats(&stats_dir.join(SAMPLE_CLASS_STATS))?;
         let swc = read_samples_with_class(&stats_dir.join(SAMPLES_WITH_CLASS))?;
-        Self::new(&stats, &swc, dataset, cfg, &stats_dir.join(SAMPLES_WITH_CLASS))
+        Self::new(
+            &stats,
+            &swc,
+            dataset,
+            cfg,
+            &stats_dir.join(SAMPLES_WITH_CLASS),
+        )
     }
 
     pub fn new(
@@ -147,7 +186,14 @@ impl RcsSampler {
                 )
             })
         };
-        Self::from_lookup(stats, samples_with_class, cfg, origin, &dataset.class_names, lookup)
+        Self::from_lookup(
+            stats,
+            samples_with_class,
+            cfg,
+            origin,
+            &dataset.class_names,
+            lookup,
+        )
     }
 
     /// The sampler of statistics whose file names `lookup` maps to frame
@@ -163,7 +209,10 @@ impl RcsSampler {
     ) -> Result<Self> {
         let (classes, probs) = class_probs(stats, cfg.class_temp);
         if classes.is_empty() {
-            return Err(Error::file(origin, "RCS statistics hold no class pixels (empty or all-ignore labels?)"));
+            return Err(Error::file(
+                origin,
+                "RCS statistics hold no class pixels (empty or all-ignore labels?)",
+            ));
         }
         let mut files = Vec::with_capacity(classes.len());
         for &c in &classes {
@@ -191,14 +240,24 @@ impl RcsSampler {
                 acc
             })
             .collect();
-        Ok(Self { classes, probs, cumulative, files, cfg: cfg.clone() })
+        Ok(Self {
+            classes,
+            probs,
+            cumulative,
+            files,
+            cfg: cfg.clone(),
+        })
     }
 
     /// Draw a class from the RCS distribution, then one of its files uniformly.
     pub fn draw(&self, rng: &mut impl Rng) -> (u8, usize) {
         let total = self.cumulative.last().copied().unwrap_or(1.0);
         let u = rng.gen::<f64>() * total;
-        let ci = self.cumulative.iter().position(|&c| u < c).unwrap_or(self.classes.len() - 1);
+        let ci = self
+            .cumulative
+            .iter()
+            .position(|&c| u < c)
+            .unwrap_or(self.classes.len() - 1);
         let files = &self.files[ci];
         let f = files[rng.gen_range(0..files.len())];
         (self.classes[ci], f)

@@ -66,7 +66,10 @@ impl DatasetConfig {
             DatasetKind::Gta => PipelineConfig::daformer_gta(),
             DatasetKind::Synthia => PipelineConfig::daformer_synthia(),
             DatasetKind::Cityscapes => PipelineConfig::daformer_cityscapes(),
-            DatasetKind::Folder => PipelineConfig { scale: None, ..PipelineConfig::daformer_gta() },
+            DatasetKind::Folder => PipelineConfig {
+                scale: None,
+                ..PipelineConfig::daformer_gta()
+            },
         };
         if self.scale.is_some() {
             p.scale = self.scale;
@@ -100,13 +103,20 @@ pub struct LoaderConfig {
 
 impl Default for LoaderConfig {
     fn default() -> Self {
-        Self { workers: 4, prefetch: 8 }
+        Self {
+            workers: 4,
+            prefetch: 8,
+        }
     }
 }
 
 /// Checks of `[data]` for `dataset = "files"`, each naming its key.
 pub fn validate_files(d: &DataConfig) -> std::result::Result<(), String> {
-    for (name, ds) in [("data.source", &d.source), ("data.target", &d.target), ("data.val", &d.val)] {
+    for (name, ds) in [
+        ("data.source", &d.source),
+        ("data.target", &d.target),
+        ("data.val", &d.val),
+    ] {
         let Some(ds) = ds else {
             return Err(format!("{name} is required when data.dataset = \"files\""));
         };
@@ -169,26 +179,57 @@ impl BatchSource for RunBatchSource {
 pub fn build_batch_source(cfg: &RunConfig, name: &str, device: &Device) -> Result<RunBatchSource> {
     let oracle = name == "oracle";
     if cfg.data.dataset == "synth" {
-        let domain = if oracle { Domain::Target } else { Domain::Source };
-        let mut loader =
-            SynthPairLoader::new(cfg.data.synth.clone(), cfg.data.dataset_seed, domain, cfg.train.batch_size, cfg.seed, device);
+        let domain = if oracle {
+            Domain::Target
+        } else {
+            Domain::Source
+        };
+        let mut loader = SynthPairLoader::new(
+            cfg.data.synth.clone(),
+            cfg.data.dataset_seed,
+            domain,
+            cfg.train.batch_size,
+            cfg.seed,
+            device,
+        );
         loader.target_margins = cfg.uda.pseudo_margins;
         if let Some(r) = &cfg.data.rcs {
-            loader = loader.with_rcs(Arc::new(super::synth_rcs::synth_rcs(&cfg.data.synth, cfg.data.dataset_seed, domain, r)?));
+            loader = loader.with_rcs(Arc::new(super::synth_rcs::synth_rcs(
+                &cfg.data.synth,
+                cfg.data.dataset_seed,
+                domain,
+                r,
+            )?));
         }
         return Ok(RunBatchSource::Synth(loader));
     }
     let margins = cfg.uda.pseudo_margins;
-    Ok(RunBatchSource::Files(build_uda_loader_with_margins(&cfg.data, oracle, cfg.train.batch_size, cfg.seed, margins, device)?))
+    Ok(RunBatchSource::Files(build_uda_loader_with_margins(
+        &cfg.data,
+        oracle,
+        cfg.train.batch_size,
+        cfg.seed,
+        margins,
+        device,
+    )?))
 }
 
 fn missing(key: &str) -> Error {
-    Error::Config { origin: "data".into(), message: format!("{key} is required when data.dataset = \"files\"") }
+    Error::Config {
+        origin: "data".into(),
+        message: format!("{key} is required when data.dataset = \"files\""),
+    }
 }
 
 /// The prefetching loader of a `dataset = "files"` configuration. With
 /// `oracle`, the target dataset (with its labels) is also the source.
-pub fn build_uda_loader(d: &DataConfig, oracle: bool, batch_size: usize, seed: u64, device: &Device) -> Result<UdaLoader> {
+pub fn build_uda_loader(
+    d: &DataConfig,
+    oracle: bool,
+    batch_size: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<UdaLoader> {
     build_uda_loader_with_margins(d, oracle, batch_size, seed, None, device)
 }
 
@@ -207,7 +248,11 @@ pub fn build_uda_loader_with_margins(
     let target = Arc::new(tc.open("train")?);
     let tpipe = tc.pipeline()?;
     let (source, spipe, stats_dir) = if oracle {
-        (target.clone(), tpipe.clone(), tc.stats_dir.clone().unwrap_or_else(|| target.root.clone()))
+        (
+            target.clone(),
+            tpipe.clone(),
+            tc.stats_dir.clone().unwrap_or_else(|| target.root.clone()),
+        )
     } else {
         let s = Arc::new(sc.open("train")?);
         let dir = sc.stats_dir.clone().unwrap_or_else(|| s.root.clone());
@@ -218,15 +263,30 @@ pub fn build_uda_loader_with_margins(
         None => None,
     };
     let producer = Producer::new(
-        DomainData { dataset: source, pipeline: spipe },
-        DomainData { dataset: target, pipeline: tpipe },
+        DomainData {
+            dataset: source,
+            pipeline: spipe,
+        },
+        DomainData {
+            dataset: target,
+            pipeline: tpipe,
+        },
         rcs,
         batch_size,
         seed,
     )?
     .with_target_margins(margins);
     let lc = d.loader.clone().unwrap_or_default();
-    UdaLoader::new(producer, LoaderOptions { batch_size, seed, workers: lc.workers, prefetch: lc.prefetch }, device)
+    UdaLoader::new(
+        producer,
+        LoaderOptions {
+            batch_size,
+            seed,
+            workers: lc.workers,
+            prefetch: lc.prefetch,
+        },
+        device,
+    )
 }
 
 /// mIoU on the run's target-val data: the synthetic target val split, or
@@ -237,12 +297,35 @@ pub fn evaluate_target_val(
     predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> Result<MiouReport> {
     if cfg.data.dataset == "synth" {
-        return crate::eval::evaluate_synth(&cfg.data.synth, cfg.data.dataset_seed, Domain::Target, &cfg.eval, device, predict);
+        return crate::eval::evaluate_synth(
+            &cfg.data.synth,
+            cfg.data.dataset_seed,
+            Domain::Target,
+            &cfg.eval,
+            device,
+            predict,
+        );
     }
     let vc = cfg.data.val.as_ref().ok_or_else(|| missing("data.val"))?;
     let ds = vc.open("val")?;
-    let scale = vc.scale.or_else(|| cfg.data.target.as_ref().and_then(|t| t.pipeline().ok()).and_then(|p| p.scale));
-    evaluate_dataset(&ds, &DatasetEvalOptions { scale, colour_dir: None, limit: None }, &cfg.eval, device, predict)
+    let scale = vc.scale.or_else(|| {
+        cfg.data
+            .target
+            .as_ref()
+            .and_then(|t| t.pipeline().ok())
+            .and_then(|p| p.scale)
+    });
+    evaluate_dataset(
+        &ds,
+        &DatasetEvalOptions {
+            scale,
+            colour_dir: None,
+            limit: None,
+        },
+        &cfg.eval,
+        device,
+        predict,
+    )
 }
 
 /// mIoU on the run's source-val data: the synthetic source val split. Datasets
@@ -254,10 +337,21 @@ pub fn evaluate_source_val(
     predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> Result<MiouReport> {
     if cfg.data.dataset == "synth" {
-        return crate::eval::evaluate_synth(&cfg.data.synth, cfg.data.dataset_seed, Domain::Source, &cfg.eval, device, predict);
+        return crate::eval::evaluate_synth(
+            &cfg.data.synth,
+            cfg.data.dataset_seed,
+            Domain::Source,
+            &cfg.eval,
+            device,
+            predict,
+        );
     }
     let names = crate::data::classes::CITYSCAPES_CLASSES;
-    Ok(MiouReport::from_confusion(&crate::eval::miou::ConfusionMatrix::new(names.len()), &names, 0))
+    Ok(MiouReport::from_confusion(
+        &crate::eval::miou::ConfusionMatrix::new(names.len()),
+        &names,
+        0,
+    ))
 }
 
 /// Evaluate `ds` at `scale` with `eval` settings (used by `omuda eval` and tests).
@@ -269,7 +363,17 @@ pub fn evaluate_on(
     device: &Device,
     predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> Result<MiouReport> {
-    evaluate_dataset(ds, &DatasetEvalOptions { scale, colour_dir, limit: None }, eval, device, predict)
+    evaluate_dataset(
+        ds,
+        &DatasetEvalOptions {
+            scale,
+            colour_dir,
+            limit: None,
+        },
+        eval,
+        device,
+        predict,
+    )
 }
 
 #[cfg(test)]
@@ -291,11 +395,26 @@ mod tests {
 
     #[test]
     fn pipeline_defaults_follow_the_kind_and_keys_override() {
-        assert_eq!(ds("gta").pipeline().unwrap(), PipelineConfig::daformer_gta());
+        assert_eq!(
+            ds("gta").pipeline().unwrap(),
+            PipelineConfig::daformer_gta()
+        );
         assert_eq!(ds("synthia").pipeline().unwrap().scale, Some([1280, 760]));
-        assert_eq!(ds("cityscapes").pipeline().unwrap(), PipelineConfig::daformer_cityscapes());
-        let p = DatasetConfig { crop: Some([1024, 1024]), scale: Some([2560, 1440]), ..ds("gta") }.pipeline().unwrap();
-        assert_eq!((p.crop, p.scale, p.cat_max_ratio), (Some([1024, 1024]), Some([2560, 1440]), 0.75));
+        assert_eq!(
+            ds("cityscapes").pipeline().unwrap(),
+            PipelineConfig::daformer_cityscapes()
+        );
+        let p = DatasetConfig {
+            crop: Some([1024, 1024]),
+            scale: Some([2560, 1440]),
+            ..ds("gta")
+        }
+        .pipeline()
+        .unwrap();
+        assert_eq!(
+            (p.crop, p.scale, p.cat_max_ratio),
+            (Some([1024, 1024]), Some([2560, 1440]), 0.75)
+        );
         assert!(ds("kitti").pipeline().is_err());
     }
 
@@ -306,12 +425,21 @@ mod tests {
         assert_eq!(cfg.data.rcs.as_ref().unwrap().class_temp, 0.01);
         let back = RunConfig::from_toml_str(&cfg.to_toml().unwrap(), "round-trip").unwrap();
         assert_eq!(back, cfg);
-        let e = RunConfig::from_toml_str("[data]\ndataset = \"files\"\n", "x.toml").unwrap_err().to_string();
+        let e = RunConfig::from_toml_str("[data]\ndataset = \"files\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("data.source is required"), "{e}");
         let bad = text.replace("kind = \"gta\"", "kind = \"gta\"\ncat_max_ratio = 1.5");
-        let e = RunConfig::from_toml_str(&bad, "x.toml").unwrap_err().to_string();
-        assert!(e.contains("data.source") && e.contains("cat_max_ratio"), "{e}");
-        let e = RunConfig::from_toml_str("[data]\ndataset = \"kitti\"\n", "x.toml").unwrap_err().to_string();
+        let e = RunConfig::from_toml_str(&bad, "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("data.source") && e.contains("cat_max_ratio"),
+            "{e}"
+        );
+        let e = RunConfig::from_toml_str("[data]\ndataset = \"kitti\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("data.dataset"), "{e}");
     }
 }

@@ -30,7 +30,12 @@ pub struct FrameStats {
 impl FrameStats {
     /// From a per-class histogram (index = trainId).
     pub fn from_hist(file: String, hist: &[u64]) -> Self {
-        let counts = hist.iter().enumerate().filter(|(_, &n)| n > 0).map(|(c, &n)| (c as u8, n)).collect();
+        let counts = hist
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(c, &n)| (c as u8, n))
+            .collect();
         Self { file, counts }
     }
 }
@@ -109,7 +114,12 @@ fn to_text(v: &J) -> String {
 /// The three files' contents, in the order
 /// (`sample_class_stats.json`, `sample_class_stats_dict.json`, `samples_with_class.json`).
 pub fn render_stats(stats: &[FrameStats]) -> (String, String, String) {
-    let counts = |f: &FrameStats| f.counts.iter().map(|(c, n)| (c.to_string(), J::Num(*n))).collect::<Vec<_>>();
+    let counts = |f: &FrameStats| {
+        f.counts
+            .iter()
+            .map(|(c, n)| (c.to_string(), J::Num(*n)))
+            .collect::<Vec<_>>()
+    };
     let list = J::Arr(
         stats
             .iter()
@@ -138,7 +148,12 @@ pub fn render_stats(stats: &[FrameStats]) -> (String, String, String) {
             }
         }
     }
-    let with_class = J::Obj(with_class.into_iter().map(|(c, v)| (c.to_string(), J::Arr(v))).collect());
+    let with_class = J::Obj(
+        with_class
+            .into_iter()
+            .map(|(c, v)| (c.to_string(), J::Arr(v)))
+            .collect(),
+    );
     (to_text(&list), to_text(&J::Obj(dict)), to_text(&with_class))
 }
 
@@ -164,20 +179,26 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 fn class_key(path: &Path, k: &str) -> Result<u8> {
-    k.parse::<u8>().map_err(|_| Error::file(path, format!("key {k:?} is not a class index")))
+    k.parse::<u8>()
+        .map_err(|_| Error::file(path, format!("key {k:?} is not a class index")))
 }
 
 fn count_of(path: &Path, v: &Value, what: &str) -> Result<u64> {
-    v.as_u64().ok_or_else(|| Error::file(path, format!("{what}: {v} is not a pixel count")))
+    v.as_u64()
+        .ok_or_else(|| Error::file(path, format!("{what}: {v} is not a pixel count")))
 }
 
 /// Read `sample_class_stats.json`.
 pub fn read_sample_class_stats(path: &Path) -> Result<Vec<FrameStats>> {
     let v = read_json(path)?;
-    let list = v.as_array().ok_or_else(|| Error::file(path, "expected a JSON list of per-file objects"))?;
+    let list = v
+        .as_array()
+        .ok_or_else(|| Error::file(path, "expected a JSON list of per-file objects"))?;
     let mut out = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
-        let obj = item.as_object().ok_or_else(|| Error::file(path, format!("entry {i} is not an object")))?;
+        let obj = item
+            .as_object()
+            .ok_or_else(|| Error::file(path, format!("entry {i} is not an object")))?;
         let file = obj
             .get("file")
             .and_then(Value::as_str)
@@ -188,7 +209,10 @@ pub fn read_sample_class_stats(path: &Path) -> Result<Vec<FrameStats>> {
             if k == "file" {
                 continue;
             }
-            counts.push((class_key(path, k)?, count_of(path, n, &format!("entry {i}, class {k}"))?));
+            counts.push((
+                class_key(path, k)?,
+                count_of(path, n, &format!("entry {i}, class {k}"))?,
+            ));
         }
         counts.sort();
         out.push(FrameStats { file, counts });
@@ -199,18 +223,29 @@ pub fn read_sample_class_stats(path: &Path) -> Result<Vec<FrameStats>> {
 /// Read `samples_with_class.json`: class → `[(file, pixels)]`.
 pub fn read_samples_with_class(path: &Path) -> Result<BTreeMap<u8, Vec<(String, u64)>>> {
     let v = read_json(path)?;
-    let obj = v.as_object().ok_or_else(|| Error::file(path, "expected a JSON object keyed by class"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::file(path, "expected a JSON object keyed by class"))?;
     let mut out = BTreeMap::new();
     for (k, list) in obj {
         let c = class_key(path, k)?;
-        let items = list.as_array().ok_or_else(|| Error::file(path, format!("class {k}: expected a list")))?;
+        let items = list
+            .as_array()
+            .ok_or_else(|| Error::file(path, format!("class {k}: expected a list")))?;
         let mut v = Vec::with_capacity(items.len());
         for it in items {
             let pair = it.as_array().filter(|a| a.len() == 2);
-            let (Some(file), Some(n)) = (pair.and_then(|a| a[0].as_str()), pair.map(|a| &a[1])) else {
-                return Err(Error::file(path, format!("class {k}: expected [file, pixels] pairs, found {it}")));
+            let (Some(file), Some(n)) = (pair.and_then(|a| a[0].as_str()), pair.map(|a| &a[1]))
+            else {
+                return Err(Error::file(
+                    path,
+                    format!("class {k}: expected [file, pixels] pairs, found {it}"),
+                ));
             };
-            v.push((file.to_string(), count_of(path, n, &format!("class {k}, {file}"))?));
+            v.push((
+                file.to_string(),
+                count_of(path, n, &format!("class {k}, {file}"))?,
+            ));
         }
         out.insert(c, v);
     }

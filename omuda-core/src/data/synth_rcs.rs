@@ -54,12 +54,18 @@ pub fn samples_with_class(stats: &[FrameStats]) -> BTreeMap<u8, Vec<(String, u64
 }
 
 /// The RCS sampler of the synthetic `domain` (train split).
-pub fn synth_rcs(cfg: &SynthConfig, dataset_seed: u64, domain: Domain, rcs: &RcsConfig) -> Result<RcsSampler> {
+pub fn synth_rcs(
+    cfg: &SynthConfig,
+    dataset_seed: u64,
+    domain: Domain,
+    rcs: &RcsConfig,
+) -> Result<RcsSampler> {
     let stats = synth_class_stats(cfg, dataset_seed, domain);
     let swc = samples_with_class(&stats);
     let names: Vec<String> = CITYSCAPES_CLASSES.iter().map(|s| s.to_string()).collect();
     let origin = Path::new("data.rcs (synthetic source statistics)");
     RcsSampler::from_lookup(&stats, &swc, rcs, origin, &names, |file| {
-        file.parse::<usize>().map_err(|_| format!("synthetic stats file {file:?} is not a frame index"))
+        file.parse::<usize>()
+            .map_err(|_| format!("synthetic stats file {file:?} is not a frame index"))
     })
 }

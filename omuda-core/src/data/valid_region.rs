@@ -103,7 +103,12 @@ mod tests {
         // (y, x) comes from resized (2 + y, 3 + 7 − x) = frame ((2 + y)/2, (10 − x)/2).
         let (fw, fh) = (8, 6);
         let m = margin_mask(fw, fh, [1, 2, 1, 2]);
-        let b = CropBox { y: 2, x: 3, h: 6, w: 8 };
+        let b = CropBox {
+            y: 2,
+            x: 3,
+            h: 6,
+            w: 8,
+        };
         let out = transform_mask(&m, (fw, fh), (16, 12), b, true, (8, 6));
         for y in 0..6 {
             for x in 0..8 {

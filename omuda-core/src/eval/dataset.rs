@@ -78,7 +78,10 @@ pub fn evaluate_dataset(
     let mut cm = ConfusionMatrix::new(k);
     let n = opts.limit.unwrap_or(ds.len()).min(ds.len());
     if n == 0 {
-        return Err(Error::msg(format!("evaluation: the {} dataset has no frames", ds.name)));
+        return Err(Error::msg(format!(
+            "evaluation: the {} dataset has no frames",
+            ds.name
+        )));
     }
     if let Some(d) = &opts.colour_dir {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
@@ -97,15 +100,31 @@ pub fn evaluate_dataset(
         };
         let img = resize_bilinear_rgb(&s.image, w0, h0, rw, rh);
         let mut x = Vec::with_capacity(3 * rw * rh);
-        normalize_into(&Sample { image: img, label: Vec::new(), height: rh, width: rw }, &mut x);
+        normalize_into(
+            &Sample {
+                image: img,
+                label: Vec::new(),
+                height: rh,
+                width: rw,
+            },
+            &mut x,
+        );
         let x = Tensor::from_vec(x, (1, 3, rh, rw), device)?;
         let logits = match cfg.mode.as_str() {
-            "slide" => inference::slide_inference(&x, (cfg.crop[0], cfg.crop[1]), (cfg.stride[0], cfg.stride[1]), predict)?,
+            "slide" => inference::slide_inference(
+                &x,
+                (cfg.crop[0], cfg.crop[1]),
+                (cfg.stride[0], cfg.stride[1]),
+                predict,
+            )?,
             _ => inference::whole_inference(&x, predict)?,
         };
         let logits = crate::ops::resize_bilinear(&logits, h0, w0)?;
-        let pred = inference::argmax_classes(&logits)?.flatten_all()?.to_vec1::<u32>()?;
-        cm.add(&s.label, &pred, ds.ignore_index).map_err(|e| Error::file(&frame.image, e.to_string()))?;
+        let pred = inference::argmax_classes(&logits)?
+            .flatten_all()?
+            .to_vec1::<u32>()?;
+        cm.add(&s.label, &pred, ds.ignore_index)
+            .map_err(|e| Error::file(&frame.image, e.to_string()))?;
         if let Some(d) = &opts.colour_dir {
             let name = format!("{}.png", frame.key.replace(['/', '\\'], "_"));
             write_rgb8(&d.join(name), w0, h0, &colorize_with(&pred, &ds.palette))?;

@@ -5,7 +5,10 @@
 use candle_core::{Result, Tensor};
 
 /// Logits of `predict` (any resolution) bilinearly resized to the input size.
-pub fn whole_inference(images: &Tensor, predict: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+pub fn whole_inference(
+    images: &Tensor,
+    predict: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let (_, _, h, w) = images.dims4()?;
     let logits = predict(images)?;
     crate::ops::resize_bilinear(&logits, h, w)
@@ -41,7 +44,10 @@ pub fn slide_inference(
             let logits = crate::ops::resize_bilinear(&predict(&window)?, ch, cw)?;
             let k = logits.dim(1)?;
             // Place the window in a zero canvas by padding.
-            let placed = logits.pad_with_zeros(2, y, h - y - ch)?.pad_with_zeros(3, x, w - x - cw)?;
+            let placed =
+                logits
+                    .pad_with_zeros(2, y, h - y - ch)?
+                    .pad_with_zeros(3, x, w - x - cw)?;
             sum = Some(match sum {
                 None => placed,
                 Some(s) => (s + placed)?,
@@ -84,11 +90,21 @@ mod tests {
     fn slide_equals_whole_for_a_pointwise_model() {
         // A model that acts per pixel gives the same logits in windows or whole.
         let dev = Device::Cpu;
-        let x = Tensor::arange(0f32, (2 * 3 * 10 * 14) as f32, &dev).unwrap().reshape((2, 3, 10, 14)).unwrap();
+        let x = Tensor::arange(0f32, (2 * 3 * 10 * 14) as f32, &dev)
+            .unwrap()
+            .reshape((2, 3, 10, 14))
+            .unwrap();
         let f = |t: &Tensor| (t * 2.0).and_then(|t| t.sin());
         let whole = whole_inference(&x, &f).unwrap();
         let slid = slide_inference(&x, (6, 8), (4, 5), &f).unwrap();
-        let d = (whole - slid).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (whole - slid)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-5, "{d}");
     }
 
@@ -96,7 +112,12 @@ mod tests {
     fn argmax_tie_goes_to_first() {
         let dev = Device::Cpu;
         let l = Tensor::from_vec(vec![1f32, 1.0, 0.0, 2.0], (1, 2, 1, 2), &dev).unwrap();
-        let a = argmax_classes(&l).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+        let a = argmax_classes(&l)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
         assert_eq!(a, vec![0, 1]);
     }
 }

@@ -14,7 +14,10 @@ pub struct ConfusionMatrix {
 
 impl ConfusionMatrix {
     pub fn new(num_classes: usize) -> Self {
-        Self { num_classes, counts: vec![0; num_classes * num_classes] }
+        Self {
+            num_classes,
+            counts: vec![0; num_classes * num_classes],
+        }
     }
 
     /// Add one image. Pixels whose label is `ignore` (or ≥ K) are skipped;
@@ -33,7 +36,9 @@ impl ConfusionMatrix {
                 continue;
             }
             if p as usize >= k {
-                return Err(crate::Error::msg(format!("confusion matrix: prediction {p} is not a class index < {k}")));
+                return Err(crate::Error::msg(format!(
+                    "confusion matrix: prediction {p} is not a class index < {k}"
+                )));
             }
             self.counts[l as usize * k + p as usize] += 1;
         }
@@ -65,7 +70,10 @@ impl ConfusionMatrix {
     pub fn miou(&self, classes: Option<&[usize]>) -> Option<f64> {
         let iou = self.iou();
         let picked: Vec<f64> = match classes {
-            Some(cs) => cs.iter().filter_map(|&c| iou.get(c).copied().flatten()).collect(),
+            Some(cs) => cs
+                .iter()
+                .filter_map(|&c| iou.get(c).copied().flatten())
+                .collect(),
             None => iou.into_iter().flatten().collect(),
         };
         (!picked.is_empty()).then(|| picked.iter().sum::<f64>() / picked.len() as f64)
@@ -107,8 +115,16 @@ impl MiouReport {
             class_names: class_names.iter().map(|s| s.to_string()).collect(),
             per_class_iou: cm.iou().into_iter().map(pct).collect(),
             miou: pct(cm.miou(None)),
-            miou16: if cityscapes { pct(cm.miou(Some(&as_indices(&crate::data::classes::SYNTHIA_16)))) } else { None },
-            miou13: if cityscapes { pct(cm.miou(Some(&as_indices(&crate::data::classes::SYNTHIA_13)))) } else { None },
+            miou16: if cityscapes {
+                pct(cm.miou(Some(&as_indices(&crate::data::classes::SYNTHIA_16))))
+            } else {
+                None
+            },
+            miou13: if cityscapes {
+                pct(cm.miou(Some(&as_indices(&crate::data::classes::SYNTHIA_13))))
+            } else {
+                None
+            },
             pixel_accuracy: pct(cm.accuracy()),
             num_images,
         }
@@ -117,13 +133,24 @@ impl MiouReport {
     /// A plain-text table: one row per class, then the means.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let w = self.class_names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
+        let w = self
+            .class_names
+            .iter()
+            .map(|n| n.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         s.push_str(&format!("{:<w$}  IoU\n", "class"));
         for (name, iou) in self.class_names.iter().zip(&self.per_class_iou) {
-            let v = iou.map(|x| format!("{x:6.2}")).unwrap_or_else(|| "   n/a".into());
+            let v = iou
+                .map(|x| format!("{x:6.2}"))
+                .unwrap_or_else(|| "   n/a".into());
             s.push_str(&format!("{name:<w$} {v}\n"));
         }
-        let f = |v: Option<f64>| v.map(|x| format!("{x:6.2}")).unwrap_or_else(|| "   n/a".into());
+        let f = |v: Option<f64>| {
+            v.map(|x| format!("{x:6.2}"))
+                .unwrap_or_else(|| "   n/a".into())
+        };
         s.push_str(&format!("{:<w$} {}\n", "mIoU", f(self.miou)));
         if self.miou16.is_some() {
             s.push_str(&format!("{:<w$} {}\n", "mIoU16", f(self.miou16)));
@@ -143,7 +170,8 @@ mod tests {
     #[test]
     fn hand_computed_confusion() {
         let mut cm = ConfusionMatrix::new(3);
-        cm.add(&[0, 0, 1, 1, 2, 255], &[0, 1, 1, 1, 0, 2], 255).unwrap();
+        cm.add(&[0, 0, 1, 1, 2, 255], &[0, 1, 1, 1, 0, 2], 255)
+            .unwrap();
         let iou = cm.iou();
         assert!((iou[0].unwrap() - 1.0 / 3.0).abs() < 1e-12);
         assert!((iou[1].unwrap() - 2.0 / 3.0).abs() < 1e-12);

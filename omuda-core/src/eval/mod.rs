@@ -14,9 +14,18 @@ use miou::{ConfusionMatrix, MiouReport};
 
 /// Predicted class map (B,H,W) for `images` with `predict` (logits at any
 /// resolution), by whole-image or sliding-window inference as `cfg` says.
-pub fn predict_classes(images: &Tensor, cfg: &EvalConfig, predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>) -> Result<Tensor> {
+pub fn predict_classes(
+    images: &Tensor,
+    cfg: &EvalConfig,
+    predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Tensor> {
     let logits = match cfg.mode.as_str() {
-        "slide" => inference::slide_inference(images, (cfg.crop[0], cfg.crop[1]), (cfg.stride[0], cfg.stride[1]), predict)?,
+        "slide" => inference::slide_inference(
+            images,
+            (cfg.crop[0], cfg.crop[1]),
+            (cfg.stride[0], cfg.stride[1]),
+            predict,
+        )?,
         _ => inference::whole_inference(images, predict)?,
     };
     Ok(inference::argmax_classes(&logits)?)
@@ -33,9 +42,13 @@ pub fn evaluate_synth(
 ) -> Result<MiouReport> {
     let mut cm = ConfusionMatrix::new(CITYSCAPES_CLASSES.len());
     let mut n = 0;
-    for item in crate::data::loader::eval_batches(synth, dataset_seed, domain, cfg.batch_size, device) {
+    for item in
+        crate::data::loader::eval_batches(synth, dataset_seed, domain, cfg.batch_size, device)
+    {
         let (images, labels) = item?;
-        let pred = predict_classes(&images, cfg, predict)?.flatten_all()?.to_vec1::<u32>()?;
+        let pred = predict_classes(&images, cfg, predict)?
+            .flatten_all()?
+            .to_vec1::<u32>()?;
         cm.add(&labels, &pred, IGNORE_INDEX)?;
         n += images.dim(0)?;
     }

@@ -67,9 +67,15 @@ struct CastBackend {
 
 impl CastBackend {
     fn lookup(&self, name: &str, shape: Option<&Shape>) -> candle_core::Result<Tensor> {
-        let data = self.vars.data().lock().map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
+        let data = self
+            .vars
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
         let var = data.get(name).ok_or_else(|| {
-            candle_core::Error::Msg(format!("autocast: the student has no tensor `{name}` to cast"))
+            candle_core::Error::Msg(format!(
+                "autocast: the student has no tensor `{name}` to cast"
+            ))
         })?;
         if let Some(shape) = shape {
             if var.shape() != shape {
@@ -89,16 +95,32 @@ impl CastBackend {
 }
 
 impl SimpleBackend for CastBackend {
-    fn get(&self, s: Shape, name: &str, _h: Init, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: Init,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.lookup(name, Some(&s))
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.lookup(name, None)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.vars.data().lock().map(|d| d.contains_key(name)).unwrap_or(false)
+        self.vars
+            .data()
+            .lock()
+            .map(|d| d.contains_key(name))
+            .unwrap_or(false)
     }
 }
 
@@ -117,7 +139,12 @@ pub struct AutocastModel {
 
 impl AutocastModel {
     /// Wrap the network `config` whose f32 master weights are `master`.
-    pub fn new(config: &ModelConfig, master: &VarMap, autocast: Autocast, device: &Device) -> Result<Self> {
+    pub fn new(
+        config: &ModelConfig,
+        master: &VarMap,
+        autocast: Autocast,
+        device: &Device,
+    ) -> Result<Self> {
         let dtype = autocast.dtype().ok_or_else(|| Error::Config {
             origin: "model.autocast".into(),
             message: "autocast is \"f32\": there is nothing to cast".into(),
@@ -128,7 +155,13 @@ impl AutocastModel {
                 message: "\"bf16\" needs a CUDA device: candle's CPU backend has no bf16 matmul (use \"f16\" to try autocast on the CPU, or \"f32\")".into(),
             });
         }
-        let model = Self { config: config.clone(), master: master.clone(), dtype, device: device.clone(), current: Mutex::new(None) };
+        let model = Self {
+            config: config.clone(),
+            master: master.clone(),
+            dtype,
+            device: device.clone(),
+            current: Mutex::new(None),
+        };
         // Build once now so a mismatch between network and weights is reported at construction.
         model.rebuild()?;
         Ok(model)
@@ -140,15 +173,25 @@ impl AutocastModel {
     }
 
     fn rebuild(&self) -> Result<Arc<dyn SegModel>> {
-        let backend: Box<dyn SimpleBackend> = Box::new(CastBackend { vars: self.master.clone(), dtype: self.dtype });
+        let backend: Box<dyn SimpleBackend> = Box::new(CastBackend {
+            vars: self.master.clone(),
+            dtype: self.dtype,
+        });
         let vb = VarBuilder::from_backend(backend, self.dtype, self.device.clone());
         let model: Arc<dyn SegModel> = Arc::from(build_segmentor(&self.config, vb)?);
-        *self.current.lock().map_err(|_| Error::msg("autocast: lock poisoned"))? = Some(model.clone());
+        *self
+            .current
+            .lock()
+            .map_err(|_| Error::msg("autocast: lock poisoned"))? = Some(model.clone());
         Ok(model)
     }
 
     fn latest(&self) -> Result<Arc<dyn SegModel>> {
-        let current = self.current.lock().map_err(|_| Error::msg("autocast: lock poisoned"))?.clone();
+        let current = self
+            .current
+            .lock()
+            .map_err(|_| Error::msg("autocast: lock poisoned"))?
+            .clone();
         match current {
             Some(m) => Ok(m),
             None => self.rebuild(),
@@ -165,7 +208,10 @@ impl SegModel for AutocastModel {
 
     fn decode(&self, features: &[Tensor], ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
         let model = self.latest().map_err(to_candle)?;
-        let feats = features.iter().map(|f| f.to_dtype(self.dtype)).collect::<candle_core::Result<Vec<_>>>()?;
+        let feats = features
+            .iter()
+            .map(|f| f.to_dtype(self.dtype))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         model.decode(&feats, ctx)?.to_dtype(DType::F32)
     }
 
@@ -173,10 +219,20 @@ impl SegModel for AutocastModel {
         self.config.num_classes
     }
 
-    fn scale_attention(&self, features: &[Tensor], ctx: &mut ForwardCtx) -> candle_core::Result<Option<Tensor>> {
+    fn scale_attention(
+        &self,
+        features: &[Tensor],
+        ctx: &mut ForwardCtx,
+    ) -> candle_core::Result<Option<Tensor>> {
         let model = self.latest().map_err(to_candle)?;
-        let feats = features.iter().map(|f| f.to_dtype(self.dtype)).collect::<candle_core::Result<Vec<_>>>()?;
-        model.scale_attention(&feats, ctx)?.map(|a| a.to_dtype(DType::F32)).transpose()
+        let feats = features
+            .iter()
+            .map(|f| f.to_dtype(self.dtype))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        model
+            .scale_attention(&feats, ctx)?
+            .map(|a| a.to_dtype(DType::F32))
+            .transpose()
     }
 }
 

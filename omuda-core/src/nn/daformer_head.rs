@@ -178,7 +178,17 @@ impl DaformerHead {
             });
         }
         let bottleneck = ConvBnRelu::dense(cfg.dilations.len() * c, c, 3, fuse.pp("bottleneck"))?;
-        Self::assemble(embed, Fusion::Aspp { branches, bottleneck }, c, cfg.dropout, num_classes, vb)
+        Self::assemble(
+            embed,
+            Fusion::Aspp {
+                branches,
+                bottleneck,
+            },
+            c,
+            cfg.dropout,
+            num_classes,
+            vb,
+        )
     }
 
     /// The head with a single 1x1 `ConvModule` fusion instead of the ASPP
@@ -202,8 +212,20 @@ impl DaformerHead {
             .enumerate()
             .map(|(i, &ci)| Linear::new(ci, channels, vb.pp("embed_layers").pp(i).pp("proj")))
             .collect::<Result<Vec<_>>>()?;
-        let fuse = ConvBnRelu::dense(in_channels.len() * channels, channels, 1, vb.pp("fuse_layer"))?;
-        Self::assemble(embed, Fusion::Conv1x1(fuse), channels, dropout, num_classes, vb)
+        let fuse = ConvBnRelu::dense(
+            in_channels.len() * channels,
+            channels,
+            1,
+            vb.pp("fuse_layer"),
+        )?;
+        Self::assemble(
+            embed,
+            Fusion::Conv1x1(fuse),
+            channels,
+            dropout,
+            num_classes,
+            vb,
+        )
     }
 
     fn assemble(
@@ -261,7 +283,10 @@ impl DaformerHead {
         }
         let x = Tensor::cat(&embedded, 1)?;
         let y = match &self.fusion {
-            Fusion::Aspp { branches, bottleneck } => {
+            Fusion::Aspp {
+                branches,
+                bottleneck,
+            } => {
                 let outs = branches
                     .iter()
                     .map(|b| b.forward(&x, ctx))

@@ -20,8 +20,16 @@ pub struct SeededVarMap {
 }
 
 /// A trainable `VarBuilder` over `vars`, creating missing variables from `seed`.
-pub fn seeded_var_builder(vars: &VarMap, seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
-    let backend: Box<dyn SimpleBackend> = Box::new(SeededVarMap { vars: vars.clone(), seed });
+pub fn seeded_var_builder(
+    vars: &VarMap,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> VarBuilder<'static> {
+    let backend: Box<dyn SimpleBackend> = Box::new(SeededVarMap {
+        vars: vars.clone(),
+        seed,
+    });
     VarBuilder::from_backend(backend, dtype, device.clone())
 }
 
@@ -47,9 +55,15 @@ pub fn init_values(init: &Init, shape: &Shape, rng: &mut ChaCha8Rng) -> Vec<f64>
     let n = shape.elem_count();
     match *init {
         Init::Const(c) => vec![c; n],
-        Init::Uniform { lo, up } => (0..n).map(|_| rng.gen_range(lo..up.max(lo + f64::EPSILON))).collect(),
+        Init::Uniform { lo, up } => (0..n)
+            .map(|_| rng.gen_range(lo..up.max(lo + f64::EPSILON)))
+            .collect(),
         Init::Randn { mean, stdev } => (0..n).map(|_| mean + stdev * normal(rng)).collect(),
-        Init::Kaiming { dist, fan, non_linearity } => {
+        Init::Kaiming {
+            dist,
+            fan,
+            non_linearity,
+        } => {
             let std = non_linearity.gain() / (fan.for_shape(shape).max(1) as f64).sqrt();
             match dist {
                 NormalOrUniform::Uniform => {
@@ -64,17 +78,27 @@ pub fn init_values(init: &Init, shape: &Shape, rng: &mut ChaCha8Rng) -> Vec<f64>
 
 impl SimpleBackend for SeededVarMap {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let mut data = self.vars.data().lock().map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
+        let mut data = self
+            .vars
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
         if let Some(existing) = data.get(name) {
             let t = existing.as_tensor();
             if t.shape() != &s {
-                candle_core::bail!("variable `{name}` exists with shape {:?}, requested {:?}", t.shape(), s);
+                candle_core::bail!(
+                    "variable `{name}` exists with shape {:?}, requested {:?}",
+                    t.shape(),
+                    s
+                );
             }
             return Ok(t.clone());
         }
         let mut rng = ChaCha8Rng::seed_from_u64(name_seed(self.seed, name));
         let values = init_values(&h, &s, &mut rng);
-        let t = Tensor::from_vec(values, s, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+        let t = Tensor::from_vec(values, s, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(dev)?;
         let var = Var::from_tensor(&t)?;
         let out = var.as_tensor().clone();
         data.insert(name.to_string(), var);
@@ -86,7 +110,11 @@ impl SimpleBackend for SeededVarMap {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.vars.data().lock().map(|d| d.contains_key(name)).unwrap_or(false)
+        self.vars
+            .data()
+            .lock()
+            .map(|d| d.contains_key(name))
+            .unwrap_or(false)
     }
 }
 
@@ -97,14 +125,32 @@ mod tests {
     fn build(seed: u64) -> VarMap {
         let vm = VarMap::new();
         let vb = seeded_var_builder(&vm, seed, DType::F32, &Device::Cpu);
-        vb.pp("a").get_with_hints((3, 4), "weight", Init::Randn { mean: 0.0, stdev: 0.02 }).unwrap();
-        vb.pp("b").get_with_hints(5, "weight", candle_nn::init::DEFAULT_KAIMING_UNIFORM).unwrap();
-        vb.pp("b").get_with_hints(5, "bias", Init::Const(0.5)).unwrap();
+        vb.pp("a")
+            .get_with_hints(
+                (3, 4),
+                "weight",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+            )
+            .unwrap();
+        vb.pp("b")
+            .get_with_hints(5, "weight", candle_nn::init::DEFAULT_KAIMING_UNIFORM)
+            .unwrap();
+        vb.pp("b")
+            .get_with_hints(5, "bias", Init::Const(0.5))
+            .unwrap();
         vm
     }
 
     fn values(vm: &VarMap, name: &str) -> Vec<f32> {
-        vm.data().lock().unwrap()[name].as_tensor().flatten_all().unwrap().to_vec1().unwrap()
+        vm.data().lock().unwrap()[name]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     #[test]
@@ -123,7 +169,11 @@ mod tests {
     fn shape_mismatch_is_an_error() {
         let vm = build(1);
         let vb = seeded_var_builder(&vm, 1, DType::F32, &Device::Cpu);
-        let err = vb.pp("a").get_with_hints((4, 4), "weight", Init::Const(0.0)).unwrap_err().to_string();
+        let err = vb
+            .pp("a")
+            .get_with_hints((4, 4), "weight", Init::Const(0.0))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("a.weight"), "{err}");
     }
 }

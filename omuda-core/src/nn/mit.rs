@@ -462,7 +462,13 @@ mod tests {
             .collect();
         assert_eq!(
             depths,
-            vec![[2, 2, 2, 2], [2, 2, 2, 2], [3, 4, 6, 3], [3, 4, 18, 3], [3, 8, 27, 3]]
+            vec![
+                [2, 2, 2, 2],
+                [2, 2, 2, 2],
+                [3, 4, 6, 3],
+                [3, 4, 18, 3],
+                [3, 8, 27, 3]
+            ]
         );
         assert_eq!(MitConfig::by_name("b2").unwrap().decoder_hidden_size, 768);
         assert_eq!(

@@ -39,21 +39,35 @@ pub struct ForwardCtx<'a> {
 impl<'a> ForwardCtx<'a> {
     /// Student in training: dropout/drop-path on, batch statistics.
     pub fn train(rng: &'a mut ChaCha8Rng) -> Self {
-        Self { stochastic: true, bn_train: true, rng }
+        Self {
+            stochastic: true,
+            bn_train: true,
+            rng,
+        }
     }
     /// The EMA teacher of the reference code: dropout/drop-path off, but
     /// BatchNorm still in train mode (reference §1.4).
     pub fn teacher(rng: &'a mut ChaCha8Rng) -> Self {
-        Self { stochastic: false, bn_train: true, rng }
+        Self {
+            stochastic: false,
+            bn_train: true,
+            rng,
+        }
     }
     /// Evaluation: deterministic, running statistics.
     pub fn eval(rng: &'a mut ChaCha8Rng) -> Self {
-        Self { stochastic: false, bn_train: false, rng }
+        Self {
+            stochastic: false,
+            bn_train: false,
+            rng,
+        }
     }
 }
 
 /// Names of tensors that are state but not parameters (BatchNorm running
 /// statistics). They get no optimizer update and are not EMA-averaged.
 pub fn is_buffer(name: &str) -> bool {
-    name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
+    name.ends_with("running_mean")
+        || name.ends_with("running_var")
+        || name.ends_with("num_batches_tracked")
 }

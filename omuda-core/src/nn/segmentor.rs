@@ -85,7 +85,11 @@ pub trait SegModel: Send + Sync {
     /// Scale-attention logits (B, A, h, w) (before the sigmoid; A = K or 1)
     /// from encoder `features`, for models built with a scale-attention head
     /// (HRDA); `None` otherwise.
-    fn scale_attention(&self, _features: &[Tensor], _ctx: &mut ForwardCtx) -> Result<Option<Tensor>> {
+    fn scale_attention(
+        &self,
+        _features: &[Tensor],
+        _ctx: &mut ForwardCtx,
+    ) -> Result<Option<Tensor>> {
         Ok(None)
     }
     /// Logits at the head's resolution.
@@ -216,19 +220,35 @@ impl MitSegmentor<SegformerHead> {
             vb.pp("decode_head"),
         )?;
         if cfg.scale_attention {
-            bail!("model {}: model.scale_attention needs a daformer_* model", cfg.name);
+            bail!(
+                "model {}: model.scale_attention needs a daformer_* model",
+                cfg.name
+            );
         }
-        Ok(Self { encoder, head, attention: None })
+        Ok(Self {
+            encoder,
+            head,
+            attention: None,
+        })
     }
 }
 
 impl MitSegmentor<DaformerHead> {
-    pub fn new(mit: &MitConfig, head: &DaformerHeadConfig, cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        mit: &MitConfig,
+        head: &DaformerHeadConfig,
+        cfg: &ModelConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let encoder = mit_encoder(mit, cfg, &vb)?;
         let attention = if cfg.scale_attention {
             // HRDA copies the head's config (same width and dropout) and
             // replaces the ASPP fusion by a 1x1 ConvModule.
-            let classes = if cfg.scale_attention_classwise { cfg.num_classes } else { 1 };
+            let classes = if cfg.scale_attention_classwise {
+                cfg.num_classes
+            } else {
+                1
+            };
             Some(DaformerHead::with_conv1x1_fusion(
                 &mit.hidden_sizes,
                 head.channels,
@@ -239,8 +259,17 @@ impl MitSegmentor<DaformerHead> {
         } else {
             None
         };
-        let head = DaformerHead::new(&mit.hidden_sizes, head, cfg.num_classes, vb.pp("decode_head"))?;
-        Ok(Self { encoder, head, attention })
+        let head = DaformerHead::new(
+            &mit.hidden_sizes,
+            head,
+            cfg.num_classes,
+            vb.pp("decode_head"),
+        )?;
+        Ok(Self {
+            encoder,
+            head,
+            attention,
+        })
     }
 }
 
@@ -268,7 +297,10 @@ impl<H: MitHead> SegModel for MitSegmentor<H> {
     }
 
     fn scale_attention(&self, features: &[Tensor], ctx: &mut ForwardCtx) -> Result<Option<Tensor>> {
-        self.attention.as_ref().map(|a| a.forward(features, ctx)).transpose()
+        self.attention
+            .as_ref()
+            .map(|a| a.forward(features, ctx))
+            .transpose()
     }
 }
 
@@ -280,7 +312,10 @@ pub fn build_segmentor(cfg: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn SegM
         bail!("model {}: num_classes must be positive", cfg.name);
     }
     if cfg.scale_attention && !matches!(arch, Architecture::DaFormer(..)) {
-        bail!("model {}: model.scale_attention needs a daformer_* model", cfg.name);
+        bail!(
+            "model {}: model.scale_attention needs a daformer_* model",
+            cfg.name
+        );
     }
     Ok(match arch {
         Architecture::SegFormer(mit) => Box::new(SegFormer::new(&mit, cfg, vb)?),

@@ -667,9 +667,16 @@ pub fn load_into(
 /// `model.weights` if set. The student, the EMA teacher and every frozen copy
 /// of the initial network (feature distance, FDM) are built by this one
 /// function, so they start from the same weights.
-pub fn build_initial(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<(Box<dyn super::SegModel>, VarMap, Option<LoadReport>)> {
+pub fn build_initial(
+    cfg: &ModelConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<(Box<dyn super::SegModel>, VarMap, Option<LoadReport>)> {
     let vars = VarMap::new();
-    let model = build_segmentor(cfg, super::seeded_var_builder(&vars, seed, DType::F32, device))?;
+    let model = build_segmentor(
+        cfg,
+        super::seeded_var_builder(&vars, seed, DType::F32, device),
+    )?;
     let report = apply_model_weights(cfg, &vars)?;
     Ok((model, vars, report))
 }

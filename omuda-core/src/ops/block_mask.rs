@@ -41,9 +41,17 @@ pub fn nearest_source_index(dst: usize, input: usize, output: usize) -> usize {
 /// The keep-mask (1 keep, 0 masked) of one `h × w` image from its grid of
 /// uniforms `r` (`gh × gw`, row-major): a grid cell is kept iff `r > ratio`,
 /// then nearest-upsampled to `h × w`.
-pub fn block_mask_from_grid(r: &[f32], (gh, gw): (usize, usize), (h, w): (usize, usize), ratio: f32) -> Result<Vec<f32>> {
+pub fn block_mask_from_grid(
+    r: &[f32],
+    (gh, gw): (usize, usize),
+    (h, w): (usize, usize),
+    ratio: f32,
+) -> Result<Vec<f32>> {
     if r.len() != gh * gw || gh == 0 || gw == 0 {
-        return Err(Error::msg(format!("block_mask_from_grid: {} draws for a {gh}×{gw} grid", r.len())));
+        return Err(Error::msg(format!(
+            "block_mask_from_grid: {} draws for a {gh}×{gw} grid",
+            r.len()
+        )));
     }
     let cols: Vec<usize> = (0..w).map(|x| nearest_source_index(x, gw, w)).collect();
     let mut out = Vec::with_capacity(h * w);
@@ -56,7 +64,13 @@ pub fn block_mask_from_grid(r: &[f32], (gh, gw): (usize, usize), (h, w): (usize,
 
 /// A MIC keep-mask of an `h × w` image with block size `block`: the grid's
 /// uniforms are drawn row-major from `rng` (`gen::<f32>()`, in [0, 1)).
-pub fn mic_block_mask<R: Rng + ?Sized>(h: usize, w: usize, block: usize, ratio: f32, rng: &mut R) -> Result<Vec<f32>> {
+pub fn mic_block_mask<R: Rng + ?Sized>(
+    h: usize,
+    w: usize,
+    block: usize,
+    ratio: f32,
+    rng: &mut R,
+) -> Result<Vec<f32>> {
     let (gh, gw) = grid_shape(h, w, block);
     let r: Vec<f32> = (0..gh * gw).map(|_| rng.gen::<f32>()).collect();
     block_mask_from_grid(&r, (gh, gw), (h, w), ratio)

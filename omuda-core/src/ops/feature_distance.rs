@@ -45,10 +45,15 @@ pub fn downscale_label_cells(
     num_classes: usize,
 ) -> Result<Vec<u32>> {
     if label.len() != h * w {
-        return Err(Error::msg(format!("downscale_label_ratio: label has {} values, expected {h}×{w}", label.len())));
+        return Err(Error::msg(format!(
+            "downscale_label_ratio: label has {} values, expected {h}×{w}",
+            label.len()
+        )));
     }
     if sh == 0 || sw == 0 || sh > h || sw > w {
-        return Err(Error::msg(format!("downscale_label_ratio: cell {sh}×{sw} does not fit a label of {h}×{w}")));
+        return Err(Error::msg(format!(
+            "downscale_label_ratio: cell {sh}×{sw} does not fit a label of {h}×{w}"
+        )));
     }
     let (hf, wf) = (h / sh, w / sw);
     let mut out = vec![IGNORE; hf * wf];
@@ -81,20 +86,37 @@ pub fn downscale_label_cells(
 /// batch of labels `(B, H, W)` (any integer dtype): square cells of
 /// `scale_factor` pixels, output `(B, H / s, W / s)` u32 on the label's
 /// device. The reference asserts `scale_factor > 1`; so does this (an error).
-pub fn downscale_label_ratio(label: &Tensor, scale_factor: usize, min_ratio: f32, num_classes: usize) -> Result<Tensor> {
+pub fn downscale_label_ratio(
+    label: &Tensor,
+    scale_factor: usize,
+    min_ratio: f32,
+    num_classes: usize,
+) -> Result<Tensor> {
     let (b, h, w) = label.dims3().map_err(|_| {
-        Error::msg(format!("downscale_label_ratio: label must be (B, H, W), got shape {:?}", label.dims()))
+        Error::msg(format!(
+            "downscale_label_ratio: label must be (B, H, W), got shape {:?}",
+            label.dims()
+        ))
     })?;
     if scale_factor <= 1 {
         return Err(Error::msg(format!(
             "downscale_label_ratio: scale factor {scale_factor} must be > 1 (label {h}×{w})"
         )));
     }
-    let lab = label.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    let lab = label
+        .flatten_all()?
+        .to_dtype(DType::U32)?
+        .to_vec1::<u32>()?;
     let (hf, wf) = (h / scale_factor, w / scale_factor);
     let mut out = Vec::with_capacity(b * hf * wf);
     for i in 0..b {
-        out.extend(downscale_label_cells(&lab[i * h * w..(i + 1) * h * w], (h, w), (scale_factor, scale_factor), min_ratio, num_classes)?);
+        out.extend(downscale_label_cells(
+            &lab[i * h * w..(i + 1) * h * w],
+            (h, w),
+            (scale_factor, scale_factor),
+            min_ratio,
+            num_classes,
+        )?);
     }
     Ok(Tensor::from_vec(out, (b, hf, wf), label.device())?)
 }
@@ -102,8 +124,14 @@ pub fn downscale_label_ratio(label: &Tensor, scale_factor: usize, min_ratio: f32
 /// `1.0` where `label` (any shape, u32) is one of `classes`, else `0.0`
 /// (`torch.any(gt_down[..., None] == fdclasses, -1)`), as f32 on the label's device.
 pub fn class_mask(label: &Tensor, classes: &[u32]) -> Result<Tensor> {
-    let lab = label.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-    let m: Vec<f32> = lab.iter().map(|c| if classes.contains(c) { 1.0 } else { 0.0 }).collect();
+    let lab = label
+        .flatten_all()?
+        .to_dtype(DType::U32)?
+        .to_vec1::<u32>()?;
+    let m: Vec<f32> = lab
+        .iter()
+        .map(|c| if classes.contains(c) { 1.0 } else { 0.0 })
+        .collect();
     Ok(Tensor::from_vec(m, label.shape(), label.device())?)
 }
 
@@ -126,6 +154,10 @@ pub fn masked_feature_distance(f: &Tensor, f0: &Tensor, mask: &Tensor) -> Result
     if count <= 0.0 {
         return Ok(None);
     }
-    let d = (f - f0.detach())?.sqr()?.sum(1)?.affine(1.0, DISTANCE_EPS)?.sqrt()?;
+    let d = (f - f0.detach())?
+        .sqr()?
+        .sum(1)?
+        .affine(1.0, DISTANCE_EPS)?
+        .sqrt()?;
     Ok(Some(((d * mask)?.sum_all()? / count)?))
 }

@@ -17,7 +17,11 @@ use candle_core::{CpuStorage, Layout, Result, WithDType};
 
 /// Contiguous data of a CPU storage as `&[T]`, or an error naming the op
 /// (the custom CPU ops make their inputs contiguous before calling it).
-pub(crate) fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [T]> {
+pub(crate) fn contiguous_slice<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
         None => candle_core::bail!("{op}: input must be contiguous"),

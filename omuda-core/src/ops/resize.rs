@@ -173,12 +173,12 @@ impl CustomOp1 for ResizeBilinear {
         let dims = layout.dims();
         let shape = Shape::from((dims[0], dims[1], self.out_h, self.out_w));
         let out = match storage.dtype() {
-            DType::F32 => {
-                CpuStorage::F32(self.run(super::contiguous_slice(storage, layout, self.name())?, dims))
-            }
-            DType::F64 => {
-                CpuStorage::F64(self.run(super::contiguous_slice(storage, layout, self.name())?, dims))
-            }
+            DType::F32 => CpuStorage::F32(
+                self.run(super::contiguous_slice(storage, layout, self.name())?, dims),
+            ),
+            DType::F64 => CpuStorage::F64(
+                self.run(super::contiguous_slice(storage, layout, self.name())?, dims),
+            ),
             dt => {
                 candle_core::bail!("resize-bilinear: x must be f32 or f64 on the cpu, got {dt:?}")
             }
@@ -258,12 +258,12 @@ impl CustomOp1 for ResizeBilinearBwd {
         let dims = layout.dims();
         let shape = Shape::from((dims[0], dims[1], self.in_h, self.in_w));
         let out = match storage.dtype() {
-            DType::F32 => {
-                CpuStorage::F32(self.run(super::contiguous_slice(storage, layout, self.name())?, dims))
-            }
-            DType::F64 => {
-                CpuStorage::F64(self.run(super::contiguous_slice(storage, layout, self.name())?, dims))
-            }
+            DType::F32 => CpuStorage::F32(
+                self.run(super::contiguous_slice(storage, layout, self.name())?, dims),
+            ),
+            DType::F64 => CpuStorage::F64(
+                self.run(super::contiguous_slice(storage, layout, self.name())?, dims),
+            ),
             dt => {
                 candle_core::bail!("resize-bilinear-bwd: gradient must be f32 or f64, got {dt:?}")
             }

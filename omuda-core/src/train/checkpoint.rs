@@ -68,9 +68,16 @@ impl RunSidecar {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(SIDECAR_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let s: RunSidecar = serde_json::from_str(&text).map_err(|e| Error::file(&path, e.to_string()))?;
+        let s: RunSidecar =
+            serde_json::from_str(&text).map_err(|e| Error::file(&path, e.to_string()))?;
         if s.format != SIDECAR_FORMAT {
-            return Err(Error::file(&path, format!("sidecar format {}, this build reads {SIDECAR_FORMAT}", s.format)));
+            return Err(Error::file(
+                &path,
+                format!(
+                    "sidecar format {}, this build reads {SIDECAR_FORMAT}",
+                    s.format
+                ),
+            ));
         }
         Ok(s)
     }
@@ -106,30 +113,43 @@ pub fn save_checkpoint(
         if let Some(hook) = mid_write {
             hook(tmp);
         }
-        std::fs::write(tmp.join("config.toml"), &sidecar.config).map_err(|e| Error::io(tmp.join("config.toml"), e))?;
+        std::fs::write(tmp.join("config.toml"), &sidecar.config)
+            .map_err(|e| Error::io(tmp.join("config.toml"), e))?;
         let path = tmp.join(SIDECAR_FILE);
-        let json = serde_json::to_string_pretty(sidecar).map_err(|e| Error::file(&path, e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(sidecar).map_err(|e| Error::file(&path, e.to_string()))?;
         std::fs::write(&path, json).map_err(|e| Error::io(&path, e))
     })
 }
 
 /// Restore `method` and `data` from a checkpoint folder; returns its sidecar.
-pub fn load_checkpoint(dir: &Path, method: &mut dyn UdaMethod, data: &mut dyn BatchSource) -> Result<RunSidecar> {
+pub fn load_checkpoint(
+    dir: &Path,
+    method: &mut dyn UdaMethod,
+    data: &mut dyn BatchSource,
+) -> Result<RunSidecar> {
     let sidecar = RunSidecar::read(dir)?;
     method.load_state(dir)?;
     if method.iteration() != sidecar.iteration {
         return Err(Error::file(
             dir,
-            format!("state.json is at iteration {}, run.json at {}", method.iteration(), sidecar.iteration),
+            format!(
+                "state.json is at iteration {}, run.json at {}",
+                method.iteration(),
+                sidecar.iteration
+            ),
         ));
     }
-    data.restore_order_state(&sidecar.data_order).map_err(|e| Error::file(dir.join(SIDECAR_FILE), format!("data_order: {e}")))?;
+    data.restore_order_state(&sidecar.data_order)
+        .map_err(|e| Error::file(dir.join(SIDECAR_FILE), format!("data_order: {e}")))?;
     Ok(sidecar)
 }
 
 /// Folder of the periodic checkpoint at `iteration`.
 pub fn periodic_dir(method_dir: &Path, iteration: usize) -> PathBuf {
-    method_dir.join(PERIODIC_DIR).join(format!("iter_{iteration:08}"))
+    method_dir
+        .join(PERIODIC_DIR)
+        .join(format!("iter_{iteration:08}"))
 }
 
 /// Complete periodic checkpoints (with `state.json` and the sidecar), by iteration.
@@ -141,8 +161,15 @@ pub fn list_periodic(method_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(&root).map_err(|e| Error::io(&root, e))? {
         let path = entry.map_err(|e| Error::io(&root, e))?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        let Some(iter) = name.strip_prefix("iter_").and_then(|n| n.parse::<usize>().ok()) else { continue };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(iter) = name
+            .strip_prefix("iter_")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
         if path.join("state.json").is_file() && path.join(SIDECAR_FILE).is_file() {
             found.push((iter, path));
         }
@@ -185,8 +212,16 @@ pub fn clean_temporaries(method_dir: &Path) -> Result<()> {
         }
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
             let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
-            let Some(rest) = name.strip_prefix('.') else { continue };
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let Some(rest) = name.strip_prefix('.') else {
+                continue;
+            };
             if let Some((base, pid)) = rest.rsplit_once(".old") {
                 if pid.chars().all(|c| c.is_ascii_digit()) && path.is_dir() {
                     let target = dir.join(base);
@@ -198,7 +233,11 @@ pub fn clean_temporaries(method_dir: &Path) -> Result<()> {
                 }
             } else if let Some((_, pid)) = rest.rsplit_once(".tmp") {
                 if pid.chars().all(|c| c.is_ascii_digit()) {
-                    let r = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                    let r = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
                     r.map_err(|e| Error::io(&path, e))?;
                 }
             }
@@ -245,12 +284,20 @@ mod tests {
         std::fs::create_dir_all(periodic_dir(m, 8)).unwrap();
         std::fs::write(periodic_dir(m, 8).join("state.json"), "{}").unwrap();
         std::fs::create_dir_all(m.join(PERIODIC_DIR).join(".iter_00000010.tmp77")).unwrap();
-        let l: Vec<usize> = list_periodic(m).unwrap().into_iter().map(|(i, _)| i).collect();
+        let l: Vec<usize> = list_periodic(m)
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
         assert_eq!(l, vec![2, 4, 6]);
         fake(&m.join(BEST_DIR), 4);
         assert_eq!(latest(m).unwrap().unwrap().1, periodic_dir(m, 6));
         prune_periodic(m, 2).unwrap();
-        let l: Vec<usize> = list_periodic(m).unwrap().into_iter().map(|(i, _)| i).collect();
+        let l: Vec<usize> = list_periodic(m)
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
         assert_eq!(l, vec![4, 6]);
         clean_temporaries(m).unwrap();
         assert!(!m.join(PERIODIC_DIR).join(".iter_00000010.tmp77").exists());

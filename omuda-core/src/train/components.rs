@@ -28,7 +28,12 @@ pub struct FdConfig {
 
 impl Default for FdConfig {
     fn default() -> Self {
-        Self { lambda: 0.005, thing_classes: THING_CLASSES.iter().map(|&c| u32::from(c)).collect(), min_ratio: 0.75, layer: -1 }
+        Self {
+            lambda: 0.005,
+            thing_classes: THING_CLASSES.iter().map(|&c| u32::from(c)).collect(),
+            min_ratio: 0.75,
+            layer: -1,
+        }
     }
 }
 
@@ -57,7 +62,13 @@ pub struct MicConfig {
 
 impl Default for MicConfig {
     fn default() -> Self {
-        Self { block_size: 64, reference_height: 1024, mask_ratio: 0.7, lambda: 1.0, aug: StrongAugConfig::default() }
+        Self {
+            block_size: 64,
+            reference_height: 1024,
+            mask_ratio: 0.7,
+            lambda: 1.0,
+            aug: StrongAugConfig::default(),
+        }
     }
 }
 
@@ -65,13 +76,25 @@ impl FdConfig {
     /// Range checks; each message names the key.
     pub fn validate(&self, num_classes: usize) -> std::result::Result<(), String> {
         if !(self.lambda.is_finite() && self.lambda >= 0.0) {
-            return Err(format!("fd.lambda = {}: expected a finite value >= 0", self.lambda));
+            return Err(format!(
+                "fd.lambda = {}: expected a finite value >= 0",
+                self.lambda
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_ratio) {
-            return Err(format!("fd.min_ratio = {}: expected a value in [0, 1]", self.min_ratio));
+            return Err(format!(
+                "fd.min_ratio = {}: expected a value in [0, 1]",
+                self.min_ratio
+            ));
         }
-        if let Some(c) = self.thing_classes.iter().find(|&&c| c as usize >= num_classes) {
-            return Err(format!("fd.thing_classes contains {c}: expected class ids below {num_classes}"));
+        if let Some(c) = self
+            .thing_classes
+            .iter()
+            .find(|&&c| c as usize >= num_classes)
+        {
+            return Err(format!(
+                "fd.thing_classes contains {c}: expected class ids below {num_classes}"
+            ));
         }
         Ok(())
     }
@@ -84,10 +107,16 @@ impl MicConfig {
             return Err("mic.block_size must be at least 1".into());
         }
         if !(0.0..=1.0).contains(&self.mask_ratio) {
-            return Err(format!("mic.mask_ratio = {}: expected a value in [0, 1]", self.mask_ratio));
+            return Err(format!(
+                "mic.mask_ratio = {}: expected a value in [0, 1]",
+                self.mask_ratio
+            ));
         }
         if !(self.lambda.is_finite() && self.lambda >= 0.0) {
-            return Err(format!("mic.lambda = {}: expected a finite value >= 0", self.lambda));
+            return Err(format!(
+                "mic.lambda = {}: expected a finite value >= 0",
+                self.lambda
+            ));
         }
         self.aug.validate().map_err(|e| format!("mic.aug: {e}"))
     }

@@ -38,11 +38,17 @@ pub fn ema_update(teacher: &VarMap, student: &VarMap, alpha: f64) -> Result<()> 
 /// [`ema_update`] as composed Candle ops on every device: the reference the
 /// fused CPU kernel is timed (`omuda bench`) and tested against.
 pub fn ema_update_composed(teacher: &VarMap, student: &VarMap, alpha: f64) -> Result<()> {
-    for_each_pair(teacher, student, |t, s| t.set(&ema_composed(t.as_tensor(), s.as_tensor(), alpha)?))
+    for_each_pair(teacher, student, |t, s| {
+        t.set(&ema_composed(t.as_tensor(), s.as_tensor(), alpha)?)
+    })
 }
 
 /// α·θ' + (1−α)·θ as composed Candle ops (any device or dtype).
-fn ema_composed(teacher: &candle_core::Tensor, student: &candle_core::Tensor, alpha: f64) -> Result<candle_core::Tensor> {
+fn ema_composed(
+    teacher: &candle_core::Tensor,
+    student: &candle_core::Tensor,
+    alpha: f64,
+) -> Result<candle_core::Tensor> {
     (teacher * alpha)? + (student.detach() * (1.0 - alpha))?
 }
 
@@ -51,17 +57,27 @@ fn for_each_pair(
     student: &VarMap,
     mut f: impl FnMut(&candle_core::Var, &candle_core::Var) -> Result<()>,
 ) -> Result<()> {
-    let t_data = teacher.data().lock().map_err(|_| candle_core::Error::Msg("teacher VarMap lock poisoned".into()))?;
-    let s_data = student.data().lock().map_err(|_| candle_core::Error::Msg("student VarMap lock poisoned".into()))?;
+    let t_data = teacher
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("teacher VarMap lock poisoned".into()))?;
+    let s_data = student
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("student VarMap lock poisoned".into()))?;
     for (name, s) in s_data.iter() {
         if is_buffer(name) {
             continue;
         }
-        let t = t_data
-            .get(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("EMA: teacher has no parameter `{name}`")))?;
+        let t = t_data.get(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!("EMA: teacher has no parameter `{name}`"))
+        })?;
         if t.shape() != s.shape() {
-            candle_core::bail!("EMA: parameter `{name}` has shape {:?} in the teacher, {:?} in the student", t.shape(), s.shape());
+            candle_core::bail!(
+                "EMA: parameter `{name}` has shape {:?} in the teacher, {:?} in the student",
+                t.shape(),
+                s.shape()
+            );
         }
         f(t, s)?;
     }
@@ -88,14 +104,25 @@ mod tests {
     fn varmap(values: &[(&str, f32)]) -> VarMap {
         let vm = VarMap::new();
         for (name, v) in values {
-            vm.get((2,), name, candle_nn::Init::Const(*v as f64), DType::F32, &Device::Cpu).unwrap();
+            vm.get(
+                (2,),
+                name,
+                candle_nn::Init::Const(*v as f64),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
         }
         vm
     }
 
     fn value(vm: &VarMap, name: &str) -> Vec<f32> {
         let data = vm.data().lock().unwrap();
-        data.get(name).unwrap().as_tensor().to_vec1::<f32>().unwrap()
+        data.get(name)
+            .unwrap()
+            .as_tensor()
+            .to_vec1::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -126,9 +153,11 @@ mod tests {
         let dev = Device::Cpu;
         let make = || {
             let vm = VarMap::new();
-            vm.get(70_001, "w", candle_nn::Init::Const(0.0), DType::F32, &dev).unwrap();
+            vm.get(70_001, "w", candle_nn::Init::Const(0.0), DType::F32, &dev)
+                .unwrap();
             let v = vm.data().lock().unwrap()["w"].clone();
-            v.set(&Tensor::randn(0f32, 1.0, 70_001, &dev).unwrap()).unwrap();
+            v.set(&Tensor::randn(0f32, 1.0, 70_001, &dev).unwrap())
+                .unwrap();
             (vm, v)
         };
         let (teacher, t) = make();
@@ -138,7 +167,13 @@ mod tests {
             ema_update(&teacher, &student, alpha).unwrap();
             want = ema_composed(&want, s.as_tensor(), alpha).unwrap();
         }
-        let bits = |x: &Tensor| x.to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let bits = |x: &Tensor| {
+            x.to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
         assert!(bits(t.as_tensor()) == bits(&want));
     }
 }

@@ -25,7 +25,9 @@ const CHUNK: usize = 1 << 15;
 /// and contiguous (the parameters and moments always are; a gradient may be a
 /// strided view, which the caller makes contiguous first).
 pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
-    tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+    tensors
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
 }
 
 /// The scalars of one AdamW step for one parameter, rounded as Candle's
@@ -48,7 +50,15 @@ pub(crate) struct AdamWScalars {
 impl AdamWScalars {
     /// From the f64 settings, exactly as `AdamW::step_composed` turns them into
     /// Candle `affine` scalars.
-    pub(crate) fn new(beta1: f64, beta2: f64, eps: f64, bias1: f64, bias2: f64, lr: f64, weight_decay: f64) -> Self {
+    pub(crate) fn new(
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        bias1: f64,
+        bias2: f64,
+        lr: f64,
+        weight_decay: f64,
+    ) -> Self {
         Self {
             beta1: beta1 as f32,
             one_minus_beta1: (1.0 - beta1) as f32,
@@ -77,7 +87,13 @@ impl InplaceOp2 for AdamWKernel<'_> {
         "fused-adamw"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
         let p = f32_data_mut(s1, l1, "AdamW parameter")?;
         let g = f32_data(s2, l2, "AdamW gradient")?;
         let mut m = self.m.borrow_mut();
@@ -122,7 +138,10 @@ pub(crate) struct EmaKernel {
 
 impl EmaKernel {
     pub(crate) fn new(alpha: f64) -> Self {
-        Self { alpha: alpha as f32, one_minus_alpha: (1.0 - alpha) as f32 }
+        Self {
+            alpha: alpha as f32,
+            one_minus_alpha: (1.0 - alpha) as f32,
+        }
     }
 }
 
@@ -131,18 +150,30 @@ impl InplaceOp2 for EmaKernel {
         "fused-ema"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
         let t = f32_data_mut(s1, l1, "EMA teacher parameter")?;
         let s = f32_data(s2, l2, "EMA student parameter")?;
         if t.len() != s.len() {
-            bail!("fused EMA: teacher parameter has {} elements, student {}", t.len(), s.len());
+            bail!(
+                "fused EMA: teacher parameter has {} elements, student {}",
+                t.len(),
+                s.len()
+            );
         }
         let (a, b) = (self.alpha, self.one_minus_alpha);
-        t.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(t, s)| {
-            for (t, s) in t.iter_mut().zip(s) {
-                *t = *t * a + *s * b;
-            }
-        });
+        t.par_chunks_mut(CHUNK)
+            .zip(s.par_chunks(CHUNK))
+            .for_each(|(t, s)| {
+                for (t, s) in t.iter_mut().zip(s) {
+                    *t = *t * a + *s * b;
+                }
+            });
         Ok(())
     }
 }

@@ -56,10 +56,18 @@ impl TargetAveraging {
     /// The pixel weights to use with a mean-over-all-pixels loss so that its
     /// target part is averaged this way. `target` (B, H, W) is 1 on pixels
     /// whose label is a pseudo-label, 0 elsewhere (pasted source pixels).
-    pub fn weights(self, label: &Tensor, target: &Tensor, weight: &Tensor, num_classes: usize) -> Result<Tensor> {
+    pub fn weights(
+        self,
+        label: &Tensor,
+        target: &Tensor,
+        weight: &Tensor,
+        num_classes: usize,
+    ) -> Result<Tensor> {
         match self {
             TargetAveraging::PerPixel => Ok(weight.clone()),
-            TargetAveraging::ClassBalanced => class_balanced_weight(label, target, weight, num_classes),
+            TargetAveraging::ClassBalanced => {
+                class_balanced_weight(label, target, weight, num_classes)
+            }
         }
     }
 }
@@ -74,7 +82,12 @@ impl TargetAveraging {
 /// the source part is unchanged and the target part keeps its share of the
 /// loss, but each present class weighs the same. Shapes: `label` (B, H, W)
 /// `u32` (255 = ignore, left unchanged), `target` and `weight` (B, H, W) float.
-pub fn class_balanced_weight(label: &Tensor, target: &Tensor, weight: &Tensor, num_classes: usize) -> Result<Tensor> {
+pub fn class_balanced_weight(
+    label: &Tensor,
+    target: &Tensor,
+    weight: &Tensor,
+    num_classes: usize,
+) -> Result<Tensor> {
     if label.dims() != weight.dims() || target.dims() != weight.dims() || label.rank() != 3 {
         return Err(crate::Error::msg(format!(
             "class_balanced_weight: label {:?}, target {:?} and weight {:?} must all be (B, H, W)",
@@ -83,8 +96,14 @@ pub fn class_balanced_weight(label: &Tensor, target: &Tensor, weight: &Tensor, n
             weight.dims()
         )));
     }
-    let lab = label.flatten_all()?.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?;
-    let tgt = target.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+    let lab = label
+        .flatten_all()?
+        .to_dtype(candle_core::DType::U32)?
+        .to_vec1::<u32>()?;
+    let tgt = target
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?;
     let mut counts = vec![0usize; num_classes];
     for (&l, &t) in lab.iter().zip(&tgt) {
         if t > 0.5 && (l as usize) < num_classes {
@@ -104,7 +123,8 @@ pub fn class_balanced_weight(label: &Tensor, target: &Tensor, weight: &Tensor, n
             }
         })
         .collect();
-    let scale = Tensor::from_vec(scale, weight.shape(), weight.device())?.to_dtype(weight.dtype())?;
+    let scale =
+        Tensor::from_vec(scale, weight.shape(), weight.device())?.to_dtype(weight.dtype())?;
     Ok(weight.mul(&scale)?)
 }
 
@@ -153,11 +173,21 @@ pub trait StepHook: Send {
         None
     }
 
-    fn on_pseudo_labels(&mut self, _pseudo: &mut PseudoLabels, _view: &StepView, _rng: &mut ChaCha8Rng) -> Result<()> {
+    fn on_pseudo_labels(
+        &mut self,
+        _pseudo: &mut PseudoLabels,
+        _view: &StepView,
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<()> {
         Ok(())
     }
 
-    fn on_mix_masks(&mut self, _masks: &mut Vec<Tensor>, _view: &StepView, _rng: &mut ChaCha8Rng) -> Result<()> {
+    fn on_mix_masks(
+        &mut self,
+        _masks: &mut Vec<Tensor>,
+        _view: &StepView,
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<()> {
         Ok(())
     }
 

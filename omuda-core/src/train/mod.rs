@@ -18,7 +18,9 @@ pub mod step;
 pub mod trainer;
 
 pub use batch::UdaBatch;
-pub use hooks::{class_balanced_weight, ChaCha8Rng, NamedLoss, StepHook, StepView, TargetAveraging};
-pub use plugin::{MaskingPlugin, PluginsConfig};
+pub use hooks::{
+    class_balanced_weight, ChaCha8Rng, NamedLoss, StepHook, StepView, TargetAveraging,
+};
 pub use method::{StepLog, UdaMethod};
+pub use plugin::{MaskingPlugin, PluginsConfig};
 pub use step::{SelfTraining, UdaConfig};

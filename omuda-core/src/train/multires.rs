@@ -80,10 +80,16 @@ impl HrdaConfig {
     /// Checks serde cannot express; messages name the `hrda.*` key.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if !(self.context_scale > 0.0 && self.context_scale < 1.0) {
-            return Err(format!("hrda.context_scale = {}: expected a value in (0, 1)", self.context_scale));
+            return Err(format!(
+                "hrda.context_scale = {}: expected a value in (0, 1)",
+                self.context_scale
+            ));
         }
         if self.hr_crop.contains(&0) {
-            return Err(format!("hrda.hr_crop = {:?}: must be positive", self.hr_crop));
+            return Err(format!(
+                "hrda.hr_crop = {:?}: must be positive",
+                self.hr_crop
+            ));
         }
         if self.crop_divisible == 0 {
             return Err("hrda.crop_divisible must be at least 1".into());
@@ -110,7 +116,8 @@ impl HrdaConfig {
 
     /// Stride of the detail windows at inference: `hr_slide_stride` or half the crop.
     pub fn hr_stride(&self) -> [usize; 2] {
-        self.hr_slide_stride.unwrap_or([(self.hr_crop[0] / 2).max(1), (self.hr_crop[1] / 2).max(1)])
+        self.hr_slide_stride
+            .unwrap_or([(self.hr_crop[0] / 2).max(1), (self.hr_crop[1] / 2).max(1)])
     }
 }
 
@@ -137,7 +144,12 @@ impl CropBox {
         if factor == 0 || c.iter().any(|v| v % factor != 0) {
             bail!("HRDA: crop box {self:?} is not divisible by {factor} (hrda.crop_divisible must be a multiple of the head's output stride / context scale)");
         }
-        Ok(CropBox { y1: self.y1 / factor, y2: self.y2 / factor, x1: self.x1 / factor, x2: self.x2 / factor })
+        Ok(CropBox {
+            y1: self.y1 / factor,
+            y2: self.y2 / factor,
+            x1: self.x1 / factor,
+            x2: self.x2 / factor,
+        })
     }
 
     pub fn height(&self) -> usize {
@@ -170,12 +182,20 @@ pub fn crop_box_from_draws(
     if crop[0] > h || crop[1] > w {
         bail!("HRDA: hrda.hr_crop {crop:?} does not fit the {h}×{w} training crop");
     }
-    let (ny, nx) = (crop_draw_count(h, crop[0], divisible), crop_draw_count(w, crop[1], divisible));
+    let (ny, nx) = (
+        crop_draw_count(h, crop[0], divisible),
+        crop_draw_count(w, crop[1], divisible),
+    );
     if draw_y >= ny.max(1) || draw_x >= nx.max(1) {
         bail!("HRDA: crop draws ({draw_y}, {draw_x}) outside 0..{ny} × 0..{nx}");
     }
     let (y1, x1) = (draw_y * divisible, draw_x * divisible);
-    Ok(CropBox { y1, y2: y1 + crop[0], x1, x2: x1 + crop[1] })
+    Ok(CropBox {
+        y1,
+        y2: y1 + crop[0],
+        x1,
+        x2: x1 + crop[1],
+    })
 }
 
 /// `get_crop_bbox` drawing the offsets from `rng`.
@@ -196,9 +216,13 @@ pub fn random_crop_box<R: Rng + ?Sized>(
 pub fn crop_hw(x: &Tensor, b: &CropBox) -> Result<Tensor> {
     let r = x.rank();
     if r < 2 {
-        bail!("HRDA crop: expected a tensor with at least 2 axes, got {:?}", x.dims());
+        bail!(
+            "HRDA crop: expected a tensor with at least 2 axes, got {:?}",
+            x.dims()
+        );
     }
-    x.narrow(r - 2, b.y1, b.height())?.narrow(r - 1, b.x1, b.width())
+    x.narrow(r - 2, b.y1, b.height())?
+        .narrow(r - 1, b.x1, b.width())
 }
 
 /// The fusion of `HRDAHead.forward` on the head outputs (reference §4.2).
@@ -235,7 +259,11 @@ pub fn fuse(
     let (b, k, h, w) = lr_seg.dims4()?;
     let (ab, ak, ah, aw) = att_logits.dims4()?;
     if ab != b || (ak != k && ak != 1) || (ah, aw) != (h, w) {
-        bail!("HRDA fusion: attention {:?} does not match the context logits {:?}", att_logits.dims(), lr_seg.dims());
+        bail!(
+            "HRDA fusion: attention {:?} does not match the context logits {:?}",
+            att_logits.dims(),
+            lr_seg.dims()
+        );
     }
     let mut att = sigmoid(att_logits)?;
     let (fh, fw) = fused_hw;
@@ -244,20 +272,28 @@ pub fn fuse(
             if att_box.y2 > h || att_box.x2 > w {
                 bail!("HRDA fusion: attention box {att_box:?} outside the {h}×{w} context logits");
             }
-            let mask = Tensor::ones((1, 1, att_box.height(), att_box.width()), att.dtype(), att.device())?
-                .pad_with_zeros(2, att_box.y1, h - att_box.y2)?
-                .pad_with_zeros(3, att_box.x1, w - att_box.x2)?;
+            let mask = Tensor::ones(
+                (1, 1, att_box.height(), att_box.width()),
+                att.dtype(),
+                att.device(),
+            )?
+            .pad_with_zeros(2, att_box.y1, h - att_box.y2)?
+            .pad_with_zeros(3, att_box.x1, w - att_box.x2)?;
             att = att.broadcast_mul(&mask)?;
             let (_, _, hh, hw) = hr.dims4()?;
             if (hh, hw) != (hr_box.height(), hr_box.width()) || hr_box.y2 > fh || hr_box.x2 > fw {
                 bail!("HRDA fusion: detail logits {:?} do not fill box {hr_box:?} of the {fh}×{fw} output", hr.dims());
             }
-            hr.pad_with_zeros(2, hr_box.y1, fh - hr_box.y2)?.pad_with_zeros(3, hr_box.x1, fw - hr_box.x2)?
+            hr.pad_with_zeros(2, hr_box.y1, fh - hr_box.y2)?
+                .pad_with_zeros(3, hr_box.x1, fw - hr_box.x2)?
         }
         None => {
             let (_, _, hh, hw) = hr.dims4()?;
             if (hh, hw) != (fh, fw) {
-                bail!("HRDA fusion: detail logits {:?} are not at the fused size {fh}×{fw}", hr.dims());
+                bail!(
+                    "HRDA fusion: detail logits {:?} are not at the fused size {fh}×{fw}",
+                    hr.dims()
+                );
             }
             hr.clone()
         }
@@ -274,10 +310,18 @@ pub fn fuse(
 /// `boxes` (output pixels), pasted into a zero canvas of size `out_hw`,
 /// summed and divided by the per-pixel count. Every output pixel must be
 /// covered.
-pub fn merge_windows(logits: &Tensor, bs: usize, boxes: &[CropBox], out_hw: (usize, usize)) -> Result<Tensor> {
+pub fn merge_windows(
+    logits: &Tensor,
+    bs: usize,
+    boxes: &[CropBox],
+    out_hw: (usize, usize),
+) -> Result<Tensor> {
     let (n, _, wh, ww) = logits.dims4()?;
     if n != bs * boxes.len() {
-        bail!("HRDA window merge: {n} window logits for {} boxes × batch {bs}", boxes.len());
+        bail!(
+            "HRDA window merge: {n} window logits for {} boxes × batch {bs}",
+            boxes.len()
+        );
     }
     let (h, w) = out_hw;
     let mut sum: Option<Tensor> = None;
@@ -286,8 +330,10 @@ pub fn merge_windows(logits: &Tensor, bs: usize, boxes: &[CropBox], out_hw: (usi
         if (b.height(), b.width()) != (wh, ww) || b.y2 > h || b.x2 > w {
             bail!("HRDA window merge: box {b:?} does not hold {wh}×{ww} logits inside {h}×{w}");
         }
-        let placed =
-            logits.narrow(0, i * bs, bs)?.pad_with_zeros(2, b.y1, h - b.y2)?.pad_with_zeros(3, b.x1, w - b.x2)?;
+        let placed = logits
+            .narrow(0, i * bs, bs)?
+            .pad_with_zeros(2, b.y1, h - b.y2)?
+            .pad_with_zeros(3, b.x1, w - b.x2)?;
         sum = Some(match sum {
             None => placed,
             Some(s) => (s + placed)?,
@@ -350,7 +396,10 @@ pub struct MultiResolution {
 impl MultiResolution {
     pub fn new(cfg: HrdaConfig) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::Msg)?;
-        Ok(Self { cfg, reduction: CeReduction::MeanAll })
+        Ok(Self {
+            cfg,
+            reduction: CeReduction::MeanAll,
+        })
     }
 
     /// The context image: the input downscaled by `context_scale` (bilinear,
@@ -358,17 +407,27 @@ impl MultiResolution {
     pub fn context_image(&self, image: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = image.dims4()?;
         let s = self.cfg.context_scale;
-        let (lh, lw) = (((h as f64) * s).floor() as usize, ((w as f64) * s).floor() as usize);
+        let (lh, lw) = (
+            ((h as f64) * s).floor() as usize,
+            ((w as f64) * s).floor() as usize,
+        );
         if lh == 0 || lw == 0 {
             bail!("HRDA: a {h}×{w} image is too small for context scale {s}");
         }
         resize_bilinear(image, lh, lw)
     }
 
-    fn attention(&self, model: &dyn SegModel, features: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor> {
+    fn attention(
+        &self,
+        model: &dyn SegModel,
+        features: &[Tensor],
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
         match model.scale_attention(features, ctx)? {
             Some(a) => Ok(a),
-            None => bail!("HRDA needs a model with a scale-attention head (set model.scale_attention = true)"),
+            None => bail!(
+                "HRDA needs a model with a scale-attention head (set model.scale_attention = true)"
+            ),
         }
     }
 
@@ -382,7 +441,12 @@ impl MultiResolution {
 
     /// `HRDAEncoderDecoder.encode_decode` of one image batch (no outer
     /// window), logits at the head's HR resolution.
-    fn encode_decode(&self, model: &dyn SegModel, image: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+    fn encode_decode(
+        &self,
+        model: &dyn SegModel,
+        image: &Tensor,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
         let (bs, _, h, w) = image.dims4()?;
         let f_lr = model.features(&self.context_image(image)?, ctx)?;
         let lr_seg = model.decode(&f_lr, ctx)?;
@@ -395,7 +459,12 @@ impl MultiResolution {
             let mut crops = Vec::new();
             for &y in &window_starts(h, ch, sh) {
                 for &x in &window_starts(w, cw, sw) {
-                    let b = CropBox { y1: y, y2: y + ch, x1: x, x2: x + cw };
+                    let b = CropBox {
+                        y1: y,
+                        y2: y + ch,
+                        x1: x,
+                        x2: x + cw,
+                    };
                     crops.push(crop_hw(image, &b)?);
                     boxes.push(b);
                 }
@@ -405,7 +474,10 @@ impl MultiResolution {
             let logits = model.forward(&Tensor::cat(&crops, 0)?, ctx)?;
             let (_, _, lh, _) = logits.dims4()?;
             let os = Self::ratio(ch, lh, "detail window / head output")?;
-            let boxes = boxes.iter().map(|b| b.scaled_down(os)).collect::<Result<Vec<_>>>()?;
+            let boxes = boxes
+                .iter()
+                .map(|b| b.scaled_down(os))
+                .collect::<Result<Vec<_>>>()?;
             merge_windows(&logits, bs, &boxes, (h / os, w / os))?
         } else {
             model.forward(image, ctx)?
@@ -443,7 +515,12 @@ impl SegObjective for MultiResolution {
         if (lh, lw) != (h, w) {
             bail!("HRDA loss: label {lh}×{lw} differs from the image {h}×{w}");
         }
-        let crop_box = random_crop_box((h, w), self.cfg.hr_crop, self.cfg.crop_divisible, &mut *ctx.rng)?;
+        let crop_box = random_crop_box(
+            (h, w),
+            self.cfg.hr_crop,
+            self.cfg.crop_divisible,
+            &mut *ctx.rng,
+        )?;
         let f_lr = model.features(&self.context_image(image)?, ctx)?;
         let f_hr = model.features(&crop_hw(image, &crop_box)?, ctx)?;
         let lr_seg = model.decode(&f_lr, ctx)?;
@@ -487,7 +564,12 @@ impl SegObjective for MultiResolution {
                 let (_, _, wh, ww) = win.dims4()?;
                 resize_bilinear(&self.encode_decode(model, win, &mut **guard)?, wh, ww)
             };
-            return slide_inference(image, (th, tw), (self.cfg.test_stride[0], self.cfg.test_stride[1]), &f);
+            return slide_inference(
+                image,
+                (th, tw),
+                (self.cfg.test_stride[0], self.cfg.test_stride[1]),
+                &f,
+            );
         }
         resize_bilinear(&self.encode_decode(model, image, ctx)?, h, w)
     }
@@ -504,29 +586,52 @@ mod tests {
 
     #[test]
     fn hrda_table_parses_and_bad_values_name_the_key() {
-        let cfg =
-            RunConfig::from_toml_str("[hrda]\nhr_crop = [64, 64]\nhr_slide_stride = [16, 16]\n", "t.toml").unwrap();
+        let cfg = RunConfig::from_toml_str(
+            "[hrda]\nhr_crop = [64, 64]\nhr_slide_stride = [16, 16]\n",
+            "t.toml",
+        )
+        .unwrap();
         assert_eq!(cfg.hrda.hr_crop, [64, 64]);
         assert_eq!(cfg.hrda.hr_stride(), [16, 16]);
         assert_eq!(cfg.hrda.context_scale, 0.5);
         assert_eq!(RunConfig::default().hrda, HrdaConfig::default());
-        let err = RunConfig::from_toml_str("[hrda]\nhr_crops = [64, 64]\n", "t.toml").unwrap_err().to_string();
+        let err = RunConfig::from_toml_str("[hrda]\nhr_crops = [64, 64]\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("hr_crops"), "{err}");
         for (text, key) in [
             ("context_scale = 1.0", "hrda.context_scale"),
             ("crop_divisible = 0", "hrda.crop_divisible"),
-            ("hr_loss_weight = 0.7\nlr_loss_weight = 0.5", "hrda.hr_loss_weight"),
+            (
+                "hr_loss_weight = 0.7\nlr_loss_weight = 0.5",
+                "hrda.hr_loss_weight",
+            ),
             ("test_stride = [0, 8]", "hrda.test_stride"),
         ] {
-            let err = RunConfig::from_toml_str(&format!("[hrda]\n{text}\n"), "t.toml").unwrap_err().to_string();
+            let err = RunConfig::from_toml_str(&format!("[hrda]\n{text}\n"), "t.toml")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
     }
 
     #[test]
     fn scale_box_needs_divisible_coordinates() {
-        let b = CropBox { y1: 8, y2: 40, x1: 16, x2: 48 };
-        assert_eq!(b.scaled_down(8).unwrap(), CropBox { y1: 1, y2: 5, x1: 2, x2: 6 });
+        let b = CropBox {
+            y1: 8,
+            y2: 40,
+            x1: 16,
+            x2: 48,
+        };
+        assert_eq!(
+            b.scaled_down(8).unwrap(),
+            CropBox {
+                y1: 1,
+                y2: 5,
+                x1: 2,
+                x2: 6
+            }
+        );
         let err = b.scaled_down(16).unwrap_err().to_string();
         assert!(err.contains("crop_divisible"), "{err}");
     }

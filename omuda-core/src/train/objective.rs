@@ -61,7 +61,9 @@ pub struct WholeImage {
 
 impl Default for WholeImage {
     fn default() -> Self {
-        Self { reduction: CeReduction::MeanAll }
+        Self {
+            reduction: CeReduction::MeanAll,
+        }
     }
 }
 

@@ -60,9 +60,21 @@ impl Default for AdamWConfig {
             eps: 1e-8,
             weight_decay: 0.01,
             custom_keys: vec![
-                GroupRule { key: "head".into(), lr_mult: 10.0, decay_mult: 1.0 },
-                GroupRule { key: "pos_block".into(), lr_mult: 1.0, decay_mult: 0.0 },
-                GroupRule { key: "norm".into(), lr_mult: 1.0, decay_mult: 0.0 },
+                GroupRule {
+                    key: "head".into(),
+                    lr_mult: 10.0,
+                    decay_mult: 1.0,
+                },
+                GroupRule {
+                    key: "pos_block".into(),
+                    lr_mult: 1.0,
+                    decay_mult: 0.0,
+                },
+                GroupRule {
+                    key: "norm".into(),
+                    lr_mult: 1.0,
+                    decay_mult: 0.0,
+                },
             ],
         }
     }
@@ -72,7 +84,12 @@ impl AdamWConfig {
     /// (lr multiplier, decay multiplier) for a parameter name.
     pub fn multipliers(&self, name: &str) -> (f64, f64) {
         let mut rules: Vec<&GroupRule> = self.custom_keys.iter().collect();
-        rules.sort_by(|a, b| b.key.len().cmp(&a.key.len()).then_with(|| a.key.cmp(&b.key)));
+        rules.sort_by(|a, b| {
+            b.key
+                .len()
+                .cmp(&a.key.len())
+                .then_with(|| a.key.cmp(&b.key))
+        });
         rules
             .into_iter()
             .find(|r| name.contains(&r.key))
@@ -101,7 +118,10 @@ impl Moments {
     fn zeros(var: &Var, fused: bool) -> Result<Self> {
         if fused && fused_update::applies(&[var.as_tensor()]) {
             let n = var.elem_count();
-            Ok(Moments::Host { m: vec![0.0; n], v: vec![0.0; n] })
+            Ok(Moments::Host {
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+            })
         } else {
             let m = var.as_tensor().zeros_like()?;
             let v = var.as_tensor().zeros_like()?;
@@ -124,8 +144,16 @@ impl Moments {
     fn set(&mut self, var: &Var, m: &Tensor, v: &Tensor) -> Result<()> {
         match self {
             Moments::Host { m: hm, v: hv } => {
-                *hm = m.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                *hv = v.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                *hm = m
+                    .to_device(&Device::Cpu)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?;
+                *hv = v
+                    .to_device(&Device::Cpu)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?;
             }
             Moments::Tensors { m: tm, v: tv } => {
                 *tm = m.to_device(var.device())?.to_dtype(var.dtype())?;
@@ -157,7 +185,10 @@ impl AdamW {
     }
 
     fn build(vars: &VarMap, cfg: AdamWConfig, fused: bool) -> Result<Self> {
-        let data = vars.data().lock().map_err(|_| Error::msg("VarMap lock poisoned"))?;
+        let data = vars
+            .data()
+            .lock()
+            .map_err(|_| Error::msg("VarMap lock poisoned"))?;
         let mut names: Vec<&String> = data.keys().filter(|n| !is_buffer(n)).collect();
         names.sort();
         let mut params = Vec::with_capacity(names.len());
@@ -165,9 +196,19 @@ impl AdamW {
             let var = data[name].clone();
             let (lr_mult, decay_mult) = cfg.multipliers(name);
             let moments = Moments::zeros(&var, fused)?;
-            params.push(Param { name: name.clone(), var, lr_mult, decay_mult, moments });
+            params.push(Param {
+                name: name.clone(),
+                var,
+                lr_mult,
+                decay_mult,
+                moments,
+            });
         }
-        Ok(Self { cfg, params, steps: 0 })
+        Ok(Self {
+            cfg,
+            params,
+            steps: 0,
+        })
     }
 
     pub fn steps(&self) -> usize {
@@ -176,7 +217,10 @@ impl AdamW {
 
     /// (name, lr multiplier, decay multiplier) of every parameter.
     pub fn groups(&self) -> Vec<(String, f64, f64)> {
-        self.params.iter().map(|p| (p.name.clone(), p.lr_mult, p.decay_mult)).collect()
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.lr_mult, p.decay_mult))
+            .collect()
     }
 
     /// One AdamW step with base learning rate `lr`. Parameters without a
@@ -188,7 +232,9 @@ impl AdamW {
         let bias1 = 1.0 - b1.powi(t);
         let bias2 = 1.0 - b2.powi(t);
         for p in self.params.iter_mut() {
-            let Some(g) = grads.get(p.var.as_tensor()) else { continue };
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
             let lr_p = lr * p.lr_mult;
             let wd = self.cfg.weight_decay * p.decay_mult;
             match &mut p.moments {
@@ -232,19 +278,28 @@ impl AdamW {
     }
 
     /// Restore moments and step count saved by [`AdamW::state`].
-    pub fn set_state(&mut self, tensors: &HashMap<String, Tensor>, steps: usize, origin: &str) -> Result<()> {
+    pub fn set_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        steps: usize,
+        origin: &str,
+    ) -> Result<()> {
         // Check every tensor before changing anything: a bad file leaves the optimizer as it was.
         let mut loaded = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let [m, v] = ["m", "v"].map(|prefix| {
                 let key = format!("{prefix}.{}", p.name);
-                let t = tensors
-                    .get(&key)
-                    .ok_or_else(|| Error::file(origin, format!("optimizer state has no tensor `{key}`")))?;
+                let t = tensors.get(&key).ok_or_else(|| {
+                    Error::file(origin, format!("optimizer state has no tensor `{key}`"))
+                })?;
                 if t.shape() != p.var.shape() {
                     return Err(Error::file(
                         origin,
-                        format!("optimizer tensor `{key}` has shape {:?}, expected {:?}", t.shape(), p.var.shape()),
+                        format!(
+                            "optimizer tensor `{key}` has shape {:?}, expected {:?}",
+                            t.shape(),
+                            p.var.shape()
+                        ),
                     ));
                 }
                 Ok(t)
@@ -265,7 +320,8 @@ impl AdamW {
     }
 
     pub fn load(&mut self, path: &Path, steps: usize) -> Result<()> {
-        let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| Error::file(path, e.to_string()))?;
+        let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+            .map_err(|e| Error::file(path, e.to_string()))?;
         self.set_state(&map, steps, &path.display().to_string())
     }
 }
@@ -301,9 +357,18 @@ mod tests {
     fn mmcv_key_order_first_match_wins() {
         let cfg = AdamWConfig::default();
         // `pos_block` (9 chars) is tried before `head` and `norm` (4 chars, then alphabetical).
-        assert_eq!(cfg.multipliers("decode_head.batch_norm.weight"), (10.0, 1.0));
-        assert_eq!(cfg.multipliers("segformer.encoder.block.0.0.layer_norm_1.weight"), (1.0, 0.0));
-        assert_eq!(cfg.multipliers("segformer.encoder.block.0.0.attention.self.query.weight"), (1.0, 1.0));
+        assert_eq!(
+            cfg.multipliers("decode_head.batch_norm.weight"),
+            (10.0, 1.0)
+        );
+        assert_eq!(
+            cfg.multipliers("segformer.encoder.block.0.0.layer_norm_1.weight"),
+            (1.0, 0.0)
+        );
+        assert_eq!(
+            cfg.multipliers("segformer.encoder.block.0.0.attention.self.query.weight"),
+            (1.0, 1.0)
+        );
         assert_eq!(cfg.multipliers("x.pos_block.head.norm"), (1.0, 0.0));
     }
 
@@ -312,8 +377,19 @@ mod tests {
     #[test]
     fn single_step_matches_torch_formula() {
         let vm = VarMap::new();
-        let w = vm.get((1,), "w", candle_nn::Init::Const(1.0), DType::F64, &Device::Cpu).unwrap();
-        let cfg = AdamWConfig { custom_keys: vec![], ..AdamWConfig::default() };
+        let w = vm
+            .get(
+                (1,),
+                "w",
+                candle_nn::Init::Const(1.0),
+                DType::F64,
+                &Device::Cpu,
+            )
+            .unwrap();
+        let cfg = AdamWConfig {
+            custom_keys: vec![],
+            ..AdamWConfig::default()
+        };
         let mut opt = AdamW::new(&vm, cfg).unwrap();
         let loss = (&w * 0.5).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
@@ -328,9 +404,32 @@ mod tests {
     #[test]
     fn groups_and_state_round_trip() {
         let vm = VarMap::new();
-        let a = vm.get((3,), "decode_head.w", candle_nn::Init::Const(1.0), DType::F32, &Device::Cpu).unwrap();
-        let b = vm.get((2,), "enc.norm.w", candle_nn::Init::Const(1.0), DType::F32, &Device::Cpu).unwrap();
-        vm.get((2,), "bn.running_mean", candle_nn::Init::Const(0.0), DType::F32, &Device::Cpu).unwrap();
+        let a = vm
+            .get(
+                (3,),
+                "decode_head.w",
+                candle_nn::Init::Const(1.0),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+        let b = vm
+            .get(
+                (2,),
+                "enc.norm.w",
+                candle_nn::Init::Const(1.0),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+        vm.get(
+            (2,),
+            "bn.running_mean",
+            candle_nn::Init::Const(0.0),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let mut opt = AdamW::new(&vm, AdamWConfig::default()).unwrap();
         assert_eq!(opt.groups().len(), 2, "buffers are not optimised");
         let loss = (a.sum_all().unwrap() + b.sqr().unwrap().sum_all().unwrap()).unwrap();
@@ -344,12 +443,25 @@ mod tests {
         let (s2, n2) = opt2.state().unwrap();
         assert_eq!(n1, n2);
         for (k, t) in s1 {
-            let d = (t - &s2[&k]).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (t - &s2[&k])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert_eq!(d, 0.0, "{k}");
         }
         let mut missing = HashMap::new();
-        missing.insert("m.decode_head.w".to_string(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
-        let err = opt2.set_state(&missing, 1, "x.safetensors").unwrap_err().to_string();
+        missing.insert(
+            "m.decode_head.w".to_string(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+        );
+        let err = opt2
+            .set_state(&missing, 1, "x.safetensors")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("v.decode_head.w"), "{err}");
     }
 
@@ -359,19 +471,36 @@ mod tests {
     #[test]
     fn fused_step_is_bit_identical_to_composed() {
         let dev = Device::Cpu;
-        let shapes: [(&str, &[usize]); 3] = [("decode_head.w", &[5, 7]), ("enc.norm.w", &[70_001]), ("enc.attn.w", &[3, 4, 3, 3])];
+        let shapes: [(&str, &[usize]); 3] = [
+            ("decode_head.w", &[5, 7]),
+            ("enc.norm.w", &[70_001]),
+            ("enc.attn.w", &[3, 4, 3, 3]),
+        ];
         let vm = VarMap::new();
         let mut reference = Vec::new();
         for (name, shape) in shapes {
-            vm.get(shape, name, candle_nn::Init::Const(0.0), DType::F32, &dev).unwrap();
+            vm.get(shape, name, candle_nn::Init::Const(0.0), DType::F32, &dev)
+                .unwrap();
             let var = vm.data().lock().unwrap()[name].clone();
-            var.set(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap();
+            var.set(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap())
+                .unwrap();
             let p = var.as_tensor().copy().unwrap();
-            reference.push((name, var, p.clone(), p.zeros_like().unwrap(), p.zeros_like().unwrap()));
+            reference.push((
+                name,
+                var,
+                p.clone(),
+                p.zeros_like().unwrap(),
+                p.zeros_like().unwrap(),
+            ));
         }
         let cfg = AdamWConfig::default();
         let mut opt = AdamW::new(&vm, cfg.clone()).unwrap();
-        assert!(opt.params.iter().all(|p| matches!(p.moments, Moments::Host { .. })), "f32 on the CPU takes the fused path");
+        assert!(
+            opt.params
+                .iter()
+                .all(|p| matches!(p.moments, Moments::Host { .. })),
+            "f32 on the CPU takes the fused path"
+        );
         for (t, lr) in [1e-3, 6e-3, 2e-2].into_iter().enumerate() {
             let mut loss = Tensor::zeros((), DType::F32, &dev).unwrap();
             let mut grads = Vec::new();
@@ -386,17 +515,43 @@ mod tests {
             for ((name, _, p, m, v), g) in reference.iter_mut().zip(&grads) {
                 let (lr_mult, decay_mult) = cfg.multipliers(name);
                 let hyper = (cfg.beta1, cfg.beta2, cfg.eps);
-                let (m2, v2, p2) =
-                    composed_step(p, g, m, v, hyper, (bias1, bias2), lr * lr_mult, cfg.weight_decay * decay_mult).unwrap();
+                let (m2, v2, p2) = composed_step(
+                    p,
+                    g,
+                    m,
+                    v,
+                    hyper,
+                    (bias1, bias2),
+                    lr * lr_mult,
+                    cfg.weight_decay * decay_mult,
+                )
+                .unwrap();
                 (*p, *m, *v) = (p2, m2, v2);
             }
         }
         let (state, _) = opt.state().unwrap();
         for (name, var, p, m, v) in &reference {
-            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert!(bits(var.as_tensor()) == bits(p), "{name}: parameter bits differ");
-            assert!(bits(&state[&format!("m.{name}")]) == bits(m), "{name}: m bits differ");
-            assert!(bits(&state[&format!("v.{name}")]) == bits(v), "{name}: v bits differ");
+            let bits = |t: &Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert!(
+                bits(var.as_tensor()) == bits(p),
+                "{name}: parameter bits differ"
+            );
+            assert!(
+                bits(&state[&format!("m.{name}")]) == bits(m),
+                "{name}: m bits differ"
+            );
+            assert!(
+                bits(&state[&format!("v.{name}")]) == bits(v),
+                "{name}: v bits differ"
+            );
         }
     }
 
@@ -404,16 +559,45 @@ mod tests {
     #[test]
     fn bad_state_changes_nothing() {
         let vm = VarMap::new();
-        let a = vm.get((3,), "a", candle_nn::Init::Const(1.0), DType::F32, &Device::Cpu).unwrap();
-        let _ = vm.get((2,), "b", candle_nn::Init::Const(1.0), DType::F32, &Device::Cpu).unwrap();
+        let a = vm
+            .get(
+                (3,),
+                "a",
+                candle_nn::Init::Const(1.0),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+        let _ = vm
+            .get(
+                (2,),
+                "b",
+                candle_nn::Init::Const(1.0),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
         let mut opt = AdamW::new(&vm, AdamWConfig::default()).unwrap();
-        opt.step(&a.sum_all().unwrap().backward().unwrap(), 1e-2).unwrap();
+        opt.step(&a.sum_all().unwrap().backward().unwrap(), 1e-2)
+            .unwrap();
         let (before, _) = opt.state().unwrap();
         let mut bad = before.clone();
-        bad.insert("v.b".into(), Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap());
-        bad.insert("m.a".into(), Tensor::ones(3, DType::F32, &Device::Cpu).unwrap());
-        let err = opt.set_state(&bad, 7, "bad.safetensors").unwrap_err().to_string();
-        assert!(err.contains("v.b") && err.contains("bad.safetensors"), "{err}");
+        bad.insert(
+            "v.b".into(),
+            Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap(),
+        );
+        bad.insert(
+            "m.a".into(),
+            Tensor::ones(3, DType::F32, &Device::Cpu).unwrap(),
+        );
+        let err = opt
+            .set_state(&bad, 7, "bad.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("v.b") && err.contains("bad.safetensors"),
+            "{err}"
+        );
         let (after, steps) = opt.state().unwrap();
         assert_eq!(steps, 1);
         let m_a = after["m.a"].to_vec1::<f32>().unwrap();

@@ -172,7 +172,12 @@ pub struct CdmConfig {
 
 impl Default for CdmConfig {
     fn default() -> Self {
-        Self { momentum: 0.999, threshold: None, mode: CdmMode::Hard, class_balanced: true }
+        Self {
+            momentum: 0.999,
+            threshold: None,
+            mode: CdmMode::Hard,
+            class_balanced: true,
+        }
     }
 }
 
@@ -193,8 +198,14 @@ impl PluginsConfig {
                 Err(format!("plugin.{key} = {v}: expected a finite value >= 0"))
             }
         };
-        if let Some(c) = self.thing_classes.iter().find(|&&c| c as usize >= num_classes) {
-            return Err(format!("plugin.thing_classes contains {c}: expected class ids below {num_classes}"));
+        if let Some(c) = self
+            .thing_classes
+            .iter()
+            .find(|&&c| c as usize >= num_classes)
+        {
+            return Err(format!(
+                "plugin.thing_classes contains {c}: expected class ids below {num_classes}"
+            ));
         }
         let c = &self.cam;
         prob("cam.fg_min_fraction", c.fg_min_fraction)?;
@@ -207,7 +218,9 @@ impl PluginsConfig {
         if c.fg_block_divisor == 0 {
             return Err("plugin.cam.fg_block_divisor must be at least 1".into());
         }
-        c.aug.validate().map_err(|e| format!("plugin.cam.aug: {e}"))?;
+        c.aug
+            .validate()
+            .map_err(|e| format!("plugin.cam.aug: {e}"))?;
         let f = &self.fdm;
         prob("fdm.mask_ratio", f.mask_ratio)?;
         prob("fdm.downscale_label_ratio", f.downscale_label_ratio)?;
@@ -217,11 +230,16 @@ impl PluginsConfig {
         }
         let d = &self.cdm;
         if !(0.0..=1.0).contains(&d.momentum) {
-            return Err(format!("plugin.cdm.momentum = {}: expected a value in [0, 1]", d.momentum));
+            return Err(format!(
+                "plugin.cdm.momentum = {}: expected a value in [0, 1]",
+                d.momentum
+            ));
         }
         if let Some(t) = d.threshold {
             if !(t > 0.0 && t <= 1.0) {
-                return Err(format!("plugin.cdm.threshold = {t}: expected a value in (0, 1]"));
+                return Err(format!(
+                    "plugin.cdm.threshold = {t}: expected a value in (0, 1]"
+                ));
             }
         }
         Ok(())

@@ -15,7 +15,11 @@ pub struct RngState {
 impl RngState {
     pub fn capture(rng: &ChaCha8Rng) -> Self {
         let seed = rng.get_seed().iter().map(|b| format!("{b:02x}")).collect();
-        Self { seed, stream: rng.get_stream(), word_pos: rng.get_word_pos().to_string() }
+        Self {
+            seed,
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos().to_string(),
+        }
     }
 
     pub fn restore(&self) -> crate::Result<ChaCha8Rng> {
@@ -48,7 +52,10 @@ mod tests {
         }
         let s = RngState::capture(&a);
         let json = serde_json::to_string(&s).unwrap();
-        let mut b = serde_json::from_str::<RngState>(&json).unwrap().restore().unwrap();
+        let mut b = serde_json::from_str::<RngState>(&json)
+            .unwrap()
+            .restore()
+            .unwrap();
         for _ in 0..100 {
             assert_eq!(a.gen::<u64>(), b.gen::<u64>());
         }

@@ -23,7 +23,14 @@ pub struct PolySchedule {
 impl Default for PolySchedule {
     /// `poly10warm`: 6e-5, 40k iterations, power 1, warm-up 1500 from 1e-6.
     fn default() -> Self {
-        Self { base_lr: 6e-5, max_iters: 40_000, power: 1.0, min_lr: 0.0, warmup_iters: 1500, warmup_ratio: 1e-6 }
+        Self {
+            base_lr: 6e-5,
+            max_iters: 40_000,
+            power: 1.0,
+            min_lr: 0.0,
+            warmup_iters: 1500,
+            warmup_ratio: 1e-6,
+        }
     }
 }
 
@@ -33,7 +40,8 @@ impl PolySchedule {
     /// in mmcv, which is the same as scaling the base value).
     pub fn lr(&self, t: usize) -> f64 {
         let progress = (t as f64 / self.max_iters as f64).min(1.0);
-        let regular = (self.base_lr - self.min_lr) * (1.0 - progress).powf(self.power) + self.min_lr;
+        let regular =
+            (self.base_lr - self.min_lr) * (1.0 - progress).powf(self.power) + self.min_lr;
         if t < self.warmup_iters {
             let k = (1.0 - t as f64 / self.warmup_iters as f64) * (1.0 - self.warmup_ratio);
             regular * (1.0 - k)
@@ -73,7 +81,10 @@ mod tests {
     #[test]
     fn head_group_is_ten_times_base() {
         let s = PolySchedule::default();
-        let head = PolySchedule { base_lr: 6e-4, ..s.clone() };
+        let head = PolySchedule {
+            base_lr: 6e-4,
+            ..s.clone()
+        };
         for t in [0, 10, 1499, 1500, 30000] {
             assert!(close(head.lr(t), 10.0 * s.lr(t), 1e-12));
         }
@@ -81,10 +92,20 @@ mod tests {
 
     #[test]
     fn no_warmup_and_min_lr() {
-        let s = PolySchedule { base_lr: 1.0, max_iters: 10, power: 1.0, min_lr: 0.1, warmup_iters: 0, warmup_ratio: 1e-6 };
+        let s = PolySchedule {
+            base_lr: 1.0,
+            max_iters: 10,
+            power: 1.0,
+            min_lr: 0.1,
+            warmup_iters: 0,
+            warmup_ratio: 1e-6,
+        };
         assert!(close(s.lr(0), 1.0, 1e-12));
         assert!(close(s.lr(5), 0.55, 1e-12));
         assert!(close(s.lr(10), 0.1, 1e-12));
-        assert!(close(s.lr(20), 0.1, 1e-12), "past the end the schedule stays at min_lr");
+        assert!(
+            close(s.lr(20), 0.1, 1e-12),
+            "past the end the schedule stays at min_lr"
+        );
     }
 }

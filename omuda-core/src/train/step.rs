@@ -28,12 +28,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::data::valid_region::scaled_row_crop;
 use crate::nn::autocast::AutocastModel;
 use crate::nn::weights::build_initial;
 use crate::nn::{ForwardCtx, ModelConfig, SegModel};
 use crate::ops::augment::{strong_augment, StrongAugConfig};
 use crate::ops::mix::{class_masks, class_mix, MixedBatch};
-use crate::data::valid_region::scaled_row_crop;
 use crate::ops::pseudo::{pseudo_label_and_weight, zero_rows, PseudoLabels};
 use crate::train::batch::UdaBatch;
 use crate::train::ema::{copy_parameters, ema_alpha, ema_update};
@@ -146,7 +146,12 @@ impl SelfTraining {
             None
         };
         let train_student: Option<Box<dyn SegModel>> = match spec.model.autocast.dtype() {
-            Some(_) => Some(Box::new(AutocastModel::new(&spec.model, &student_vars, spec.model.autocast, device)?)),
+            Some(_) => Some(Box::new(AutocastModel::new(
+                &spec.model,
+                &student_vars,
+                spec.model.autocast,
+                device,
+            )?)),
             None => None,
         };
         let optimizer = AdamW::new(&student_vars, spec.optimizer.clone())?;
@@ -182,8 +187,13 @@ impl SelfTraining {
     /// `hook.replaces()` are removed; `hook` is not added if an attached hook
     /// replaces its name. Both are recorded in [`Self::replaced_hooks`].
     pub fn add_hook(&mut self, hook: Box<dyn StepHook>) {
-        if let Some(by) = self.hooks.iter().find(|h| h.replaces().iter().any(|r| r == hook.name())) {
-            self.replaced_hooks.push((hook.name().to_string(), by.name().to_string()));
+        if let Some(by) = self
+            .hooks
+            .iter()
+            .find(|h| h.replaces().iter().any(|r| r == hook.name()))
+        {
+            self.replaced_hooks
+                .push((hook.name().to_string(), by.name().to_string()));
             return;
         }
         let replaces = hook.replaces();
@@ -248,17 +258,34 @@ impl SelfTraining {
     pub fn step(&mut self, batch: &UdaBatch) -> Result<StepLog> {
         let t = self.iter;
         let lr = self.spec.schedule.lr(t);
-        let mut log = StepLog { iter: t, lr, ..StepLog::default() };
+        let mut log = StepLog {
+            iter: t,
+            lr,
+            ..StepLog::default()
+        };
 
         if let Some((_, teacher_vars)) = &self.teacher {
             if t == 0 {
                 copy_parameters(teacher_vars, &self.student_vars)?;
             } else {
-                ema_update(teacher_vars, &self.student_vars, ema_alpha(t, self.spec.uda.ema_alpha))?;
+                ema_update(
+                    teacher_vars,
+                    &self.student_vars,
+                    ema_alpha(t, self.spec.uda.ema_alpha),
+                )?;
             }
         }
 
-        let Self { student, train_student, teacher, objective, hooks, rng, spec, .. } = self;
+        let Self {
+            student,
+            train_student,
+            teacher,
+            objective,
+            hooks,
+            rng,
+            spec,
+            ..
+        } = self;
         // Every training forward of the student (host losses and hook losses)
         // goes through autocast when it is on.
         let student: &dyn SegModel = match train_student.as_deref() {
@@ -269,12 +296,22 @@ impl SelfTraining {
         let objective: &dyn SegObjective = objective.as_ref();
         let num_classes = spec.model.num_classes;
         let spec: &SelfTrainingSpec = spec;
-        let averaging = hooks.iter().filter_map(|h| h.target_averaging()).last().unwrap_or_default();
+        let averaging = hooks
+            .iter()
+            .filter_map(|h| h.target_averaging())
+            .last()
+            .unwrap_or_default();
 
         // (1) Source, supervised.
         let (src_loss, src_features) = {
             let mut ctx = ForwardCtx::train(rng);
-            objective.loss(student, &batch.source_image, &batch.source_label, None, &mut ctx)?
+            objective.loss(
+                student,
+                &batch.source_image,
+                &batch.source_label,
+                None,
+                &mut ctx,
+            )?
         };
         let mut terms: Vec<(String, Tensor)> = vec![("loss_src".into(), src_loss)];
 
@@ -284,10 +321,13 @@ impl SelfTraining {
             // (2) Pseudo-labels from the teacher: no graph kept.
             let teacher_logits = {
                 let mut ctx = ForwardCtx::teacher(rng);
-                objective.logits(teacher_model, &batch.target_image, &mut ctx)?.detach()
+                objective
+                    .logits(teacher_model, &batch.target_image, &mut ctx)?
+                    .detach()
             };
             let mut pl = pseudo_label_and_weight(&teacher_logits, spec.uda.pseudo_threshold)?;
-            log.metrics.push(("pseudo_confident_share".into(), mean_scalar(&pl.weight)?));
+            log.metrics
+                .push(("pseudo_confident_share".into(), mean_scalar(&pl.weight)?));
             // `DACS.filter_valid_pseudo_region`, after `q` was taken over all pixels.
             if let Some(rows) = spec.uda.pseudo_label_crop {
                 let h = pl.weight.dim(1)?;
@@ -308,7 +348,18 @@ impl SelfTraining {
                 pl.weight = (&pl.weight * valid.to_dtype(pl.weight.dtype())?)?;
             }
             {
-                let view = view(t, batch, student, Some(teacher_model), objective, &src_features, None, None, spec, averaging);
+                let view = view(
+                    t,
+                    batch,
+                    student,
+                    Some(teacher_model),
+                    objective,
+                    &src_features,
+                    None,
+                    None,
+                    spec,
+                    averaging,
+                );
                 for h in hooks.iter_mut() {
                     h.on_pseudo_labels(&mut pl, &view, rng)?;
                 }
@@ -317,7 +368,18 @@ impl SelfTraining {
             // (3) ClassMix + strong augmentation, mixed loss.
             let mut masks = class_masks(&batch.source_label, rng, spec.uda.per_image_classes)?;
             {
-                let view = view(t, batch, student, Some(teacher_model), objective, &src_features, Some(&pl), None, spec, averaging);
+                let view = view(
+                    t,
+                    batch,
+                    student,
+                    Some(teacher_model),
+                    objective,
+                    &src_features,
+                    Some(&pl),
+                    None,
+                    spec,
+                    averaging,
+                );
                 for h in hooks.iter_mut() {
                     h.on_mix_masks(&mut masks, &view, rng)?;
                 }
@@ -337,7 +399,12 @@ impl SelfTraining {
                 TargetAveraging::PerPixel => mb.weight.clone(),
                 other => {
                     let pasted = Tensor::stack(&mb.masks, 0)?.to_dtype(DType::F32)?;
-                    other.weights(&mb.label, &pasted.affine(-1.0, 1.0)?, &mb.weight, num_classes)?
+                    other.weights(
+                        &mb.label,
+                        &pasted.affine(-1.0, 1.0)?,
+                        &mb.weight,
+                        num_classes,
+                    )?
                 }
             };
             let (mix_loss, _) = {
@@ -351,7 +418,18 @@ impl SelfTraining {
 
         // (4) Extra losses from hooks.
         {
-            let view = view(t, batch, student, teacher_model, objective, &src_features, pseudo.as_ref(), mixed.as_ref(), spec, averaging);
+            let view = view(
+                t,
+                batch,
+                student,
+                teacher_model,
+                objective,
+                &src_features,
+                pseudo.as_ref(),
+                mixed.as_ref(),
+                spec,
+                averaging,
+            );
             for h in hooks.iter_mut() {
                 for l in h.extra_losses(&view, rng)? {
                     terms.push((format!("{}.{}", h.name(), l.name), l.value));
@@ -377,7 +455,12 @@ impl SelfTraining {
         if nonfinite.is_none() {
             let grads = total.backward()?;
             match first_nonfinite_grad(&self.student_vars, &grads)? {
-                Some(var) => nonfinite = Some(format!("iteration {t}: the gradient of `{var}` is not finite (loss terms: {})", fmt_terms(&log.losses))),
+                Some(var) => {
+                    nonfinite = Some(format!(
+                        "iteration {t}: the gradient of `{var}` is not finite (loss terms: {})",
+                        fmt_terms(&log.losses)
+                    ))
+                }
                 None => self.optimizer.step(&grads, lr)?,
             }
         }
@@ -386,12 +469,20 @@ impl SelfTraining {
                 return Err(Error::NonFinite { iter: t, message });
             }
             self.skipped_steps += 1;
-            log.metrics.push(("nonfinite_skipped".into(), self.skipped_steps as f64));
+            log.metrics
+                .push(("nonfinite_skipped".into(), self.skipped_steps as f64));
             log.skipped = Some(message);
         }
 
         {
-            let Self { student, teacher, objective, hooks, spec, .. } = &mut *self;
+            let Self {
+                student,
+                teacher,
+                objective,
+                hooks,
+                spec,
+                ..
+            } = &mut *self;
             let teacher_model: Option<&dyn SegModel> = teacher.as_ref().map(|(m, _)| m.as_ref());
             let view = view(
                 t,
@@ -420,19 +511,44 @@ impl SelfTraining {
     }
 
     /// The tensors a debug image shows for the step just run.
-    fn debug_tiles(&self, batch: &UdaBatch, pseudo: Option<&PseudoLabels>, mixed: Option<&MixedBatch>) -> Result<StepDebug> {
+    fn debug_tiles(
+        &self,
+        batch: &UdaBatch,
+        pseudo: Option<&PseudoLabels>,
+        mixed: Option<&MixedBatch>,
+    ) -> Result<StepDebug> {
         let mut tiles = vec![
-            ("source".to_string(), DebugKind::Image, batch.source_image.clone()),
-            ("source label".to_string(), DebugKind::Labels, batch.source_label.clone()),
-            ("target".to_string(), DebugKind::Image, batch.target_image.clone()),
+            (
+                "source".to_string(),
+                DebugKind::Image,
+                batch.source_image.clone(),
+            ),
+            (
+                "source label".to_string(),
+                DebugKind::Labels,
+                batch.source_label.clone(),
+            ),
+            (
+                "target".to_string(),
+                DebugKind::Image,
+                batch.target_image.clone(),
+            ),
         ];
         if let Some(pl) = pseudo {
             tiles.push(("pseudo-label".into(), DebugKind::Labels, pl.label.clone()));
-            tiles.push(("teacher confidence".into(), DebugKind::Gray, pl.confidence.clone()));
+            tiles.push((
+                "teacher confidence".into(),
+                DebugKind::Gray,
+                pl.confidence.clone(),
+            ));
             tiles.push(("pseudo-weight".into(), DebugKind::Gray, pl.weight.clone()));
         }
         if let Some(mb) = mixed {
-            tiles.push(("mix mask".into(), DebugKind::Gray, Tensor::stack(&mb.masks, 0)?.to_dtype(DType::F32)?));
+            tiles.push((
+                "mix mask".into(),
+                DebugKind::Gray,
+                Tensor::stack(&mb.masks, 0)?.to_dtype(DType::F32)?,
+            ));
             tiles.push(("mixed image".into(), DebugKind::Image, mb.image.clone()));
             tiles.push(("mixed label".into(), DebugKind::Labels, mb.label.clone()));
             tiles.push(("mixed weight".into(), DebugKind::Gray, mb.weight.clone()));
@@ -450,7 +566,9 @@ impl SelfTraining {
         // Evaluation is deterministic: this generator is never drawn from.
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let mut ctx = ForwardCtx::eval(&mut rng);
-        Ok(self.objective.logits(self.student.as_ref(), images, &mut ctx)?)
+        Ok(self
+            .objective
+            .logits(self.student.as_ref(), images, &mut ctx)?)
     }
 
     pub fn iteration(&self) -> usize {
@@ -473,7 +591,8 @@ impl SelfTraining {
             let state = h.state()?;
             if !state.is_empty() {
                 let path = dir.join(format!("hook_{}.safetensors", h.name()));
-                candle_core::safetensors::save(&state, &path).map_err(|e| Error::file(&path, e.to_string()))?;
+                candle_core::safetensors::save(&state, &path)
+                    .map_err(|e| Error::file(&path, e.to_string()))?;
             }
         }
         let state = StepState {
@@ -484,7 +603,8 @@ impl SelfTraining {
             skipped_steps: self.skipped_steps,
         };
         let path = dir.join("state.json");
-        let json = serde_json::to_string_pretty(&state).map_err(|e| Error::file(&path, e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(&state).map_err(|e| Error::file(&path, e.to_string()))?;
         std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
         Ok(())
     }
@@ -492,16 +612,19 @@ impl SelfTraining {
     pub fn load_state(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join("state.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let state: StepState = serde_json::from_str(&text).map_err(|e| Error::file(&path, e.to_string()))?;
+        let state: StepState =
+            serde_json::from_str(&text).map_err(|e| Error::file(&path, e.to_string()))?;
         load_varmap(&self.student_vars, &dir.join("student.safetensors"))?;
         if let Some((_, vars)) = &self.teacher {
             load_varmap(vars, &dir.join("teacher.safetensors"))?;
         }
-        self.optimizer.load(&dir.join("optimizer.safetensors"), state.optimizer_steps)?;
+        self.optimizer
+            .load(&dir.join("optimizer.safetensors"), state.optimizer_steps)?;
         for h in self.hooks.iter_mut() {
             let path = dir.join(format!("hook_{}.safetensors", h.name()));
             if path.exists() {
-                let map = candle_core::safetensors::load(&path, &self.device).map_err(|e| Error::file(&path, e.to_string()))?;
+                let map = candle_core::safetensors::load(&path, &self.device)
+                    .map_err(|e| Error::file(&path, e.to_string()))?;
                 h.load_state(&map)?;
             }
         }
@@ -580,13 +703,23 @@ fn view<'a>(
 }
 
 fn fmt_terms(losses: &[(String, f64)]) -> String {
-    losses.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    losses
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The name of the first parameter (in name order) whose gradient holds a NaN
 /// or an infinity; one device round trip when every gradient is finite.
-fn first_nonfinite_grad(vars: &VarMap, grads: &candle_core::backprop::GradStore) -> Result<Option<String>> {
-    let data = vars.data().lock().map_err(|_| Error::msg("VarMap lock poisoned"))?;
+fn first_nonfinite_grad(
+    vars: &VarMap,
+    grads: &candle_core::backprop::GradStore,
+) -> Result<Option<String>> {
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|_| Error::msg("VarMap lock poisoned"))?;
     let mut probes: Vec<(&String, Tensor)> = Vec::new();
     for (name, var) in data.iter() {
         if let Some(g) = grads.get(var.as_tensor()) {
@@ -597,7 +730,12 @@ fn first_nonfinite_grad(vars: &VarMap, grads: &candle_core::backprop::GradStore)
     if probes.is_empty() {
         return Ok(None);
     }
-    let all = Tensor::stack(&probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(), 0)?.sum_all()?.to_scalar::<f32>()?;
+    let all = Tensor::stack(
+        &probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
+        0,
+    )?
+    .sum_all()?
+    .to_scalar::<f32>()?;
     if all.is_finite() {
         return Ok(None);
     }
@@ -616,19 +754,34 @@ fn mean_scalar(t: &Tensor) -> Result<f64> {
 
 /// Save every variable of `vars` (parameters and buffers) as safetensors.
 pub fn save_varmap(vars: &VarMap, path: &Path) -> Result<()> {
-    vars.save(path).map_err(|e| Error::file(path, e.to_string()))
+    vars.save(path)
+        .map_err(|e| Error::file(path, e.to_string()))
 }
 
 /// Load every variable of `vars` from `path`; a missing or mis-shaped tensor is an error naming it.
 pub fn load_varmap(vars: &VarMap, path: &Path) -> Result<()> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::file(path, e.to_string()))?;
-    let data = vars.data().lock().map_err(|_| Error::msg("VarMap lock poisoned"))?;
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|_| Error::msg("VarMap lock poisoned"))?;
     for (name, var) in data.iter() {
-        let t = tensors
-            .get(name)
-            .ok_or_else(|| Error::file(path, format!("no tensor `{name}` (expected shape {:?})", var.shape())))?;
+        let t = tensors.get(name).ok_or_else(|| {
+            Error::file(
+                path,
+                format!("no tensor `{name}` (expected shape {:?})", var.shape()),
+            )
+        })?;
         if t.shape() != var.shape() {
-            return Err(Error::file(path, format!("tensor `{name}` has shape {:?}, expected {:?}", t.shape(), var.shape())));
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {:?}",
+                    t.shape(),
+                    var.shape()
+                ),
+            ));
         }
         var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }

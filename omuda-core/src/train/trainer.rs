@@ -18,12 +18,16 @@ pub trait BatchSource {
     /// checkpoints so a resumed run draws the same batches. The default is an
     /// error: a source that cannot say where it is cannot be resumed exactly.
     fn order_state(&self) -> Result<serde_json::Value> {
-        Err(Error::msg("this batch source does not record its data order; it cannot be checkpointed"))
+        Err(Error::msg(
+            "this batch source does not record its data order; it cannot be checkpointed",
+        ))
     }
 
     /// Continue from a state written by [`BatchSource::order_state`].
     fn restore_order_state(&mut self, _state: &serde_json::Value) -> Result<()> {
-        Err(Error::msg("this batch source does not record its data order; it cannot be resumed"))
+        Err(Error::msg(
+            "this batch source does not record its data order; it cannot be resumed",
+        ))
     }
 }
 
@@ -34,12 +38,17 @@ impl BatchSource for crate::data::loader::SynthPairLoader {
 
     fn order_state(&self) -> Result<serde_json::Value> {
         let state = crate::train::rng_state::RngState::capture(self.rng());
-        serde_json::to_value(state).map_err(|e| Error::msg(format!("data-order RNG state to JSON: {e}")))
+        serde_json::to_value(state)
+            .map_err(|e| Error::msg(format!("data-order RNG state to JSON: {e}")))
     }
 
     fn restore_order_state(&mut self, state: &serde_json::Value) -> Result<()> {
-        let s: crate::train::rng_state::RngState = serde_json::from_value(state.clone())
-            .map_err(|e| Error::msg(format!("data-order RNG state: {e} (expected seed, stream, word_pos)")))?;
+        let s: crate::train::rng_state::RngState =
+            serde_json::from_value(state.clone()).map_err(|e| {
+                Error::msg(format!(
+                    "data-order RNG state: {e} (expected seed, stream, word_pos)"
+                ))
+            })?;
         self.set_rng(s.restore()?);
         Ok(())
     }
@@ -72,12 +81,23 @@ pub trait TrainObserver {
     }
     /// After each evaluation, with the method and data source as evaluated
     /// (e.g. to keep the best checkpoint).
-    fn on_eval(&mut self, _iter: usize, _report: &MiouReport, _method: &dyn UdaMethod, _data: &dyn BatchSource) -> Result<()> {
+    fn on_eval(
+        &mut self,
+        _iter: usize,
+        _report: &MiouReport,
+        _method: &dyn UdaMethod,
+        _data: &dyn BatchSource,
+    ) -> Result<()> {
         Ok(())
     }
     /// Every `checkpoint_interval` iterations (after the evaluation of the same
     /// iteration, if any), with everything a checkpoint needs.
-    fn on_checkpoint(&mut self, _iter: usize, _method: &dyn UdaMethod, _data: &dyn BatchSource) -> Result<()> {
+    fn on_checkpoint(
+        &mut self,
+        _iter: usize,
+        _method: &dyn UdaMethod,
+        _data: &dyn BatchSource,
+    ) -> Result<()> {
         Ok(())
     }
     /// The intermediate tensors of the step that just finished (0-based `iter`).
@@ -107,7 +127,10 @@ pub fn fit(
         let batch = data.next_batch()?;
         let t1 = Instant::now();
         let log = method.train_step(&batch)?;
-        let timing = StepTiming { data: (t1 - t0).as_secs_f64(), step: t1.elapsed().as_secs_f64() };
+        let timing = StepTiming {
+            data: (t1 - t0).as_secs_f64(),
+            step: t1.elapsed().as_secs_f64(),
+        };
         observer.on_step(&log, timing)?;
         if capture {
             method.capture_debug(false);

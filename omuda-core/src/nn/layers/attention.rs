@@ -50,7 +50,13 @@ impl CustomOp2 for AttentionProbs {
         "attention-probs"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let q = f32_data(s1, l1, "attention q")?;
         let k = f32_data(s2, l2, "attention k")?;
         let (groups, n, m, d) = geometry(l1, l2)?;
@@ -58,11 +64,17 @@ impl CustomOp2 for AttentionProbs {
         if m > 0 {
             for (g, scores) in out.chunks_mut(n * m).enumerate() {
                 // scores (N×M) = q_g (N×d, row-major) · k_gᵀ (k_g is M×d row-major).
-                let (qg, kg) = (&q[g * n * d..(g + 1) * n * d], &k[g * m * d..(g + 1) * m * d]);
-                gemm_into(n, m, d, scores, m, false, qg, d as isize, 1, kg, 1, d as isize);
+                let (qg, kg) = (
+                    &q[g * n * d..(g + 1) * n * d],
+                    &k[g * m * d..(g + 1) * m * d],
+                );
+                gemm_into(
+                    n, m, d, scores, m, false, qg, d as isize, 1, kg, 1, d as isize,
+                );
             }
             let task = (m * rows_per_task(m)).max(1);
-            out.par_chunks_mut(task).for_each(|rows| rows.chunks_mut(m).for_each(softmax_row_in_place));
+            out.par_chunks_mut(task)
+                .for_each(|rows| rows.chunks_mut(m).for_each(softmax_row_in_place));
         }
         let mut dims = l1.dims().to_vec();
         let last = dims.len() - 1;
@@ -70,11 +82,19 @@ impl CustomOp2 for AttentionProbs {
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, probs: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        probs: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // d scores = P ⊙ (G − Σ G⊙P) per row; then the matmul backward.
         let dscores = probs.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd)?;
         let dq = dscores.matmul(k)?;
-        let dk = dscores.transpose(candle_core::D::Minus2, candle_core::D::Minus1)?.matmul(q)?;
+        let dk = dscores
+            .transpose(candle_core::D::Minus2, candle_core::D::Minus1)?
+            .matmul(q)?;
         Ok((Some(dq), Some(dk)))
     }
 }
@@ -89,16 +109,37 @@ mod tests {
     /// (f32 and the f64 fallback), with heads and with a single group.
     #[test]
     fn fused_matches_composed_with_gradients() {
-        for (qs, ks) in [(vec![2, 3, 37, 8], vec![2, 3, 11, 8]), (vec![1, 70, 16], vec![1, 9, 16])] {
-            let (q, k) = (Var::from_tensor(&randn(&qs)).unwrap(), Var::from_tensor(&randn(&ks)).unwrap());
+        for (qs, ks) in [
+            (vec![2, 3, 37, 8], vec![2, 3, 11, 8]),
+            (vec![1, 70, 16], vec![1, 9, 16]),
+        ] {
+            let (q, k) = (
+                Var::from_tensor(&randn(&qs)).unwrap(),
+                Var::from_tensor(&randn(&ks)).unwrap(),
+            );
             let w = randn(&[qs[..qs.len() - 1].to_vec(), vec![ks[ks.len() - 2]]].concat());
             let fused = attention_probs(&q, &k).unwrap();
             let composed = attention_probs_composed(&q, &k).unwrap();
             close(&fused, &composed, 1e-5, "probabilities");
             let row_sums = fused.sum(candle_core::D::Minus1).unwrap();
-            close(&row_sums, &row_sums.ones_like().unwrap(), 1e-6, "rows sum to 1");
-            let gf = (&fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let gc = (&composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            close(
+                &row_sums,
+                &row_sums.ones_like().unwrap(),
+                1e-6,
+                "rows sum to 1",
+            );
+            let gf = (&fused * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gc = (&composed * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             close(gf.get(&q).unwrap(), gc.get(&q).unwrap(), 1e-5, "dq");
             close(gf.get(&k).unwrap(), gc.get(&k).unwrap(), 1e-5, "dk");
             // The f64 fallback (composed) agrees with the f32 kernel.
@@ -109,9 +150,13 @@ mod tests {
 
     #[test]
     fn mismatched_operands_are_refused() {
-        let err = attention_probs(&randn(&[2, 5, 4]), &randn(&[3, 6, 4])).unwrap_err().to_string();
+        let err = attention_probs(&randn(&[2, 5, 4]), &randn(&[3, 6, 4]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("attention"), "{err}");
-        let err = attention_probs(&randn(&[2, 5, 4]), &randn(&[2, 6, 3])).unwrap_err().to_string();
+        let err = attention_probs(&randn(&[2, 5, 4]), &randn(&[2, 6, 3]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("head size"), "{err}");
     }
 }

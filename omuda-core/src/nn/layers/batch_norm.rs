@@ -104,7 +104,11 @@ impl CustomOp3 for BatchNormTrainOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Through the ReLU first: the gradient passes where the output is positive.
-        let grad = if self.relu { relu_backward(res, grad)? } else { grad.contiguous()? };
+        let grad = if self.relu {
+            relu_backward(res, grad)?
+        } else {
+            grad.contiguous()?
+        };
         // [Σ g·x̂; Σ g] per channel: the weight/bias gradient, and the two sums
         // the input gradient needs.
         let sums = x.apply_op3_no_bwd(&grad, stats, &BatchNormBwdParams { eps: self.eps })?;
@@ -333,7 +337,10 @@ impl BatchNorm2d {
             )
         } else {
             let y = batch_norm_train_composed(x, &self.weight, &self.bias, self.eps)?;
-            (if with_relu { relu(&y)? } else { y }, channel_stats_composed(x)?)
+            (
+                if with_relu { relu(&y)? } else { y },
+                channel_stats_composed(x)?,
+            )
         };
         self.update_running_stats(&stats, n)?;
         Ok(y)
@@ -407,7 +414,8 @@ mod tests {
         let upstream = randn(&[2, 3, 5, 4]);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let vm = VarMap::new();
-        let bn = BatchNorm2d::new(3, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+        let bn =
+            BatchNorm2d::new(3, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
         // Non-trivial affine parameters, so both gradients are exercised.
         {
             let data = vm.data().lock().unwrap();
@@ -417,17 +425,57 @@ mod tests {
                 }
             }
         }
-        let fused = bn.forward_relu(&x, &mut ForwardCtx::train(&mut rng)).unwrap();
+        let fused = bn
+            .forward_relu(&x, &mut ForwardCtx::train(&mut rng))
+            .unwrap();
         let separate = relu(&bn.forward(&x, &mut ForwardCtx::train(&mut rng)).unwrap()).unwrap();
-        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let bits = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
         assert!(bits(&fused) == bits(&separate), "values differ");
-        let zeros = fused.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().filter(|v| **v == 0.0).count();
-        assert!(zeros > 0 && zeros < fused.elem_count(), "the ReLU must cut some values ({zeros})");
-        let gf = (&fused * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
-        let gs = (&separate * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
-        close(gf.get(&x).unwrap(), gs.get(&x).unwrap(), 1e-5, "input gradient");
+        let zeros = fused
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .filter(|v| **v == 0.0)
+            .count();
+        assert!(
+            zeros > 0 && zeros < fused.elem_count(),
+            "the ReLU must cut some values ({zeros})"
+        );
+        let gf = (&fused * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = (&separate * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        close(
+            gf.get(&x).unwrap(),
+            gs.get(&x).unwrap(),
+            1e-5,
+            "input gradient",
+        );
         for t in [&bn.weight, &bn.bias] {
-            close(gf.get(t).unwrap(), gs.get(t).unwrap(), 1e-5, "weight/bias gradient");
+            close(
+                gf.get(t).unwrap(),
+                gs.get(t).unwrap(),
+                1e-5,
+                "weight/bias gradient",
+            );
         }
     }
 }

@@ -47,7 +47,20 @@ impl Geom {
         if hp <= span || wp <= span {
             bail!("conv2d: input {h}x{w} too small for kernel {k} with {cfg:?}");
         }
-        Ok(Self { b, c, o, k, d, p, h, w, hp, wp, ho: hp - span, wo: wp - span })
+        Ok(Self {
+            b,
+            c,
+            o,
+            k,
+            d,
+            p,
+            h,
+            w,
+            hp,
+            wp,
+            ho: hp - span,
+            wo: wp - span,
+        })
     }
 
     /// Padded plane plus a tail: the last tap's run of Ho·Wp reads past Hp·Wp by d·(k−1).
@@ -108,13 +121,23 @@ impl CustomOp2 for ConvShift {
         "conv2d-shift"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(xs, xl, "conv2d input")?;
         let w = f32_data(ws, wl, "conv2d weight")?;
         let (o, wc, k, _) = dims4(wl, "conv2d weight")?;
         let g = Geom::new(dims4(xl, "conv2d input")?, o, k, self.cfg)?;
         if wc != g.c {
-            bail!("conv2d: weight {:?} does not fit input {:?}", wl.dims(), xl.dims());
+            bail!(
+                "conv2d: weight {:?} does not fit input {:?}",
+                wl.dims(),
+                xl.dims()
+            );
         }
         let xp = pad_input(&g, x);
         let wt = taps_first(&g, w);
@@ -149,15 +172,34 @@ impl CustomOp2 for ConvShift {
         Ok((CpuStorage::F32(y), Shape::from((g.b, g.o, g.ho, g.wo))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         // The image needs no gradient: skip the input product.
         let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(&w.contiguous()?, &ConvShiftGradInput { cfg: self.cfg, h: x.dim(2)?, w: x.dim(3)? })?)
+            Some(grad.apply_op2_no_bwd(
+                &w.contiguous()?,
+                &ConvShiftGradInput {
+                    cfg: self.cfg,
+                    h: x.dim(2)?,
+                    w: x.dim(3)?,
+                },
+            )?)
         } else {
             None
         };
-        let dw = grad.apply_op2_no_bwd(&x.contiguous()?, &ConvShiftGradWeight { cfg: self.cfg, k: w.dim(2)? })?;
+        let dw = grad.apply_op2_no_bwd(
+            &x.contiguous()?,
+            &ConvShiftGradWeight {
+                cfg: self.cfg,
+                k: w.dim(2)?,
+            },
+        )?;
         Ok((dx, Some(dw)))
     }
 }
@@ -184,7 +226,13 @@ impl CustomOp2 for ConvShiftGradInput {
         "conv2d-shift-grad-input"
     }
 
-    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let grad = f32_data(gs, gl, "conv2d output gradient")?;
         let w = f32_data(ws, wl, "conv2d weight")?;
         let (o, c, k, _) = dims4(wl, "conv2d weight")?;
@@ -239,7 +287,13 @@ impl CustomOp2 for ConvShiftGradWeight {
         "conv2d-shift-grad-weight"
     }
 
-    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let grad = f32_data(gs, gl, "conv2d output gradient")?;
         let x = f32_data(xs, xl, "conv2d input")?;
         let (_, o, ..) = dims4(gl, "conv2d output gradient")?;
@@ -292,19 +346,41 @@ mod tests {
     /// padded and dilated (DeepLab / ASPP style) 3x3 and a 5x5 kernel.
     #[test]
     fn matches_candle_conv2d_values_and_gradients() {
-        for (c, o, h, w, k, p, d) in [(3, 4, 7, 6, 3, 1, 1), (5, 2, 9, 8, 3, 2, 2), (4, 3, 11, 10, 3, 3, 3), (2, 3, 8, 9, 5, 0, 1)] {
-            let cfg = ConvCfg { stride: 1, padding: p, dilation: d };
+        for (c, o, h, w, k, p, d) in [
+            (3, 4, 7, 6, 3, 1, 1),
+            (5, 2, 9, 8, 3, 2, 2),
+            (4, 3, 11, 10, 3, 3, 3),
+            (2, 3, 8, 9, 5, 0, 1),
+        ] {
+            let cfg = ConvCfg {
+                stride: 1,
+                padding: p,
+                dilation: d,
+            };
             let x = Var::from_tensor(&randn(&[2, c, h, w])).unwrap();
             let wt = Var::from_tensor(&randn(&[o, c, k, k])).unwrap();
-            let y = x.as_tensor().apply_op2(wt.as_tensor(), ConvShift { cfg }).unwrap();
+            let y = x
+                .as_tensor()
+                .apply_op2(wt.as_tensor(), ConvShift { cfg })
+                .unwrap();
             let y_ref = x.as_tensor().conv2d(wt.as_tensor(), p, 1, d, 1).unwrap();
             let what = format!("c{c} o{o} {h}x{w} k{k} p{p} d{d}");
             close(&y, &y_ref, 1e-5, &format!("{what}: forward"));
             let gy = randn(y.dims());
             let g = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_ref = (y_ref * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = (y_ref * &gy)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             for (v, name) in [(&x, "input"), (&wt, "weight")] {
-                close(g.get(v).unwrap(), g_ref.get(v).unwrap(), 1e-5, &format!("{what}: d{name}"));
+                close(
+                    g.get(v).unwrap(),
+                    g_ref.get(v).unwrap(),
+                    1e-5,
+                    &format!("{what}: d{name}"),
+                );
             }
         }
     }

@@ -30,12 +30,21 @@ pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<
 }
 
 /// [`f32_data`] for the operand an in-place op writes.
-pub(crate) fn f32_data_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+pub(crate) fn f32_data_mut<'a>(
+    s: &'a mut CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<&'a mut [f32]> {
     let dtype = s.dtype();
-    let CpuStorage::F32(data) = s else { bail!("{what}: expected an f32 tensor, got {dtype:?}") };
+    let CpuStorage::F32(data) = s else {
+        bail!("{what}: expected an f32 tensor, got {dtype:?}")
+    };
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&mut data[start..end]),
-        None => bail!("{what}: expected a contiguous tensor, got strides {:?}", l.stride()),
+        None => bail!(
+            "{what}: expected a contiguous tensor, got strides {:?}",
+            l.stride()
+        ),
     }
 }
 

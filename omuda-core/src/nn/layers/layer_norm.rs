@@ -156,7 +156,10 @@ impl CustomOp2 for LayerNormBwdParams {
                 acc
             })
             .collect::<Vec<_>>();
-        Ok((CpuStorage::F32(sum_partials(sums, 2 * c)), Shape::from((2, c))))
+        Ok((
+            CpuStorage::F32(sum_partials(sums, 2 * c)),
+            Shape::from((2, c)),
+        ))
     }
 }
 
