@@ -10,8 +10,9 @@ use std::path::Path;
 use crate::{Error, Result, RunConfig};
 
 /// Name → TOML text of every shipped preset: the published recipes on the
-/// real datasets (`<method>-<source>2cs`, reference §6) and small versions of
-/// each method on the built-in synthetic pair (`synth-*`).
+/// real datasets (`<method>-<source>2cs`, the published configurations of
+/// DACS, DAFormer, HRDA and MIC) and small versions of each method on the
+/// built-in synthetic pair (`synth-*`).
 pub const PRESETS: &[(&str, &str)] = &[
     (
         "synth-source_only",

@@ -1,6 +1,7 @@
 //! Every shipped preset parses and resolves, the published recipes hold the
-//! reference values (§2.3, §3, §4, §5, §6), and `omuda config show` prints
-//! the resolved configuration of a preset or a file.
+//! values of the published DACS (mmseg re-implementation), DAFormer, HRDA and
+//! MIC configurations, and `omuda config show` prints the resolved
+//! configuration of a preset or a file.
 
 use std::process::Command;
 

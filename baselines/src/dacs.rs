@@ -1,8 +1,9 @@
 //! DACS as re-implemented in mmseg and used as the DACS baseline by DAFormer,
-//! HRDA and MIC (reference §2.3; MIC `configs/_base_/uda/dacs.py`): EMA
-//! teacher with α 0.99, pseudo-label weight = share of pixels with confidence
-//! ≥ 0.968, ClassMix over the batch-union classes, colour jitter (s 0.2,
-//! p 0.8) and Gaussian blur (p 0.5) after mixing, AdamW with head ×10 lr.
+//! HRDA and MIC (`lhoyer/MIC seg/configs/_base_/uda/dacs.py`; `lhoyer/DAFormer
+//! experiments.py` id 1): EMA teacher with α 0.99, pseudo-label weight = share
+//! of pixels with confidence ≥ 0.968, ClassMix over the batch-union classes,
+//! colour jitter (s 0.2, p 0.8) and Gaussian blur (p 0.5) after mixing, AdamW
+//! with head ×10 lr.
 
 use candle_core::Device;
 use omuda_core::config::RunConfig;

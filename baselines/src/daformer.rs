@@ -1,5 +1,5 @@
-//! DAFormer (reference §3; `lhoyer/MIC
-//! configs/daformer/gta2cs_uda_warm_fdthings_rcs_croppl_a999_daformer_mitb5_s0.py`):
+//! DAFormer (`lhoyer/MIC
+//! seg/configs/daformer/gta2cs_uda_warm_fdthings_rcs_croppl_a999_daformer_mitb5_s0.py`):
 //! the shared DACS step plus the thing-class ImageNet feature distance
 //! ([`crate::fd::FeatureDistance`], hook `"fd"`).
 //!

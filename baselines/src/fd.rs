@@ -1,6 +1,6 @@
 //! DAFormer's thing-class ImageNet feature distance as a hook of the shared
-//! step (reference §3.3; `lhoyer/MIC seg/mmseg/models/uda/dacs.py`,
-//! `DACS.calc_feat_dist` and `DACS.masked_feat_dist`).
+//! step (`lhoyer/MIC seg/mmseg/models/uda/dacs.py`, `DACS.calc_feat_dist` and
+//! `DACS.masked_feat_dist`).
 //!
 //! The student's source features (the ones the host's source loss computed,
 //! with graph) are pulled, on cells whose downscaled source label is a thing
@@ -8,8 +8,10 @@
 //! "ImageNet" model: same config, same initialisation and pretrained weights,
 //! never trained, evaluation mode). The frozen encoder sees
 //! `objective.feature_input(x_s)`, the image behind the student's features
-//! (HRDA: the downscaled context image, reference §4.4), so FD needs no
-//! method-specific code. The hook is named `"fd"`: OMUDA's FDM replaces it.
+//! (HRDA: the downscaled context image, as `lhoyer/HRDA
+//! mmseg/models/segmentors/hrda_encoder_decoder.py::HRDAEncoderDecoder.extract_feat`
+//! with `feature_scale = 0.5`), so FD needs no method-specific code. The hook
+//! is named `"fd"`: OMUDA's FDM replaces it.
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;

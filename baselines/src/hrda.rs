@@ -1,4 +1,4 @@
-//! HRDA (reference §4; `lhoyer/HRDA configs/hrda/gtaHR2csHR_hrda.py`):
+//! HRDA (`lhoyer/HRDA configs/hrda/gtaHR2csHR_hrda.py`):
 //! DAFormer's step and feature distance with multi-resolution training.
 //!
 //! What HRDA changes in code is how the network is run, so it is an
@@ -7,7 +7,8 @@
 //! pseudo-labels, sliding-window test) plus the scale-attention head of the
 //! model (`model.scale_attention`, set here). The feature distance hook
 //! (`"fd"`) compares the context features, its frozen encoder seeing the
-//! downscaled image (`SegObjective::feature_input`, §4.4).
+//! downscaled image (`SegObjective::feature_input`; HRDA's
+//! `hrda_encoder_decoder.py::HRDAEncoderDecoder.extract_feat` with `feature_scale = 0.5`).
 //!
 //! The rest is configuration (the `hrda-*` presets): `[hrda]` (published
 //! defaults), `uda.ema_alpha = 0.999`, `uda.pseudo_margins = [30, 240, 30, 30]`

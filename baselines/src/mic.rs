@@ -1,4 +1,4 @@
-//! MIC, Masked Image Consistency (reference §5.1; `lhoyer/MIC
+//! MIC, Masked Image Consistency (`lhoyer/MIC
 //! seg/mmseg/models/uda/masking_consistency_module.py::MaskingConsistencyModule`
 //! with `mask_mode='separatetrgaug'`, `mask_alpha='same'`,
 //! `mask_pseudo_threshold='same'`; `seg/mmseg/models/utils/masking_transforms.py`).

@@ -1,5 +1,9 @@
-//! Parity of the DAFormer and MIC maths with PyTorch (reference §9 P0 items
-//! 7, 8, 9, 10): values from `tests/fixtures/gen_baselines.py`, stored in
+//! Parity of the DAFormer and MIC maths with PyTorch (`lhoyer/MIC`
+//! `seg/mmseg/utils/utils.py::downscale_label_ratio`,
+//! `seg/mmseg/models/uda/dacs.py::DACS.masked_feat_dist`,
+//! `seg/mmseg/datasets/uda_dataset.py::get_rcs_class_probs` and
+//! `seg/mmseg/models/utils/masking_transforms.py::BlockMaskGenerator`): values
+//! from `tests/fixtures/gen_baselines.py`, stored in
 //! `tests/fixtures/baselines.safetensors`; every random draw is injected.
 
 use std::collections::HashMap;

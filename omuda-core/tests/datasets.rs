@@ -203,7 +203,8 @@ fn synthia_uses_the_first_png_channel_of_16_bit_labels() {
     let ds = Dataset::open(DatasetKind::Synthia, dir.path(), "").unwrap();
     let s = ds.load(1).unwrap();
     assert_eq!(s.label, want[1]);
-    // SYNTHIA 1 → sky 10, 3 → road 0, 8 → car 13, 0 → ignore (reference §8.2)
+    // SYNTHIA 1 → sky 10, 3 → road 0, 8 → car 13, 0 → ignore
+    // (`lhoyer/MIC seg/tools/convert_datasets/synthia.py::convert_to_train_id`)
     assert_eq!(
         (
             s.label[0],
@@ -338,10 +339,12 @@ fn folder_spec_errors_name_the_problem() {
 
 #[test]
 fn mmcv_keep_ratio_rounding_golden_sizes() {
-    // Reference §3.5 and §4.1: GTA 1914×1052 → 1280×704 (DAFormer), 2560×1407 (HRDA).
+    // mmcv keep-ratio rescale under the `Resize` of the DAFormer and HRDA pipelines: GTA
+    // 1914×1052 → 1280×704 (DAFormer), 2560×1407 (HRDA).
     assert_eq!(rescale_size(1914, 1052, [1280, 720]), (1280, 704));
     assert_eq!(rescale_size(1914, 1052, [2560, 1440]), (2560, 1407));
-    // Cityscapes exact halving, and SYNTHIA identity / ×2 (reference §8.2, §8.3).
+    // Cityscapes exact halving, and SYNTHIA identity / ×2 (the `Resize` scales of
+    // `uda_synthia_to_cityscapes_512x512.py` and `uda_synthiaHR_to_cityscapesHR_1024x1024.py`).
     assert_eq!(rescale_size(2048, 1024, [1024, 512]), (1024, 512));
     assert_eq!(rescale_size(1280, 760, [1280, 760]), (1280, 760));
     assert_eq!(rescale_size(1280, 760, [2560, 1520]), (2560, 1520));
@@ -450,7 +453,7 @@ fn crop_pads_small_images_and_flip_mirrors() {
 
 #[test]
 fn rcs_probabilities_golden_values() {
-    // Reference §3.2: {0: 1000, 1: 100, 2: 10}, T = 0.01 → order [2, 1, 0],
+    // `uda_dataset.py::get_rcs_class_probs`: {0: 1000, 1: 100, 2: 10}, T = 0.01 → order [2, 1, 0],
     // P ≈ [0.999699, 0.000301, 1.8e-39].
     let stats = vec![
         FrameStats {

@@ -1,6 +1,9 @@
 //! HRDA multi-resolution maths against PyTorch reference values
 //! (`tests/fixtures/hrda.safetensors`, written by `tests/fixtures/gen_hrda.py`)
-//! and the golden values of the reference spec (§4.5, §4.6, §9 items 11-15),
+//! and golden values of `lhoyer/MIC seg/mmseg/models/segmentors/hrda_encoder_decoder.py`
+//! (`get_crop_bbox`, `extract_slide_feat`, `HRDAEncoderDecoder.encode_decode`),
+//! `seg/mmseg/models/decode_heads/hrda_head.py` (`HRDAHead.forward`, `decode_hr`, `losses`)
+//! and `seg/mmseg/models/segmentors/encoder_decoder.py::EncoderDecoder.slide_inference`,
 //! plus the objective on a tiny network (gradients, outer sliding window).
 
 use std::collections::HashMap;
@@ -120,10 +123,12 @@ fn crop_boxes_follow_get_crop_bbox() {
 
 #[test]
 fn window_grids_are_the_golden_boxes() {
-    // §9: HR sub-windows of a 1024² crop, crop 512, stride 256 → {0, 256, 512}².
+    // `extract_slide_feat`: HR sub-windows of a 1024² crop, crop 512, stride 256 →
+    // {0, 256, 512}².
     assert_eq!(window_starts(1024, 512, 256), vec![0, 256, 512]);
     assert_eq!(HrdaConfig::default().hr_stride(), [256, 256]);
-    // §4.6: 1024×2048 with crop 1024 and stride 512 → three windows.
+    // `EncoderDecoder.slide_inference`: 1024×2048 with crop 1024 and stride 512 → three
+    // windows.
     let c = HrdaConfig::default();
     let mut boxes = Vec::new();
     for y in window_starts(1024, c.test_crop[0], c.test_stride[0]) {

@@ -1,7 +1,8 @@
-//! The HRDA pseudo-label margin mask through the files loader (reference
-//! §4.7): built at the original frame size and cropped and flipped with the
-//! target image. The target frames paint the valid region white and the
-//! margins black, so after the pipeline the mask must equal "pixel is white".
+//! The HRDA pseudo-label margin mask through the files loader (`lhoyer/HRDA
+//! mmseg/datasets/cityscapes.py::CityscapesDataset.pre_pipeline`): built at the
+//! original frame size and cropped and flipped with the target image. The
+//! target frames paint the valid region white and the margins black, so after
+//! the pipeline the mask must equal "pixel is white".
 
 use std::path::Path;
 use std::sync::Arc;

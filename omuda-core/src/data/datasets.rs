@@ -1,4 +1,5 @@
-//! Datasets on disk in their standard layouts (reference §8): GTA5, SYNTHIA
+//! Datasets on disk in their standard layouts (those of `lhoyer/MIC
+//! seg/tools/convert_datasets/` and `seg/mmseg/datasets/`): GTA5, SYNTHIA
 //! RAND_CITYSCAPES, Cityscapes, and a generic folder dataset described by a
 //! TOML file.
 //!

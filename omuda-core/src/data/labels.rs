@@ -162,8 +162,8 @@ impl IdMap {
     }
 }
 
-/// GTA5 and Cityscapes label ids → trainIds (reference §8.1; MIC
-/// `seg/tools/convert_datasets/gta.py` `convert_to_train_id`). Ids 0–33 are
+/// GTA5 and Cityscapes label ids → trainIds (`lhoyer/MIC
+/// seg/tools/convert_datasets/gta.py::convert_to_train_id`). Ids 0–33 are
 /// known, the 19 listed map to their trainId and the rest to ignore; 255 is
 /// also accepted as ignore (where Cityscapes' id −1, the licence plate, ends up
 /// in an 8-bit file).
@@ -189,8 +189,8 @@ pub const CITYSCAPES_ID_TO_TRAIN_ID: [(u16, u8); 19] = [
     (33, 18),
 ];
 
-/// SYNTHIA RAND_CITYSCAPES class ids → trainIds (reference §8.2; MIC
-/// `seg/tools/convert_datasets/synthia.py` `convert_to_train_id`). SYNTHIA
+/// SYNTHIA RAND_CITYSCAPES class ids → trainIds (`lhoyer/MIC
+/// seg/tools/convert_datasets/synthia.py::convert_to_train_id`). SYNTHIA
 /// ids run 0–22; terrain (9), truck (14) and train (16) have no SYNTHIA id.
 pub const SYNTHIA_ID_TO_TRAIN_ID: [(u16, u8); 16] = [
     (3, 0),

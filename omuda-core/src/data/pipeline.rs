@@ -1,6 +1,8 @@
-//! The reference training pipelines (reference §3.5, §4.1): keep-ratio
-//! resize with mmcv's rounding, `RandomCrop` with `cat_max_ratio`, random
-//! horizontal flip, then ImageNet normalisation and padding to the crop.
+//! The reference training pipelines (`lhoyer/MIC
+//! seg/configs/_base_/datasets/uda_gta_to_cityscapes_512x512.py` and
+//! `uda_gtaHR_to_cityscapesHR_1024x1024.py`): keep-ratio resize with mmcv's
+//! rounding, `RandomCrop` with `cat_max_ratio`, random horizontal flip, then
+//! ImageNet normalisation and padding to the crop.
 //!
 //! For speed the image is only resized inside the chosen crop box: the label
 //! is resized whole (nearest, cheap) to choose the box, then the bilinear

@@ -8,12 +8,14 @@
 //! threads, and a run resumed at batch `i` ([`UdaLoader::start_at`]) sees the
 //! same data as an uninterrupted one.
 //!
-//! Sampling: with RCS (reference §3.2) each source sample draws a class from
-//! the RCS distribution, a file uniformly among that class's candidates, then
-//! re-crops up to 10 times until the crop holds enough pixels of the class;
-//! without RCS the source frame is uniform. The target frame is uniform.
-//! (mmseg shuffles the product set of source × target frames; independent
-//! uniform draws have the same marginal distribution.)
+//! Sampling: with RCS (`lhoyer/MIC
+//! seg/mmseg/datasets/uda_dataset.py::UDADataset.get_rare_class_sample`) each
+//! source sample draws a class from the RCS distribution, a file uniformly
+//! among that class's candidates, then re-crops up to 10 times until the crop
+//! holds enough pixels of the class; without RCS the source frame is uniform.
+//! The target frame is uniform. (mmseg shuffles the product set of source ×
+//! target frames; independent uniform draws have the same marginal
+//! distribution.)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -169,7 +171,8 @@ impl Producer {
         })
     }
 
-    /// The same producer with target valid-region masks (reference §4.7).
+    /// The same producer with target valid-region masks (`lhoyer/HRDA
+    /// mmseg/datasets/cityscapes.py::CityscapesDataset.pre_pipeline`).
     pub fn with_target_margins(mut self, margins: Option<[usize; 4]>) -> Self {
         self.target_margins = margins;
         self

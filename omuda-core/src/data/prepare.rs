@@ -1,6 +1,8 @@
 //! `omuda prepare`: validate every frame of a dataset, optionally convert its
-//! labels to trainId PNGs, and write the RCS statistics files (reference
-//! §8.4). All problems are collected and returned, never only the first.
+//! labels to trainId PNGs, and write the RCS statistics files (as
+//! `save_class_stats` in `lhoyer/MIC seg/tools/convert_datasets/gta.py`,
+//! `synthia.py` and `cityscapes.py`). All problems are collected and returned,
+//! never only the first.
 
 use std::path::{Path, PathBuf};
 

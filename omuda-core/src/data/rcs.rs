@@ -1,4 +1,4 @@
-//! Rare Class Sampling (reference §3.2; MIC `seg/mmseg/datasets/uda_dataset.py`
+//! Rare Class Sampling (`lhoyer/MIC seg/mmseg/datasets/uda_dataset.py`
 //! `get_rcs_class_probs` and `UDADataset.get_rare_class_sample`).
 
 use std::collections::{BTreeMap, HashMap};

@@ -234,7 +234,8 @@ pub fn build_uda_loader(
 }
 
 /// [`build_uda_loader`] whose target batches carry the valid-pseudo-label
-/// mask of `margins` (`uda.pseudo_margins`, reference §4.7).
+/// mask of `margins` (`uda.pseudo_margins`; `lhoyer/HRDA
+/// mmseg/datasets/cityscapes.py::CityscapesDataset.pre_pipeline`).
 pub fn build_uda_loader_with_margins(
     d: &DataConfig,
     oracle: bool,

@@ -1,5 +1,5 @@
-//! The RCS statistics files of the reference converters (reference §8.4;
-//! MIC `seg/tools/convert_datasets/gta.py` `save_class_stats`):
+//! The RCS statistics files of the reference converters (`lhoyer/MIC
+//! seg/tools/convert_datasets/gta.py::save_class_stats`):
 //!
 //! - `sample_class_stats.json`: a list, one object per label file,
 //!   `{"<trainId>": pixels, ..., "file": "<label path>"}`, classes with a

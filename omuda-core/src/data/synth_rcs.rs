@@ -1,5 +1,6 @@
-//! Rare Class Sampling for the built-in synthetic pair (reference §3.2, the
-//! same sampler as for datasets on disk, [`RcsSampler`]).
+//! Rare Class Sampling for the built-in synthetic pair (`lhoyer/MIC
+//! seg/mmseg/datasets/uda_dataset.py`, the same sampler as for datasets on
+//! disk, [`RcsSampler`]).
 //!
 //! The class statistics are computed from the generated labels of the
 //! labelled domain's train split when the loader is built (a pure function

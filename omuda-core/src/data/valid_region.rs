@@ -1,4 +1,5 @@
-//! Where target pseudo-labels may carry weight (reference §1.5, §4.7).
+//! Where target pseudo-labels may carry weight (`lhoyer/MIC
+//! seg/mmseg/models/uda/dacs.py::DACS.filter_valid_pseudo_region`).
 //!
 //! - HRDA / MIC "croppl v2" (`lhoyer/MIC seg/mmseg/datasets/cityscapes.py::CityscapesDataset.pre_pipeline`):
 //!   a mask of ones at the **original** frame resolution with the margins

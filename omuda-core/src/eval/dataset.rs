@@ -1,8 +1,12 @@
-//! Evaluation on a dataset on disk at the reference protocol (reference §3.5
-//! "Test", §4.6, §6.1): each val image is resized (keep ratio) to the
-//! method's test scale, the logits are resized bilinearly back to the
-//! original resolution, and the argmax is scored against the full-resolution
-//! label. Optionally each prediction is written as a colourised PNG.
+//! Evaluation on a dataset on disk at the reference protocol (the mmseg
+//! evaluation protocol: `test` pipeline of `lhoyer/MIC
+//! seg/configs/_base_/datasets/uda_gta_to_cityscapes_512x512.py`,
+//! `seg/mmseg/models/segmentors/encoder_decoder.py::EncoderDecoder.inference`
+//! and `seg/mmseg/datasets/custom.py::CustomDataset.evaluate`): each val image
+//! is resized (keep ratio) to the method's test scale, the logits are resized
+//! bilinearly back to the original resolution, and the argmax is scored against
+//! the full-resolution label. Optionally each prediction is written as a
+//! colourised PNG.
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
-//! Whole-image and sliding-window inference (reference §4.6; MIC
-//! `seg/mmseg/models/segmentors/encoder_decoder.py` `whole_inference` /
+//! Whole-image and sliding-window inference (`lhoyer/MIC
+//! seg/mmseg/models/segmentors/encoder_decoder.py` `whole_inference` /
 //! `slide_inference`).
 
 use candle_core::{Result, Tensor};
@@ -77,7 +77,8 @@ mod tests {
 
     #[test]
     fn window_grid_golden_values() {
-        // Reference §9: 1024×2048 with crop 1024, stride 512 → x ∈ {0, 512, 1024}, y = 0.
+        // `EncoderDecoder.slide_inference` grid: 1024×2048 with crop 1024, stride 512
+        // → x ∈ {0, 512, 1024}, y = 0.
         assert_eq!(window_starts(2048, 1024, 512), vec![0, 512, 1024]);
         assert_eq!(window_starts(1024, 1024, 512), vec![0]);
         // HR sub-windows: 1024 with crop 512 and stride 256 → {0, 256, 512}.

@@ -1,5 +1,5 @@
-//! Confusion-matrix mIoU with the mmseg protocol (reference §6.1; MIC
-//! `seg/mmseg/core/evaluation/metrics.py` `intersect_and_union` / `eval_metrics`
+//! Confusion-matrix mIoU with the mmseg protocol (`lhoyer/MIC
+//! seg/mmseg/core/evaluation/metrics.py` `intersect_and_union` / `eval_metrics`
 //! and the nanmean of `CustomDataset.evaluate`).
 
 use serde::{Deserialize, Serialize};

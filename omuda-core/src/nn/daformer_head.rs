@@ -193,8 +193,8 @@ impl DaformerHead {
 
     /// The head with a single 1x1 `ConvModule` fusion instead of the ASPP
     /// (`fusion_cfg = dict(type='conv', kernel_size=1)`): HRDA's scale-attention
-    /// head (`hrda_head.py::HRDAHead.__init__`, reference §4.2). Parameter
-    /// names: `embed_layers.{i}.proj`, `fuse_layer.{conv,bn}`, `conv_seg`.
+    /// head (`lhoyer/HRDA mmseg/models/decode_heads/hrda_head.py::HRDAHead.__init__`).
+    /// Parameter names: `embed_layers.{i}.proj`, `fuse_layer.{conv,bn}`, `conv_seg`.
     pub fn with_conv1x1_fusion(
         in_channels: &[usize],
         channels: usize,

@@ -448,7 +448,8 @@ mod tests {
             [32, 64, 160, 256]
         );
         assert_eq!(MitConfig::by_name("mit_b5").unwrap().depths, [3, 6, 40, 3]);
-        // Reference §3.4 (mmseg `mit_b5`), shared by B1-B5 except the depths.
+        // `lhoyer/DAFormer mmseg/models/backbones/mix_transformer.py::mit_b5`, shared by
+        // B1-B5 except the depths.
         let b5 = MitConfig::b5();
         assert_eq!(b5.hidden_sizes, [64, 128, 320, 512]);
         assert_eq!(b5.num_heads, [1, 2, 5, 8]);

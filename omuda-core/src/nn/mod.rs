@@ -46,7 +46,9 @@ impl<'a> ForwardCtx<'a> {
         }
     }
     /// The EMA teacher of the reference code: dropout/drop-path off, but
-    /// BatchNorm still in train mode (reference §1.4).
+    /// BatchNorm still in train mode (`lhoyer/MIC
+    /// seg/mmseg/models/uda/dacs.py::DACS.forward_train` switches only the
+    /// `_DropoutNd` and `DropPath` modules of the teacher to eval).
     pub fn teacher(rng: &'a mut ChaCha8Rng) -> Self {
         Self {
             stochastic: false,

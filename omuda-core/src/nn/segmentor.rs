@@ -40,7 +40,8 @@ pub struct ModelConfig {
     pub autocast: super::autocast::Autocast,
     /// Add HRDA's scale-attention head (`decode_head.scale_attention.*`, the
     /// names of HRDA's checkpoints): a DAFormer head with a 1x1 fusion conv
-    /// over the encoder features (reference §4.2). `daformer_*` models only.
+    /// over the encoder features (`lhoyer/HRDA
+    /// mmseg/models/decode_heads/hrda_head.py::HRDAHead.__init__`). `daformer_*` models only.
     /// Written out only when true.
     #[serde(skip_serializing_if = "is_false")]
     pub scale_attention: bool,

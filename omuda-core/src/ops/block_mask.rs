@@ -1,4 +1,4 @@
-//! MIC's random block mask (reference §5.1; `lhoyer/MIC
+//! MIC's random block mask (`lhoyer/MIC
 //! seg/mmseg/models/utils/masking_transforms.py::BlockMaskGenerator`):
 //! a grid of `round(H/b) × round(W/b)` uniforms, kept where `> ratio`, upsampled
 //! to `H × W` with PyTorch `nearest` (so edge blocks differ in size when `b`

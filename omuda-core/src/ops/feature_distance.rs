@@ -1,4 +1,4 @@
-//! DAFormer's thing-class feature distance maths (reference §3.3):
+//! DAFormer's thing-class feature distance maths:
 //! label downscaling by majority ratio and the masked channel-L2 distance.
 //!
 //! Semantics follow `lhoyer/MIC seg/mmseg/utils/utils.py::downscale_label_ratio`

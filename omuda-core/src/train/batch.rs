@@ -12,7 +12,8 @@ pub struct UdaBatch {
     /// (B, 3, H, W) f32, ImageNet-normalised RGB. Its labels are never given to a method.
     pub target_image: Tensor,
     /// (B, H, W) f32 0/1: where target pseudo-labels may carry weight (the
-    /// HRDA margin mask after the target's resize, crop and flip; reference
-    /// §4.7). `None` when `uda.pseudo_margins` is not set.
+    /// HRDA margin mask after the target's resize, crop and flip; `lhoyer/HRDA
+    /// mmseg/datasets/cityscapes.py::CityscapesDataset.pre_pipeline`). `None` when
+    /// `uda.pseudo_margins` is not set.
     pub target_valid: Option<Tensor>,
 }

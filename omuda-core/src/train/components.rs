@@ -1,7 +1,8 @@
 //! Settings of the baseline components that attach to the shared step as
-//! hooks: DAFormer's thing-class feature distance (`[fd]`, reference §3.3)
-//! and MIC's masked image consistency (`[mic]`, reference §5.1). The
-//! defaults are the reference's; the hooks themselves are in
+//! hooks: DAFormer's thing-class feature distance (`[fd]`, `lhoyer/MIC
+//! seg/mmseg/models/uda/dacs.py::DACS.calc_feat_dist`) and MIC's masked image
+//! consistency (`[mic]`, `seg/mmseg/models/uda/masking_consistency_module.py`).
+//! The defaults are the reference's; the hooks themselves are in
 //! `omuda-baselines` (`fd.rs`, `mic.rs`).
 
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! The EMA teacher update (reference §1.4; MIC `seg/mmseg/models/uda/dacs.py`
+//! The EMA teacher update (`lhoyer/MIC seg/mmseg/models/uda/dacs.py`
 //! `DACS._init_ema_weights` / `DACS._update_ema`).
 //!
 //! Parameters only: BatchNorm running statistics are not averaged.
@@ -91,7 +91,8 @@ mod tests {
 
     #[test]
     fn alpha_golden_values() {
-        // Reference §1.4: α_1 = 0.5, α_2 = 0.6667, α_9 = 0.9, α_99 = 0.99.
+        // `DACS._update_ema`: α_t = min(1 − 1/(t+1), α), so α_1 = 0.5, α_2 = 0.6667,
+        // α_9 = 0.9, α_99 = 0.99.
         assert!((ema_alpha(1, 0.99) - 0.5).abs() < 1e-12);
         assert!((ema_alpha(2, 0.99) - 2.0 / 3.0).abs() < 1e-12);
         assert!((ema_alpha(9, 0.99) - 0.9).abs() < 1e-12);

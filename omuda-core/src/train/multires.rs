@@ -1,5 +1,5 @@
 //! HRDA multi-resolution training and inference as a [`SegObjective`]
-//! (reference §4; `lhoyer/HRDA` / `lhoyer/MIC seg/mmseg/models/segmentors/hrda_encoder_decoder.py`
+//! (`lhoyer/HRDA` / `lhoyer/MIC seg/mmseg/models/segmentors/hrda_encoder_decoder.py`
 //! and `seg/mmseg/models/decode_heads/hrda_head.py`).
 //!
 //! The shared step calls [`SegObjective::loss`] for the source, mixed (and
@@ -7,17 +7,20 @@
 //! pseudo-labels and for evaluation, so HRDA replaces only how the network
 //! is run, never the step:
 //!
-//! - **loss** (§4.2, §4.3): the context path sees the whole crop downscaled by
+//! - **loss** (`HRDAEncoderDecoder._forward_train_features`, `HRDAHead.forward`,
+//!   `HRDAHead.losses`): the context path sees the whole crop downscaled by
 //!   `context_scale`, the detail path one `hr_crop` window of the full-res crop
 //!   (one box per pass, on a grid of `crop_divisible`); the same encoder and
 //!   head run on both; a class-wise sigmoid scale attention from the context
 //!   features, masked to the detail box, fuses them;
 //!   `L = (1 − λ_lr − λ_hr)·CE(fused) + λ_hr·CE(detail, cropped label/weight) + λ_lr·CE(lr_w)`.
 //!   The returned features are the context features (`feature_scale = 0.5`).
-//! - **logits** (§4.5): context path + the detail path over overlapping windows
-//!   (stride = half the crop) batched through the network and merged by
-//!   count; unmasked attention. Inputs larger than `test_crop` go through the
-//!   outer sliding window of §4.6 first.
+//! - **logits** (`HRDAEncoderDecoder.encode_decode`, `HRDAHead.decode_hr`):
+//!   context path + the detail path over overlapping windows (stride = half
+//!   the crop) batched through the network and merged by count; unmasked
+//!   attention. Inputs larger than `test_crop` go through the outer sliding
+//!   window of `seg/mmseg/models/segmentors/encoder_decoder.py::EncoderDecoder.slide_inference`
+//!   first.
 
 use candle_core::{bail, Result, Tensor};
 use rand::Rng;
@@ -52,8 +55,9 @@ pub struct HrdaConfig {
     /// Stride (h, w) of those windows; absent: half of `hr_crop`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hr_slide_stride: Option<[usize; 2]>,
-    /// Outer sliding window (h, w) of test-time inference (§4.6): images
-    /// larger than it are predicted window by window (1024×1024).
+    /// Outer sliding window (h, w) of test-time inference
+    /// (`EncoderDecoder.slide_inference`): images larger than it are predicted
+    /// window by window (1024×1024).
     pub test_crop: [usize; 2],
     /// Stride (h, w) of the outer sliding window (512×512).
     pub test_stride: [usize; 2],
@@ -225,7 +229,7 @@ pub fn crop_hw(x: &Tensor, b: &CropBox) -> Result<Tensor> {
         .narrow(r - 1, b.x1, b.width())
 }
 
-/// The fusion of `HRDAHead.forward` on the head outputs (reference §4.2).
+/// The fusion of `HRDAHead.forward` on the head outputs.
 #[derive(Debug, Clone)]
 pub struct Fused {
     /// `up(att)·insert(hr_seg) + up((1 − att)·lr_seg)` at the HR head resolution.
@@ -556,8 +560,9 @@ impl SegObjective for MultiResolution {
         let (_, _, h, w) = image.dims4()?;
         let [th, tw] = self.cfg.test_crop;
         if h > th || w > tw {
-            // §4.6: every window runs the full HRDA inference; one context
-            // generator state serves all windows (evaluation draws nothing).
+            // As in `EncoderDecoder.slide_inference`, every window runs the full HRDA
+            // inference; one context generator state serves all windows (evaluation
+            // draws nothing).
             let cell = std::cell::RefCell::new(ctx);
             let f = |win: &Tensor| -> Result<Tensor> {
                 let mut guard = cell.borrow_mut();

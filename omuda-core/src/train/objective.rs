@@ -53,7 +53,9 @@ pub trait SegObjective: Send + Sync {
 }
 
 /// The mmseg single-scale objective: logits bilinearly resized to the label
-/// size, cross-entropy with ignore 255, mean over all pixels (reference §1.2).
+/// size, cross-entropy with ignore 255, mean over all pixels (`lhoyer/MIC
+/// seg/mmseg/models/losses/cross_entropy_loss.py::cross_entropy` as called by
+/// `BaseDecodeHead.losses`).
 #[derive(Debug, Clone, Copy)]
 pub struct WholeImage {
     pub reduction: CeReduction,

@@ -2,7 +2,8 @@
 //!
 //! Semantics of mmcv 1.3.7 `PolyLrUpdaterHook` (`by_epoch=False`) with
 //! `LrUpdaterHook.get_warmup_lr` in linear mode, as used by the `poly10warm`
-//! schedule of DAFormer/HRDA/MIC (reference §1.8). `t` is the 0-based
+//! schedule of DAFormer/HRDA/MIC (`lhoyer/MIC
+//! seg/configs/_base_/schedules/poly10warm.py`). `t` is the 0-based
 //! iteration, set before the iteration runs.
 
 use serde::{Deserialize, Serialize};
@@ -59,7 +60,8 @@ mod tests {
         (a - b).abs() <= rel * b.abs()
     }
 
-    /// Golden values of reference §1.8 (base group of DAFormer's schedule).
+    /// Golden values of the `poly10warm` formula above (base group of DAFormer's
+    /// schedule).
     #[test]
     fn poly10warm_golden_values() {
         let s = PolySchedule::default();

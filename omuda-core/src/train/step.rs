@@ -1,5 +1,5 @@
-//! The shared self-training step (reference §3.1; MIC
-//! `seg/mmseg/models/uda/dacs.py` `DACS.forward_train`), written once.
+//! The shared self-training step (`lhoyer/MIC
+//! seg/mmseg/models/uda/dacs.py::DACS.forward_train`), written once.
 //! Methods configure it with [`UdaConfig`] and attach [`StepHook`]s.
 //!
 //! One iteration t:
@@ -70,7 +70,9 @@ pub struct UdaConfig {
     /// of the original target frame ([30, 240, 30, 30] for 1024×2048
     /// Cityscapes): the loader builds the mask at frame size and transforms
     /// it with the target crop (`UdaBatch::target_valid`), the step multiplies
-    /// it into the pseudo-label weight (reference §4.7).
+    /// it into the pseudo-label weight (`lhoyer/HRDA
+    /// mmseg/datasets/cityscapes.py::CityscapesDataset.pre_pipeline` and
+    /// `mmseg/models/uda/dacs.py::DACS.filter_valid_pseudo_region`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pseudo_margins: Option<[usize; 4]>,
     /// Colour jitter and blur applied to the mixed images.
@@ -78,7 +80,7 @@ pub struct UdaConfig {
 }
 
 impl Default for UdaConfig {
-    /// DACS as re-implemented in mmseg (reference §2.3).
+    /// DACS as re-implemented in mmseg (`lhoyer/MIC seg/configs/_base_/uda/dacs.py`).
     fn default() -> Self {
         Self {
             self_training: true,
