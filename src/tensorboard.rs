@@ -53,7 +53,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
 /// The masked CRC stored in TFRecords.
 pub fn masked_crc32c(data: &[u8]) -> u32 {
     let c = crc32c(data);
-    ((c >> 15) | (c << 17)).wrapping_add(MASK_DELTA)
+    c.rotate_right(15).wrapping_add(MASK_DELTA)
 }
 
 /// One framed record.

@@ -9,8 +9,10 @@ use omuda_core::nn::autocast::Autocast;
 use omuda_core::train::trainer::BatchSource;
 
 fn tiny_config(autocast: Autocast) -> RunConfig {
-    let mut cfg = RunConfig::default();
-    cfg.methods = vec!["dacs".into()];
+    let mut cfg = RunConfig {
+        methods: vec!["dacs".into()],
+        ..RunConfig::default()
+    };
     cfg.train.iters = 2;
     cfg.data.synth.height = 32;
     cfg.data.synth.width = 32;

@@ -11,8 +11,10 @@ use omuda_core::train::trainer::BatchSource;
 use omuda_core::train::{SelfTraining, UdaBatch, UdaMethod};
 
 fn tiny_config() -> RunConfig {
-    let mut cfg = RunConfig::default();
-    cfg.methods = vec!["hrda".into()];
+    let mut cfg = RunConfig {
+        methods: vec!["hrda".into()],
+        ..RunConfig::default()
+    };
     cfg.train.iters = 2;
     cfg.data.synth.height = 64;
     cfg.data.synth.width = 128;

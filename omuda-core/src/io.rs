@@ -93,8 +93,16 @@ mod tests {
     fn replaces_a_folder_whole_or_not_at_all() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("ckpt");
-        super::replace_dir_atomic(&dir, |d| Ok(std::fs::write(d.join("a"), "1").unwrap())).unwrap();
-        super::replace_dir_atomic(&dir, |d| Ok(std::fs::write(d.join("b"), "2").unwrap())).unwrap();
+        super::replace_dir_atomic(&dir, |d| {
+            std::fs::write(d.join("a"), "1").unwrap();
+            Ok(())
+        })
+        .unwrap();
+        super::replace_dir_atomic(&dir, |d| {
+            std::fs::write(d.join("b"), "2").unwrap();
+            Ok(())
+        })
+        .unwrap();
         assert!(
             !dir.join("a").exists(),
             "the previous folder is replaced, not merged"

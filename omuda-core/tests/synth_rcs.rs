@@ -28,7 +28,7 @@ fn stats_count_the_generated_labels() {
     assert_eq!(stats.len(), 40);
     for i in [0usize, 13, 39] {
         let s = generate(&cfg, 7, Domain::Source, Split::Train, i);
-        let mut want = vec![0u64; 19];
+        let mut want = [0u64; 19];
         s.label
             .iter()
             .filter(|&&l| l < 19)

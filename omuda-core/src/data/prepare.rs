@@ -14,6 +14,10 @@ use super::png_io;
 use super::stats::{write_stats, FrameStats};
 use crate::{Error, Result};
 
+/// One frame's check: its statistics (if labels were read) and whether a
+/// converted label was written, or every (file, problem) found.
+type FrameCheck = std::result::Result<(Option<FrameStats>, bool), Vec<(PathBuf, String)>>;
+
 #[derive(Debug, Clone)]
 pub struct PrepareOptions {
     /// Write `*_labelTrainIds.png` next to each label that holds raw ids.
@@ -95,15 +99,15 @@ pub fn prepare(
     on_total(total);
     report.frames = total;
     for (split, ds) in &datasets {
-        let results: Vec<std::result::Result<(Option<FrameStats>, bool), Vec<(PathBuf, String)>>> =
-            ds.frames
-                .par_iter()
-                .map(|f| {
-                    let r = check_frame(f, ds.num_classes(), opts);
-                    tick();
-                    r
-                })
-                .collect();
+        let results: Vec<FrameCheck> = ds
+            .frames
+            .par_iter()
+            .map(|f| {
+                let r = check_frame(f, ds.num_classes(), opts);
+                tick();
+                r
+            })
+            .collect();
         let keep_stats = kind != DatasetKind::Cityscapes || split == "train";
         for r in results {
             match r {
@@ -136,11 +140,7 @@ pub fn prepare(
 
 /// Check one frame; on success its statistics (none for an unlabelled frame)
 /// and whether a converted label was written.
-fn check_frame(
-    f: &Frame,
-    num_classes: usize,
-    opts: &PrepareOptions,
-) -> std::result::Result<(Option<FrameStats>, bool), Vec<(PathBuf, String)>> {
+fn check_frame(f: &Frame, num_classes: usize, opts: &PrepareOptions) -> FrameCheck {
     let mut problems = Vec::new();
     let size = if opts.check_images {
         png_io::read_rgb(&f.image).map(|(w, h, _)| (w, h))

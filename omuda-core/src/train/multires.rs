@@ -356,11 +356,12 @@ pub fn merge_windows(
     sum.broadcast_div(&count)
 }
 
-/// `HRDAHead.losses`: `m·(1 − λ_lr − λ_hr)·CE(up(fused), y, w) + λ_hr·CE(up(hr_seg), crop(y), crop(w))
-/// + λ_lr·CE(up(lr_w), y, w)`, each logit map bilinearly resized to its label.
+/// `HRDAHead.losses`:
+/// `m·(1 − λ_lr − λ_hr)·CE(up(fused), y, w) + λ_hr·CE(up(hr_seg), crop(y), crop(w)) +
+/// λ_lr·CE(up(lr_w), y, w)`, each logit map bilinearly resized to its label.
 /// `hr_box` is the detail crop in label pixels. `main_weight` (m) scales the
-/// fused term only, mmseg's `decode.loss_seg`: 1 in HRDA, MIC's `mask_lambda`
-/// for the masked loss.
+/// fused term only, mmseg's `decode.loss_seg`: 1 in HRDA, MIC's
+/// `mask_lambda` for the masked loss.
 #[allow(clippy::too_many_arguments)]
 pub fn hrda_loss(
     fused: &Tensor,
@@ -437,7 +438,7 @@ impl MultiResolution {
 
     /// Integer ratio of `full` to `part`, or an error naming what is compared.
     fn ratio(full: usize, part: usize, what: &str) -> Result<usize> {
-        if part == 0 || full % part != 0 {
+        if part == 0 || !full.is_multiple_of(part) {
             bail!("HRDA: {what}: {full} is not a multiple of {part}");
         }
         Ok(full / part)
@@ -567,7 +568,7 @@ impl SegObjective for MultiResolution {
             let f = |win: &Tensor| -> Result<Tensor> {
                 let mut guard = cell.borrow_mut();
                 let (_, _, wh, ww) = win.dims4()?;
-                resize_bilinear(&self.encode_decode(model, win, &mut **guard)?, wh, ww)
+                resize_bilinear(&self.encode_decode(model, win, &mut guard)?, wh, ww)
             };
             return slide_inference(
                 image,

@@ -301,7 +301,7 @@ impl SelfTraining {
         let averaging = hooks
             .iter()
             .filter_map(|h| h.target_averaging())
-            .last()
+            .next_back()
             .unwrap_or_default();
 
         // (1) Source, supervised.
