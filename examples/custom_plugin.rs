@@ -7,7 +7,7 @@
 
 use candle_core::{Device, Tensor};
 use omuda::core::data::loader::SynthPairLoader;
-use omuda::core::data::synth::Domain;
+use omuda::core::data::synth::{Domain, Split};
 use omuda::core::eval::evaluate_synth;
 use omuda::core::train::{ChaCha8Rng, StepView};
 use omuda::{Dacs, MaskingPlugin, RunConfig};
@@ -68,6 +68,8 @@ fn main() -> omuda::Result<()> {
     cfg.data.synth.height = 64;
     cfg.data.synth.width = 128;
     cfg.data.synth.val_size = 8;
+    cfg.data.synth.dev_size = 8;
+    cfg.data.synth.test_size = 8;
 
     // Any baseline built on the shared step takes the plugin the same way.
     let mut method = Dacs::new(&cfg, &device)?.with(CutMix {
@@ -95,6 +97,7 @@ fn main() -> omuda::Result<()> {
         &cfg.data.synth,
         cfg.data.dataset_seed,
         Domain::Target,
+        Split::Test,
         &cfg.eval,
         &device,
         &|x| Ok(method.predict(x)?),

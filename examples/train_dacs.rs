@@ -5,7 +5,7 @@
 
 use candle_core::Device;
 use omuda::core::data::loader::SynthPairLoader;
-use omuda::core::data::synth::Domain;
+use omuda::core::data::synth::{Domain, Split};
 use omuda::core::eval::evaluate_synth;
 use omuda::{Dacs, RunConfig};
 
@@ -16,6 +16,8 @@ fn main() -> omuda::Result<()> {
     cfg.data.synth.height = 64;
     cfg.data.synth.width = 128;
     cfg.data.synth.val_size = 8;
+    cfg.data.synth.dev_size = 8;
+    cfg.data.synth.test_size = 8;
 
     let mut dacs = Dacs::new(&cfg, &device)?;
     let mut data = SynthPairLoader::new(
@@ -34,6 +36,7 @@ fn main() -> omuda::Result<()> {
         &cfg.data.synth,
         cfg.data.dataset_seed,
         Domain::Target,
+        Split::Test,
         &cfg.eval,
         &device,
         &|x| Ok(dacs.predict(x)?),

@@ -3,7 +3,7 @@
 
 Usage: scripts/synth-results.py RUN_DIR [RUN_DIR ...]
 Each RUN_DIR is an `--out` folder holding `<method>/metrics.json`. Prints,
-per method, target-val and source-val mIoU per seed, their mean ± std
+per method, target-test and source-val mIoU per seed, their mean ± std
 (sample std), and the per-class target IoU averaged over seeds.
 Standard library only.
 """
@@ -34,28 +34,28 @@ def main():
     runs = load(sys.argv[1:])
     if not runs:
         sys.exit("no metrics.json found under " + ", ".join(sys.argv[1:]))
-    print("| method | seeds | target-val mIoU per seed | target-val mIoU | source-val mIoU | train time (s) |")
+    print("| method | seeds | target-test mIoU per seed | target-test mIoU | source-val mIoU | train time (s) |")
     print("|---|---|---|---|---|---|")
     for method, rs in runs.items():
         rs = sorted(rs, key=lambda r: r["seed"])
-        t = [r["target_val"]["miou"] for r in rs]
+        t = [r["target_test"]["miou"] for r in rs]
         s = [r["source_val"]["miou"] for r in rs]
         secs = [r["train_seconds"] for r in rs]
         print(
             f"| {method} | {','.join(str(r['seed']) for r in rs)} | {', '.join(f'{x:.2f}' for x in t)} "
             f"| {mean_std(t)} | {mean_std(s)} | {statistics.mean(secs):.0f} |"
         )
-    names = next(iter(runs.values()))[0]["target_val"]["class_names"]
+    names = next(iter(runs.values()))[0]["target_test"]["class_names"]
     methods = list(runs)
     print()
-    print("Per-class target-val IoU, mean over seeds:")
+    print("Per-class target-test IoU, mean over seeds:")
     print()
     print("| class | " + " | ".join(methods) + " |")
     print("|---|" + "---|" * len(methods))
     for i, name in enumerate(names):
         cells = []
         for m in methods:
-            vals = [r["target_val"]["per_class_iou"][i] for r in runs[m]]
+            vals = [r["target_test"]["per_class_iou"][i] for r in runs[m]]
             vals = [v for v in vals if v is not None]
             cells.append(f"{statistics.mean(vals):.1f}" if vals else "n/a")
         print(f"| {name} | " + " | ".join(cells) + " |")

@@ -12,7 +12,7 @@ fn write_tiny_config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("tiny.toml");
     std::fs::write(
         &path,
-        "[train]\niters = 3\nlog_interval = 1\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 4\n[schedule]\nwarmup_iters = 1\n",
+        "[train]\niters = 3\nlog_interval = 1\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 4\ndev_size = 4\ntest_size = 4\n[schedule]\nwarmup_iters = 1\n",
     )
     .unwrap();
     path
@@ -50,13 +50,13 @@ fn train_then_eval_writes_metrics() {
         .unwrap();
         assert_eq!(metrics["method"], m);
         assert_eq!(
-            metrics["target_val"]["per_class_iou"]
+            metrics["target_test"]["per_class_iou"]
                 .as_array()
                 .unwrap()
                 .len(),
             19
         );
-        assert!(metrics["target_val"]["miou"].as_f64().is_some());
+        assert!(metrics["target_test"]["miou"].as_f64().is_some());
         assert!(out
             .join(m)
             .join("checkpoint")
@@ -88,7 +88,7 @@ fn train_then_eval_writes_metrics() {
         &std::fs::read_to_string(out.join("dacs/checkpoint/eval.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(trained["target_val"], evaluated["target_val"]);
+    assert_eq!(trained["target_test"], evaluated["target_test"]);
 }
 
 #[test]

@@ -14,7 +14,7 @@ fn compare_writes_reports_and_reuses_finished_runs() {
     let preset = dir.path().join("tiny.toml");
     std::fs::write(
         &preset,
-        "methods = [\"dacs\"]\n[train]\niters = 2\nlog_interval = 1\neval_interval = 1\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 2\n[schedule]\nwarmup_iters = 1\n",
+        "methods = [\"dacs\"]\n[train]\niters = 2\nlog_interval = 1\neval_interval = 1\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 2\ndev_size = 2\ntest_size = 2\n[schedule]\nwarmup_iters = 1\n",
     )
     .unwrap();
     let out = dir.path().join("cmp");

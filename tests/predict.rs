@@ -14,7 +14,7 @@ fn tiny_config(dir: &Path, train: &str) -> PathBuf {
     let path = dir.join("tiny.toml");
     std::fs::write(
         &path,
-        format!("[train]\n{train}\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 4\n[schedule]\nwarmup_iters = 1\n"),
+        format!("[train]\n{train}\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 4\ndev_size = 4\ntest_size = 4\n[schedule]\nwarmup_iters = 1\n"),
     )
     .unwrap();
     path
@@ -161,7 +161,10 @@ fn multi_seed_training_writes_mean_std_and_median_checkpoint() {
             &std::fs::read_to_string(out.join(format!("seed_{seed}/dacs/metrics.json"))).unwrap(),
         )
         .unwrap();
-        assert_eq!(metrics["target_val"]["miou"].as_f64().unwrap(), per_seed[i]);
+        assert_eq!(
+            metrics["target_test"]["miou"].as_f64().unwrap(),
+            per_seed[i]
+        );
         assert_eq!(metrics["seed"], *seed);
     }
     let mean = per_seed.iter().sum::<f64>() / 3.0;
@@ -204,7 +207,7 @@ fn debug_grid_shows_the_cam_mask() {
         std::fs::write(
             &cfg,
             format!(
-                "plugins = {plugins}\n[train]\niters = 2\ndebug_interval = 2\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 4\n[schedule]\nwarmup_iters = 1\n"
+                "plugins = {plugins}\n[train]\niters = 2\ndebug_interval = 2\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 4\ndev_size = 4\ntest_size = 4\n[schedule]\nwarmup_iters = 1\n"
             ),
         )
         .unwrap();

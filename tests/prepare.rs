@@ -221,7 +221,7 @@ prefetch = 2
         &std::fs::read_to_string(out.join("dacs").join("metrics.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(metrics["target_val"]["num_images"].as_u64(), Some(2));
+    assert_eq!(metrics["target_test"]["num_images"].as_u64(), Some(2));
     // A files config without [data.val] names the missing key.
     std::fs::write(
         &cfg,

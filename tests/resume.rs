@@ -22,7 +22,7 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
         &path,
         format!(
             "{extra}\n[train]\niters = {ITERS}\nlog_interval = 1\neval_interval = 4\ncheckpoint_interval = 2\nkeep_last = 2\ndebug_interval = 4\n\
-             [data.synth]\nheight = 32\nwidth = 64\nval_size = 4\n[schedule]\nwarmup_iters = 1\n"
+             [data.synth]\nheight = 32\nwidth = 64\nval_size = 4\ndev_size = 4\ntest_size = 4\n[schedule]\nwarmup_iters = 1\n"
         ),
     )
     .unwrap();
@@ -150,7 +150,7 @@ fn assert_same_run(a: &Path, b: &Path) {
         json(&a.join("dacs/metrics.json")),
         json(&b.join("dacs/metrics.json")),
     );
-    assert_eq!(ma["target_val"], mb["target_val"]);
+    assert_eq!(ma["target_test"], mb["target_test"]);
     assert_eq!(ma["target_curve"], mb["target_curve"]);
     assert_eq!(ma["best"], mb["best"]);
     // The TensorBoard curves hold each step once after the resume.

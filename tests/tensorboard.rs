@@ -78,8 +78,11 @@ fn fields(buf: &[u8]) -> Vec<(u32, u64, Vec<u8>)> {
     out
 }
 
-/// Every record of an event file, CRCs checked: (file_version, step, scalars).
-fn parse_events(path: &Path) -> Vec<(Option<String>, i64, Vec<(String, f32)>)> {
+/// One event record: (file_version, step, scalars).
+type Event = (Option<String>, i64, Vec<(String, f32)>);
+
+/// Every record of an event file, CRCs checked.
+fn parse_events(path: &Path) -> Vec<Event> {
     let bytes = std::fs::read(path).unwrap();
     let mut pos = 0;
     let mut out = Vec::new();
@@ -159,7 +162,7 @@ fn training_writes_tensorboard_scalars_matching_the_log_and_plots() {
     let cfg = dir.path().join("tiny.toml");
     std::fs::write(
         &cfg,
-        "[train]\niters = 4\nlog_interval = 2\neval_interval = 2\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 4\n[schedule]\nwarmup_iters = 1\n",
+        "[train]\niters = 4\nlog_interval = 2\neval_interval = 2\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 4\ndev_size = 4\ntest_size = 4\n[schedule]\nwarmup_iters = 1\n",
     )
     .unwrap();
     let out = dir.path().join("run");
@@ -215,13 +218,14 @@ fn training_writes_tensorboard_scalars_matching_the_log_and_plots() {
                 assert!(v["peak_mem_mib"].as_f64().unwrap() > 1.0, "{line}");
             }
         } else if v["type"] == "eval" {
-            assert!(by_tag["eval/target_miou"]
+            assert_eq!(v["split"], "dev", "{line}");
+            assert!(by_tag["eval/target_dev_miou"]
                 .contains(&(iter, v["target_miou"].as_f64().unwrap() as f32)));
         }
     }
     assert_eq!(n_steps, 2, "log_interval 2 over 4 iterations");
     assert_eq!(
-        by_tag["eval/target_miou"]
+        by_tag["eval/target_dev_miou"]
             .iter()
             .map(|p| p.0)
             .collect::<Vec<_>>(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
+use omuda::core::data::source::{evaluate_target, selection_split, TargetSplit};
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
 use omuda::core::train::trainer::{fit, BatchSource, LoopConfig, StepTiming, TrainObserver};
@@ -70,9 +71,12 @@ pub struct RunRecord {
     pub iters: usize,
     /// Training loop wall time, evaluations excluded.
     pub train_seconds: f64,
-    /// (iteration, target-val mIoU) over training, the final one included.
+    /// (iteration, target-dev mIoU) over training, the final one included.
     pub target_curve: Vec<(usize, Option<f64>)>,
-    pub target_val: MiouReport,
+    /// The target test split: the compared score.
+    pub target_test: MiouReport,
+    /// The target dev split (for choosing hyperparameters, never reported).
+    pub target_dev: MiouReport,
     /// The full configuration of the run, to decide whether it can be reused.
     pub config: String,
 }
@@ -171,7 +175,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             records.push(per_seed);
         }
         let rows = summarise(&sets, &records, &args.seeds)?;
-        let class_names = records[0][0].target_val.class_names.clone();
+        let class_names = records[0][0].target_test.class_names.clone();
         let dir = out.join(&host);
         let md = markdown(
             &host,
@@ -238,9 +242,10 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
         cfg.seed, cfg.train.iters
     );
     let eval_seconds = std::cell::Cell::new(0.0);
-    let evaluate = |m: &dyn UdaMethod| -> Result<MiouReport> {
+    let selection = selection_split(cfg);
+    let evaluate = |m: &dyn UdaMethod, split: TargetSplit| -> Result<MiouReport> {
         let t0 = Instant::now();
-        let r = omuda::core::data::source::evaluate_target_val(cfg, device, &|x| Ok(m.predict(x)?));
+        let r = evaluate_target(cfg, split, device, &|x| Ok(m.predict(x)?));
         eval_seconds.set(eval_seconds.get() + t0.elapsed().as_secs_f64());
         r
     };
@@ -253,7 +258,7 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     };
     let start = Instant::now();
     // The loop of `omuda train`: one batch per step in loader order,
-    // target-val evaluation every `eval_interval` iterations.
+    // a dev evaluation every `eval_interval` iterations.
     let loop_cfg = LoopConfig {
         iters: cfg.train.iters,
         eval_interval: cfg.train.eval_interval,
@@ -264,17 +269,25 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
         &mut method,
         &mut loader,
         loop_cfg,
-        &mut |m: &dyn UdaMethod| evaluate(m),
+        &mut |m: &dyn UdaMethod| evaluate(m, selection),
         &mut obs,
     )?;
     let train_seconds = start.elapsed().as_secs_f64() - eval_seconds.get();
-    let target = evaluate(&method)?;
+    let target = evaluate(&method, TargetSplit::Test)?;
+    let dev = evaluate(&method, TargetSplit::Dev)?;
     let mut curve = obs.curve;
-    curve.push((cfg.train.iters, target.miou));
+    curve.push((
+        cfg.train.iters,
+        match selection {
+            TargetSplit::Dev => dev.miou,
+            TargetSplit::Test => target.miou,
+        },
+    ));
     eprintln!(
-        "{host} [{label}] seed {}: target-val mIoU {:.2} ({train_seconds:.0} s of training)",
+        "{host} [{label}] seed {}: target-test mIoU {:.2}, target-dev {:.2} ({train_seconds:.0} s of training)",
         cfg.seed,
-        target.miou.unwrap_or(f64::NAN)
+        target.miou.unwrap_or(f64::NAN),
+        dev.miou.unwrap_or(f64::NAN)
     );
     let rec = RunRecord {
         host: host.into(),
@@ -283,7 +296,8 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
         iters: cfg.train.iters,
         train_seconds,
         target_curve: curve,
-        target_val: target,
+        target_test: target,
+        target_dev: dev,
         config,
     };
     write_json(&record_path, &rec)?;
@@ -327,7 +341,7 @@ impl TrainObserver for Lines {
     ) -> Result<()> {
         self.curve.push((iter, report.miou));
         eprintln!(
-            "{} iter {iter}: target-val mIoU {:.2}",
+            "{} iter {iter}: target-dev mIoU {:.2}",
             self.name,
             report.miou.unwrap_or(f64::NAN)
         );
@@ -403,17 +417,17 @@ fn summarise(
     seeds: &[u64],
 ) -> Result<Vec<Row>> {
     let miou = |r: &RunRecord| -> Result<f64> {
-        r.target_val
+        r.target_test
             .miou
             .ok_or_else(|| Error::msg(format!("run {} seed {}: no target mIoU", r.plugins, r.seed)))
     };
-    let k = records[0][0].target_val.per_class_iou.len();
+    let k = records[0][0].target_test.per_class_iou.len();
     let class_mean = |recs: &[RunRecord]| -> Vec<Option<f64>> {
         (0..k)
             .map(|c| {
                 let v: Vec<f64> = recs
                     .iter()
-                    .filter_map(|r| r.target_val.per_class_iou.get(c).copied().flatten())
+                    .filter_map(|r| r.target_test.per_class_iou.get(c).copied().flatten())
                     .collect();
                 (v.len() == recs.len()).then(|| mean(&v))
             })
@@ -457,7 +471,7 @@ fn markdown(
     rows: &[Row],
 ) -> String {
     let mut s = format!(
-        "# {host}: plugin comparison\n\npreset `{preset}`, {iters} iterations, seeds {:?}; target-val mIoU (%). \
+        "# {host}: plugin comparison\n\npreset `{preset}`, {iters} iterations, seeds {:?}; target-test mIoU (%). \
          Gains are paired over seeds against the first row (`{}`).\n\n",
         seeds, rows[0].plugins
     );
@@ -553,7 +567,7 @@ fn charts(
         .collect();
     omuda::plot::line_chart(
         &dir.join("compare_curves.png"),
-        &format!("{host}: target-val mIoU"),
+        &format!("{host}: target-dev mIoU over training"),
         "iteration",
         "mIoU (%)",
         &series,

@@ -60,15 +60,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
         device,
     } = restore(ckpt, args.config.as_ref())?;
     let predict = |x: &candle_core::Tensor| Ok(method.predict(x)?);
-    let target = omuda::core::data::source::evaluate_target_val(&cfg, &device, &predict)?;
-    let source = omuda::core::data::source::evaluate_source_val(&cfg, &device, &predict)?;
-    println!("{name} (iteration {}): target-val", method.iteration());
+    use omuda::core::data::source::{evaluate_source_val, evaluate_target, TargetSplit};
+    let target = evaluate_target(&cfg, TargetSplit::Test, &device, &predict)?;
+    let dev = evaluate_target(&cfg, TargetSplit::Dev, &device, &predict)?;
+    let source = evaluate_source_val(&cfg, &device, &predict)?;
+    println!("{name} (iteration {}): target-test", method.iteration());
     print!("{}", target.table());
+    println!("target-dev mIoU {}", fmt_pct(dev.miou));
     println!("source-val mIoU {}", fmt_pct(source.miou));
     let out = args.out.unwrap_or_else(|| ckpt.join("eval.json"));
     write_json(
         &out,
-        &serde_json::json!({ "method": name, "iteration": method.iteration(), "target_val": target, "source_val": source }),
+        &serde_json::json!({ "method": name, "iteration": method.iteration(), "target_test": target, "target_dev": dev, "source_val": source }),
     )?;
     println!("wrote {}", out.display());
     Ok(())

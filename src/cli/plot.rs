@@ -1,5 +1,6 @@
 //! `omuda plot <out>`: training curves of a run folder as PNG, from each
-//! method's `log.jsonl`: losses, learning rate and target-val mIoU.
+//! method's `log.jsonl`: losses, learning rate and the target mIoU of the
+//! periodic evaluations (dev split).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -149,7 +150,7 @@ pub fn run(args: PlotArgs) -> Result<()> {
     }
     if !miou_all.is_empty() {
         let p = plots.join("target_miou.png");
-        line_chart(&p, "target-val mIoU", "iteration", "mIoU (%)", &miou_all)?;
+        line_chart(&p, "target-dev mIoU", "iteration", "mIoU (%)", &miou_all)?;
         written.push(p);
     }
     for p in written {

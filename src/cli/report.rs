@@ -15,11 +15,15 @@ pub struct RunMetrics<'a> {
     pub iters: usize,
     /// Wall time of the training loop, periodic evaluations excluded.
     pub train_seconds: f64,
-    /// mIoU on target-val over training (iteration, mIoU).
+    /// mIoU on the target dev split over training (iteration, mIoU); the
+    /// test split where a dataset on disk has no dev split.
     pub target_curve: &'a [(usize, Option<f64>)],
-    pub target_val: &'a MiouReport,
+    /// The target test split: the reported score.
+    pub target_test: &'a MiouReport,
+    /// The target dev split (for choosing hyperparameters; empty without one).
+    pub target_dev: &'a MiouReport,
     pub source_val: &'a MiouReport,
-    /// Best target-val mIoU over the evaluations (its checkpoint is `best/`).
+    /// Best mIoU over the evaluations of the `target_curve` split (its checkpoint is `best/`).
     pub best: Option<Best>,
     /// Steps whose update was skipped for a non-finite loss or gradient.
     pub nonfinite_skipped: usize,

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
+use omuda::core::data::source::{evaluate_target, selection_split, TargetSplit};
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
 use omuda::core::train::checkpoint::{self, Best, RunSidecar, BEST_DIR, FINAL_DIR, SIDECAR_FORMAT};
@@ -136,6 +137,7 @@ fn resume(dir: &Path) -> Result<()> {
 /// What one method's run ended with.
 struct Outcome {
     name: String,
+    /// The target test split: the reported score.
     target: MiouReport,
     source: MiouReport,
     checkpoint: PathBuf,
@@ -156,7 +158,10 @@ fn run_all(cfg: &RunConfig, resume: bool) -> Result<Vec<Outcome>> {
         "\nsummary (seed {}, {} iterations, mIoU %):",
         cfg.seed, cfg.train.iters
     );
-    println!("{:<14} {:>11} {:>11}", "method", "target-val", "source-val");
+    println!(
+        "{:<14} {:>11} {:>11}",
+        "method", "target-test", "source-val"
+    );
     for o in &outcomes {
         println!(
             "{:<14} {:>11} {:>11}",
@@ -186,7 +191,7 @@ fn run_seeds(cfg: &RunConfig, seeds: &[u64], resume: bool) -> Result<()> {
     }
     let mut methods = Vec::new();
     println!(
-        "\nover seeds {seeds:?} ({} iterations), target-val mIoU %:",
+        "\nover seeds {seeds:?} ({} iterations), target-test mIoU %:",
         cfg.train.iters
     );
     println!(
@@ -345,7 +350,7 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
         eprintln!("{name}: finished earlier ({})", metrics_path.display());
         return Ok(Outcome {
             name: name.into(),
-            target: report("target_val")?,
+            target: report("target_test")?,
             source: report("source_val")?,
             checkpoint: final_dir,
         });
@@ -428,10 +433,12 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
 
     let eval_seconds = Rc::new(Cell::new(0.0));
     observer.eval_seconds = eval_seconds.clone();
-    let evaluate_target = |m: &dyn UdaMethod| -> Result<MiouReport> {
+    // Periodic evaluations and the best checkpoint use the dev split; the
+    // test split is scored once, at the end.
+    let selection = selection_split(&cfg);
+    let evaluate_target = |m: &dyn UdaMethod, split: TargetSplit| -> Result<MiouReport> {
         let t0 = Instant::now();
-        let report =
-            omuda::core::data::source::evaluate_target_val(&cfg, device, &|x| Ok(m.predict(x)?));
+        let report = evaluate_target(&cfg, split, device, &|x| Ok(m.predict(x)?));
         eval_seconds.set(eval_seconds.get() + t0.elapsed().as_secs_f64());
         report
     };
@@ -445,7 +452,7 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
         &mut method,
         &mut loader,
         loop_cfg,
-        &mut |m: &dyn UdaMethod| evaluate_target(m),
+        &mut |m: &dyn UdaMethod| evaluate_target(m, selection),
         &mut observer,
     );
     observer.finish();
@@ -455,19 +462,28 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
     let train_seconds = observer.train_seconds();
 
     observer.save(&final_dir, &method, &loader, false)?;
-    let target = evaluate_target(&method)?;
+    let selected = evaluate_target(&method, selection)?;
     // A resume from a checkpoint written after the final evaluation already holds it.
     observer.curve.retain(|(i, _)| *i != cfg.train.iters);
-    observer.curve.push((cfg.train.iters, target.miou));
-    observer.log_eval(cfg.train.iters, &target)?;
-    observer.update_best(cfg.train.iters, &target, &method, &loader)?;
+    observer.curve.push((cfg.train.iters, selected.miou));
+    observer.log_eval(cfg.train.iters, &selected)?;
+    observer.update_best(cfg.train.iters, &selected, &method, &loader)?;
+    let (dev, target) = match selection {
+        TargetSplit::Dev => (selected, evaluate_target(&method, TargetSplit::Test)?),
+        TargetSplit::Test => (evaluate_target(&method, TargetSplit::Dev)?, selected),
+    };
     let source =
         omuda::core::data::source::evaluate_source_val(&cfg, device, &|x| Ok(method.predict(x)?))?;
     println!(
-        "\n{name}: target-val ({} images), {:.0} s of training",
+        "\n{name}: target-test ({} images), {:.0} s of training",
         target.num_images, train_seconds
     );
     print!("{}", target.table());
+    println!(
+        "{name}: target-dev mIoU {} ({} images)",
+        fmt_pct(dev.miou),
+        dev.num_images
+    );
     println!("{name}: source-val mIoU {}", fmt_pct(source.miou));
     let metrics = RunMetrics {
         method: name,
@@ -475,7 +491,8 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
         iters: cfg.train.iters,
         train_seconds,
         target_curve: &observer.curve,
-        target_val: &target,
+        target_test: &target,
+        target_dev: &dev,
         source_val: &source,
         best: observer.best,
         nonfinite_skipped: method.skipped_steps(),
@@ -623,11 +640,23 @@ impl RunObserver {
     }
 
     fn log_eval(&mut self, iter: usize, report: &MiouReport) -> Result<()> {
-        self.log_json(json!({ "type": "eval", "iter": iter, "target_miou": report.miou }))?;
+        let split = self.selection_name();
+        self.log_json(
+            json!({ "type": "eval", "iter": iter, "split": split, "target_miou": report.miou }),
+        )?;
         if let (Some(tb), Some(m)) = (&mut self.tb, report.miou) {
-            tb.scalars(iter as i64, &[("eval/target_miou".into(), m)])?;
+            tb.scalars(iter as i64, &[(format!("eval/target_{split}_miou"), m)])?;
         }
         Ok(())
+    }
+
+    /// The split of the periodic evaluations (`dev`, or `test` for a dataset
+    /// on disk without `[data.dev]`).
+    fn selection_name(&self) -> &'static str {
+        match selection_split(&self.cfg) {
+            TargetSplit::Dev => "dev",
+            TargetSplit::Test => "test",
+        }
     }
 
     fn sidecar(&self, method: &dyn UdaMethod, data: &dyn BatchSource) -> Result<RunSidecar> {
@@ -815,8 +844,9 @@ impl TrainObserver for RunObserver {
     ) -> Result<()> {
         self.curve.push((iter, report.miou));
         self.println(format!(
-            "{} iter {iter}: target-val mIoU {}",
+            "{} iter {iter}: target-{} mIoU {}",
             self.name,
+            self.selection_name(),
             fmt_pct(report.miou)
         ));
         self.log_eval(iter, report)?;

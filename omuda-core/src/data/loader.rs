@@ -206,14 +206,15 @@ pub fn eval_batches<'a>(
     synth: &'a SynthConfig,
     dataset_seed: u64,
     domain: Domain,
+    split: Split,
     batch_size: usize,
     device: &Device,
 ) -> impl Iterator<Item = Result<(Tensor, Vec<u8>)>> + 'a {
-    let n = synth.val_size;
+    let n = synth.split_size(split);
     let device = device.clone();
     (0..n).step_by(batch_size.max(1)).map(move |start| {
         let idx: Vec<usize> = (start..(start + batch_size).min(n)).collect();
-        let samples = generate_many(synth, dataset_seed, domain, Split::Val, &idx);
+        let samples = generate_many(synth, dataset_seed, domain, split, &idx);
         let (img, _) = samples_to_tensors(&samples, &[], &device)?;
         let labels = samples
             .iter()

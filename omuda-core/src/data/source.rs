@@ -14,8 +14,8 @@ use super::loader::SynthPairLoader;
 use super::pipeline::PipelineConfig;
 use super::prefetch::{DomainData, LoaderOptions, Producer, UdaLoader};
 use super::rcs::RcsSampler;
-use super::synth::Domain;
-use crate::config::{DataConfig, EvalConfig, RunConfig};
+use super::synth::{Domain, Split};
+use crate::config::{DataConfig, RunConfig};
 use crate::eval::dataset::{evaluate_dataset, DatasetEvalOptions};
 use crate::eval::miou::MiouReport;
 use crate::train::trainer::BatchSource;
@@ -132,14 +132,15 @@ pub fn validate_files(d: &DataConfig) -> std::result::Result<(), String> {
 
 /// The training batches of a run: the synthetic pair or datasets on disk.
 pub enum RunBatchSource {
-    Synth(SynthPairLoader),
+    /// Boxed: the synthetic loader carries its configuration and generator.
+    Synth(Box<SynthPairLoader>),
     Files(UdaLoader),
 }
 
 impl RunBatchSource {
     pub fn as_synth_mut(&mut self) -> Option<&mut SynthPairLoader> {
         match self {
-            Self::Synth(l) => Some(l),
+            Self::Synth(l) => Some(&mut **l),
             Self::Files(_) => None,
         }
     }
@@ -201,10 +202,10 @@ pub fn build_batch_source(cfg: &RunConfig, name: &str, device: &Device) -> Resul
                 r,
             )?));
         }
-        return Ok(RunBatchSource::Synth(loader));
+        return Ok(RunBatchSource::Synth(Box::new(loader)));
     }
     let margins = cfg.uda.pseudo_margins;
-    Ok(RunBatchSource::Files(build_uda_loader_with_margins(
+    Ok(RunBatchSource::Files(build_uda_loader(
         &cfg.data,
         oracle,
         cfg.train.batch_size,
@@ -221,22 +222,12 @@ fn missing(key: &str) -> Error {
     }
 }
 
-/// The prefetching loader of a `dataset = "files"` configuration. With
-/// `oracle`, the target dataset (with its labels) is also the source.
-pub fn build_uda_loader(
-    d: &DataConfig,
-    oracle: bool,
-    batch_size: usize,
-    seed: u64,
-    device: &Device,
-) -> Result<UdaLoader> {
-    build_uda_loader_with_margins(d, oracle, batch_size, seed, None, device)
-}
-
-/// [`build_uda_loader`] whose target batches carry the valid-pseudo-label
-/// mask of `margins` (`uda.pseudo_margins`; `lhoyer/HRDA
+/// The prefetching loader of a `dataset = "files"` configuration (with
+/// `oracle`, the target dataset with its labels is also the source); its
+/// target batches carry the valid-pseudo-label mask of `margins`
+/// (`uda.pseudo_margins`; `lhoyer/HRDA
 /// mmseg/datasets/cityscapes.py::CityscapesDataset.pre_pipeline`).
-pub fn build_uda_loader_with_margins(
+pub fn build_uda_loader(
     d: &DataConfig,
     oracle: bool,
     batch_size: usize,
@@ -290,24 +281,47 @@ pub fn build_uda_loader_with_margins(
     )
 }
 
-/// mIoU on the run's target-val data: the synthetic target val split, or
-/// `[data.val]` at its test scale (default: the target's resize scale).
-pub fn evaluate_target_val(
+/// A labelled target split: `Dev` chooses hyperparameters and the best
+/// checkpoint, `Test` gives the reported numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetSplit {
+    Dev,
+    Test,
+}
+
+/// mIoU on a labelled target split of the run: the synthetic target's dev or
+/// test split, or on disk `[data.dev]` / `[data.val]` at their test scale
+/// (default: the target's resize scale). Without `[data.dev]` the dev report
+/// is empty (no images, every mean `None`).
+pub fn evaluate_target(
     cfg: &RunConfig,
+    split: TargetSplit,
     device: &Device,
     predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> Result<MiouReport> {
     if cfg.data.dataset == "synth" {
+        let split = match split {
+            TargetSplit::Dev => Split::Dev,
+            TargetSplit::Test => Split::Test,
+        };
         return crate::eval::evaluate_synth(
             &cfg.data.synth,
             cfg.data.dataset_seed,
             Domain::Target,
+            split,
             &cfg.eval,
             device,
             predict,
         );
     }
-    let vc = cfg.data.val.as_ref().ok_or_else(|| missing("data.val"))?;
+    let vc = match split {
+        TargetSplit::Test => cfg.data.val.as_ref().ok_or_else(|| missing("data.val"))?,
+        TargetSplit::Dev => match cfg.data.dev.as_ref() {
+            Some(d) => d,
+            None => return Ok(empty_report()),
+        },
+    };
     let ds = vc.open("val")?;
     let scale = vc.scale.or_else(|| {
         cfg.data
@@ -329,6 +343,25 @@ pub fn evaluate_target_val(
     )
 }
 
+/// The split a run's periodic evaluations and best checkpoint use: dev where
+/// the run has one, else test (datasets on disk without `[data.dev]`).
+pub fn selection_split(cfg: &RunConfig) -> TargetSplit {
+    if cfg.data.dataset == "synth" || cfg.data.dev.is_some() {
+        TargetSplit::Dev
+    } else {
+        TargetSplit::Test
+    }
+}
+
+fn empty_report() -> MiouReport {
+    let names = crate::data::classes::CITYSCAPES_CLASSES;
+    MiouReport::from_confusion(
+        &crate::eval::miou::ConfusionMatrix::new(names.len()),
+        &names,
+        0,
+    )
+}
+
 /// mIoU on the run's source-val data: the synthetic source val split. Datasets
 /// on disk have no source val split in the reference protocol: the report is
 /// then empty (no images, every mean `None`).
@@ -342,39 +375,13 @@ pub fn evaluate_source_val(
             &cfg.data.synth,
             cfg.data.dataset_seed,
             Domain::Source,
+            Split::Val,
             &cfg.eval,
             device,
             predict,
         );
     }
-    let names = crate::data::classes::CITYSCAPES_CLASSES;
-    Ok(MiouReport::from_confusion(
-        &crate::eval::miou::ConfusionMatrix::new(names.len()),
-        &names,
-        0,
-    ))
-}
-
-/// Evaluate `ds` at `scale` with `eval` settings (used by `omuda eval` and tests).
-pub fn evaluate_on(
-    ds: &Dataset,
-    scale: Option<[usize; 2]>,
-    colour_dir: Option<PathBuf>,
-    eval: &EvalConfig,
-    device: &Device,
-    predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
-) -> Result<MiouReport> {
-    evaluate_dataset(
-        ds,
-        &DatasetEvalOptions {
-            scale,
-            colour_dir,
-            limit: None,
-        },
-        eval,
-        device,
-        predict,
-    )
+    Ok(empty_report())
 }
 
 #[cfg(test)]

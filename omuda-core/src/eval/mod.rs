@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 
 use crate::config::EvalConfig;
 use crate::data::classes::{CITYSCAPES_CLASSES, IGNORE_INDEX};
-use crate::data::synth::{Domain, SynthConfig};
+use crate::data::synth::{Domain, Split, SynthConfig};
 use crate::Result;
 use miou::{ConfusionMatrix, MiouReport};
 
@@ -31,20 +31,27 @@ pub fn predict_classes(
     Ok(inference::argmax_classes(&logits)?)
 }
 
-/// mIoU of `predict` on the labelled val split of one synthetic domain.
+/// mIoU of `predict` on a labelled split of one synthetic domain (the
+/// source's `Val`, the target's `Dev` or `Test`).
 pub fn evaluate_synth(
     synth: &SynthConfig,
     dataset_seed: u64,
     domain: Domain,
+    split: Split,
     cfg: &EvalConfig,
     device: &Device,
     predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> Result<MiouReport> {
     let mut cm = ConfusionMatrix::new(CITYSCAPES_CLASSES.len());
     let mut n = 0;
-    for item in
-        crate::data::loader::eval_batches(synth, dataset_seed, domain, cfg.batch_size, device)
-    {
+    for item in crate::data::loader::eval_batches(
+        synth,
+        dataset_seed,
+        domain,
+        split,
+        cfg.batch_size,
+        device,
+    ) {
         let (images, labels) = item?;
         let pred = predict_classes(&images, cfg, predict)?
             .flatten_all()?
