@@ -20,6 +20,10 @@ pub const PRESETS: &[(&str, &str)] = &[
     ),
     ("synth-dacs", include_str!("../configs/synth-dacs.toml")),
     (
+        "synth-scratch",
+        include_str!("../configs/synth-scratch.toml"),
+    ),
+    (
         "synth-daformer",
         include_str!("../configs/synth-daformer.toml"),
     ),

@@ -310,6 +310,87 @@ fn pickles_are_refused_with_the_conversion_command() {
     assert!(err.contains("not a safetensors file"), "{err}");
 }
 
+/// A one-tensor safetensors file whose header is padded with spaces to `len` bytes.
+fn safetensors_with_header_len(len: usize) -> Vec<u8> {
+    let json = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    assert!(len >= json.len());
+    let mut bytes = (len as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(json.as_bytes());
+    bytes.resize(8 + len, b' ');
+    bytes.extend_from_slice(&1.5f32.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn safetensors_are_recognised_by_structure_whatever_the_first_byte() {
+    use omuda_core::nn::weights::{detect_format, safetensors_from_bytes, WeightsFormat};
+    for low in 0..=255usize {
+        let bytes = safetensors_with_header_len(256 + low);
+        assert_eq!(bytes[0] as usize, low);
+        assert_eq!(
+            detect_format(&bytes),
+            WeightsFormat::Safetensors,
+            "low byte {low:#x}"
+        );
+        let t = safetensors_from_bytes(&bytes, "x").unwrap();
+        assert_eq!(t[0].0, "w");
+        assert_eq!(t[0].1.to_vec1::<f32>().unwrap(), vec![1.5]);
+    }
+    // A pickle (protocol 2) and a truncated safetensors header are not safetensors.
+    assert_eq!(detect_format(b"\x80\x02}q\x00."), WeightsFormat::PyTorch);
+    let bytes = safetensors_with_header_len(0x180);
+    assert_eq!(detect_format(&bytes[..100]), WeightsFormat::Unknown);
+    let err = safetensors_from_bytes(b"\x80\x02}q\x00.", "old.pth")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("old.pth") && err.contains("save_file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn builtin_and_none_weight_specs() {
+    use omuda_core::nn::weights::BUILTIN_WEIGHTS;
+    let src = WeightSource::parse("builtin:mit_tiny_synth").unwrap();
+    let t = src.read().unwrap();
+    assert!(
+        t.iter().all(|(n, _)| n.starts_with("segformer.encoder.")),
+        "encoder only"
+    );
+    assert_eq!(src.to_string(), "builtin:mit_tiny_synth");
+    let err = WeightSource::parse("builtin:nope").unwrap_err().to_string();
+    assert!(err.contains("builtin:mit_tiny_synth"), "{err}");
+    assert_eq!(BUILTIN_WEIGHTS.len(), 1);
+    // The shipped encoder loads strictly into both tiny segmentation models.
+    for name in ["segformer_tiny", "daformer_tiny"] {
+        let cfg = omuda_core::nn::ModelConfig {
+            name: name.into(),
+            weights: Some("builtin:mit_tiny_synth".into()),
+            ..Default::default()
+        };
+        let vars = candle_nn::VarMap::new();
+        let _m = omuda_core::nn::build_segmentor(
+            &cfg,
+            omuda_core::nn::seeded_var_builder(
+                &vars,
+                0,
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            ),
+        )
+        .unwrap();
+        let r = apply_model_weights(&cfg, &vars).unwrap().unwrap();
+        assert_eq!(r.problem_count(), 0, "{name}");
+        assert_eq!(r.loaded.len(), t.len(), "{name}");
+        let none = omuda_core::nn::ModelConfig {
+            weights: Some("none".into()),
+            ..cfg
+        };
+        assert!(apply_model_weights(&none, &vars).unwrap().is_none());
+    }
+}
+
 #[test]
 fn model_weights_reach_student_and_teacher_of_a_training_run() {
     use omuda_core::nn::{build_segmentor, seeded_var_builder};

@@ -7,6 +7,7 @@ mod info;
 mod plot;
 mod predict;
 mod prepare;
+mod pretrain;
 mod report;
 mod train;
 mod weights;
@@ -56,6 +57,9 @@ enum Command {
     /// Train a method alone and with plugin sets over several seeds; write
     /// compare.md / compare.json and charts (reuses finished runs).
     Compare(compare::CompareArgs),
+    /// Pretrain the encoder of the `synth-*` presets on the built-in pretraining set
+    /// (image-level multi-label classification; the role ImageNet plays).
+    Pretrain(pretrain::PretrainArgs),
     /// Pretrained weights: `inspect` lists a checkpoint's tensors and which ones a model uses.
     Weights(weights::WeightsArgs),
 }
@@ -97,7 +101,7 @@ pub struct EvalArgs {
     /// Configuration (default: the `config.toml` saved in the checkpoint).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Where to write `metrics.json` (default: beside the checkpoint).
+    /// Where to write the scores as JSON (default: `eval.json` in the checkpoint folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -148,6 +152,7 @@ pub fn run() -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Weights(args) => weights::run(args),
+        Command::Pretrain(args) => pretrain::run(args),
         Command::Prepare(args) => prepare::run(args),
         Command::Config(args) => match args.action {
             None => {

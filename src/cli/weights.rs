@@ -5,9 +5,7 @@
 use std::path::PathBuf;
 
 use omuda::core::nn::segmentor::SEGMENTOR_NAMES;
-use omuda::core::nn::weights::{
-    map_checkpoint, model_tensor_shapes, plan_load, read_safetensors, WeightSource,
-};
+use omuda::core::nn::weights::{map_checkpoint, model_tensor_shapes, plan_load, WeightSource};
 use omuda::core::nn::ModelConfig;
 use omuda::{Error, Result};
 
@@ -53,8 +51,7 @@ fn inspect(args: InspectArgs) -> Result<()> {
         model_cfg.num_classes = k;
     }
     let source = WeightSource::parse(&args.weights)?;
-    let path = source.resolve()?;
-    let tensors = read_safetensors(&path)?;
+    let tensors = source.read()?;
     let file_info: Vec<(String, String, Vec<usize>)> = tensors
         .iter()
         .map(|(n, t)| (n.clone(), format!("{:?}", t.dtype()), t.dims().to_vec()))
@@ -74,7 +71,7 @@ fn inspect(args: InspectArgs) -> Result<()> {
     println!(
         "{} ({}): {} tensors, {} values",
         args.weights,
-        path.display(),
+        source,
         file_info.len(),
         total
     );

@@ -16,5 +16,6 @@ pub mod rcs;
 pub mod source;
 pub mod stats;
 pub mod synth;
+pub mod synth_pretrain;
 pub mod synth_rcs;
 pub mod valid_region;

@@ -72,8 +72,13 @@ pub struct SynthConfig {
     pub width: usize,
     /// Number of samples in each domain's train split.
     pub train_size: usize,
-    /// Number of samples in each domain's val split.
+    /// Number of samples in the source's val split.
     pub val_size: usize,
+    /// Number of samples in the target's dev split (labelled; for choosing
+    /// hyperparameters, never for a reported number).
+    pub dev_size: usize,
+    /// Number of samples in the target's test split (labelled; the reported one).
+    pub test_size: usize,
     /// Size of the domain gap: the target is drawn with
     /// `source.lerp(target, shift)`; 0 removes the style gap, values above 1
     /// widen it (each knob clamped to its range).
@@ -93,6 +98,8 @@ impl Default for SynthConfig {
             width: 256,
             train_size: 2000,
             val_size: 100,
+            dev_size: 100,
+            test_size: 200,
             shift: 1.0,
             source: DomainStyle::game(),
             target: DomainStyle::camera(),
@@ -135,11 +142,13 @@ impl SynthConfig {
         }
     }
 
-    /// Nominal number of samples in `split` (the same for both domains).
+    /// Nominal number of samples in `split`.
     pub fn split_size(&self, split: Split) -> usize {
         match split {
             Split::Train => self.train_size,
             Split::Val => self.val_size,
+            Split::Dev => self.dev_size,
+            Split::Test => self.test_size,
         }
     }
 }
@@ -151,11 +160,16 @@ pub enum Domain {
     Target,
 }
 
+/// The splits of the pair. The source has `Train` (labelled) and `Val`; the
+/// target has `Train` (its images alone are read by the UDA methods), `Dev`
+/// (labelled, for choosing hyperparameters) and `Test` (labelled, reported).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
     Val,
+    Dev,
+    Test,
 }
 
 /// One generated image and its label map.
@@ -172,7 +186,8 @@ pub struct Sample {
 /// The ChaCha8 seed of one sample:
 /// `m(m(m(m(seed) ^ domain) ^ split) ^ index)` with `m` = [SplitMix64's
 /// finaliser](https://prng.di.unimi.it/splitmix64.c), domain 1 = source,
-/// 2 = target, split 1 = train, 2 = val. Chained mixing makes neighbouring
+/// 2 = target (3 is the pretraining set's, [`pretrain_seed`]), split 1 =
+/// train, 2 = val, 3 = dev, 4 = test. Chained mixing makes neighbouring
 /// indices, seeds, domains and splits give unrelated generators.
 pub fn sample_seed(seed: u64, domain: Domain, split: Split, index: usize) -> u64 {
     let domain_tag = match domain {
@@ -182,10 +197,24 @@ pub fn sample_seed(seed: u64, domain: Domain, split: Split, index: usize) -> u64
     let split_tag = match split {
         Split::Train => 1,
         Split::Val => 2,
+        Split::Dev => 3,
+        Split::Test => 4,
     };
     let h = noise::mix64(seed);
     let h = noise::mix64(h ^ domain_tag);
     let h = noise::mix64(h ^ split_tag);
+    noise::mix64(h ^ index as u64)
+}
+
+/// The ChaCha8 seed of sample `index` of the pretraining set
+/// (`pretrain = true`: the images the encoder is trained on; `false`: its
+/// held-out check set): `m(m(m(m(seed) ^ 3) ^ part) ^ index)`, part 1 or 2.
+/// Domain tag 3 belongs to no benchmark domain, so no image of the
+/// benchmark's splits is drawn again.
+pub fn pretrain_seed(seed: u64, pretrain: bool, index: usize) -> u64 {
+    let h = noise::mix64(seed);
+    let h = noise::mix64(h ^ 3);
+    let h = noise::mix64(h ^ if pretrain { 1 } else { 2 });
     noise::mix64(h ^ index as u64)
 }
 
@@ -200,7 +229,19 @@ pub fn generate(
     split: Split,
     index: usize,
 ) -> Sample {
-    let (height, width) = (cfg.height, cfg.width);
+    let style = cfg.style(domain);
+    let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(seed, domain, split, index));
+    generate_styled(cfg.height, cfg.width, &style, &mut rng)
+}
+
+/// One scene of `height × width` drawn in `style` from `rng` (the body of
+/// [`generate`]; the pretraining set draws its own styles).
+pub fn generate_styled(
+    height: usize,
+    width: usize,
+    style: &DomainStyle,
+    rng: &mut ChaCha8Rng,
+) -> Sample {
     if height == 0 || width == 0 {
         return Sample {
             image: Vec::new(),
@@ -209,11 +250,9 @@ pub fn generate(
             width,
         };
     }
-    let style = cfg.style(domain);
-    let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(seed, domain, split, index));
-    let mut canvas = scene::compose(width, height, &style, &mut rng);
-    let image = look::develop(&mut canvas, &style, &mut rng);
-    let salt = rand::Rng::gen::<u64>(&mut rng);
+    let mut canvas = scene::compose(width, height, style, rng);
+    let image = look::develop(&mut canvas, style, rng);
+    let salt = rand::Rng::gen::<u64>(rng);
     look::ignore_boundaries(
         &mut canvas.label,
         width,

@@ -8,10 +8,13 @@
 //!   `~/.cache/huggingface/hub`, the layout `models--org--name/snapshots/<commit>/file`
 //!   with `refs/<revision>` holding the commit) and downloaded through `hf-hub`
 //!   only when absent and `HF_HUB_OFFLINE` is not set;
+//! - `builtin:NAME`: weights shipped inside the binary ([`BUILTIN_WEIGHTS`]);
+//! - `none`: no weights (the network keeps its seeded initialisation);
 //! - anything else: a local `.safetensors` file.
 //!
-//! Only safetensors are read. PyTorch pickles (`.pth`, `.bin`) are refused with
-//! the one-line conversion command ([`PTH_CONVERSION`]).
+//! Only safetensors are read, recognised by their structure (an 8-byte header
+//! length and a JSON header of that length). PyTorch pickles (`.pth`, `.bin`)
+//! are refused with the one-line conversion command ([`PTH_CONVERSION`]).
 //!
 //! Name mapping ([`map_checkpoint`]): the model's names are the published
 //! Hugging Face layout for MiT / SegFormer and the mmseg layout for the DAFormer
@@ -38,7 +41,6 @@
 //! PyTorch) are cast to the model's dtype.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{bail, DType, Device, Result, Tensor};
@@ -60,11 +62,35 @@ pub enum WeightSource {
     },
     /// A local safetensors file.
     File(PathBuf),
+    /// Weights shipped inside the binary: a name of [`BUILTIN_WEIGHTS`].
+    Builtin(&'static str),
 }
 
+/// Weights shipped inside the binary, by `builtin:` name: the encoder that
+/// `omuda pretrain` trains on the built-in pretraining set, which every
+/// `synth-*` preset starts from (`assets/pretrained/`, docs/datasets.md).
+pub const BUILTIN_WEIGHTS: &[(&str, &[u8])] = &[(
+    "mit_tiny_synth",
+    include_bytes!("../../../assets/pretrained/mit_tiny_synth.safetensors"),
+)];
+
 impl WeightSource {
-    /// `hf:org/name[/file][@revision]` or a path.
+    /// `hf:org/name[/file][@revision]`, `builtin:NAME` or a path. (`none`
+    /// is handled by the callers: it is no source.)
     pub fn parse(spec: &str) -> Result<Self> {
+        if let Some(name) = spec.strip_prefix("builtin:") {
+            return match BUILTIN_WEIGHTS.iter().find(|(n, _)| *n == name) {
+                Some((n, _)) => Ok(WeightSource::Builtin(n)),
+                None => bail!(
+                    "weights {spec:?}: no built-in weights of that name (built in: {})",
+                    BUILTIN_WEIGHTS
+                        .iter()
+                        .map(|(n, _)| format!("builtin:{n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+        }
         let Some(rest) = spec.strip_prefix("hf:") else {
             if spec.is_empty() {
                 bail!("weights: empty path");
@@ -92,15 +118,34 @@ impl WeightSource {
         })
     }
 
-    /// The local file: the path itself, or the hub file (cache first, then download).
+    /// The local file: the path itself, or the hub file (cache first, then
+    /// download). Built-in weights have none: use [`WeightSource::read`].
     pub fn resolve(&self) -> Result<PathBuf> {
         match self {
             WeightSource::File(p) => Ok(p.clone()),
+            WeightSource::Builtin(n) => {
+                bail!("weights builtin:{n} are inside the binary, not a file")
+            }
             WeightSource::Hub {
                 repo,
                 file,
                 revision,
             } => resolve_hub_file(&hub_cache_dir(), repo, file, revision, hub_offline()),
+        }
+    }
+
+    /// The tensors of the source, sorted by name ([`read_safetensors`]).
+    pub fn read(&self) -> Result<Vec<(String, Tensor)>> {
+        match self {
+            WeightSource::Builtin(n) => {
+                let bytes = BUILTIN_WEIGHTS
+                    .iter()
+                    .find(|(m, _)| m == n)
+                    .map(|(_, b)| *b)
+                    .unwrap_or_default();
+                safetensors_from_bytes(bytes, &format!("builtin:{n}"))
+            }
+            _ => read_safetensors(&self.resolve()?),
         }
     }
 }
@@ -109,6 +154,7 @@ impl std::fmt::Display for WeightSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WeightSource::File(p) => write!(f, "{}", p.display()),
+            WeightSource::Builtin(n) => write!(f, "builtin:{n}"),
             WeightSource::Hub {
                 repo,
                 file,
@@ -188,22 +234,65 @@ pub fn resolve_hub_file(
 /// All tensors of a safetensors file, sorted by name. PyTorch pickles are
 /// refused with the conversion command.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let mut head = [0u8; 9];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
+    let bytes = std::fs::read(path)
         .map_err(|e| candle_core::Error::Msg(format!("weights {}: {e}", path.display())))?;
-    let pickle = (n >= 4 && &head[..4] == b"PK\x03\x04") || (n >= 1 && head[0] == 0x80);
-    if pickle {
-        bail!(
-            "weights {}: a PyTorch pickle checkpoint; only safetensors are read. Convert it with:\n  {PTH_CONVERSION}",
-            path.display()
-        );
+    safetensors_from_bytes(&bytes, &path.display().to_string())
+}
+
+/// What a file's first bytes say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsFormat {
+    /// An 8-byte little-endian header length `n`, then `n` bytes of a JSON object.
+    Safetensors,
+    /// A PyTorch checkpoint: a zip archive (`torch.save` since 1.6) or a
+    /// pickle (protocol marker 0x80 followed by the protocol 2–5).
+    PyTorch,
+    Unknown,
+}
+
+/// The format of `bytes`, by structure: the safetensors header is checked
+/// first (its first byte is the low byte of the header length and can be
+/// anything, 0x80 included), the PyTorch signatures only when it fails.
+pub fn detect_format(bytes: &[u8]) -> WeightsFormat {
+    if bytes.len() >= 8 {
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[..8]);
+        let n = u64::from_le_bytes(len);
+        let header = usize::try_from(n)
+            .ok()
+            .and_then(|n| bytes.get(8..8usize.checked_add(n)?));
+        if let Some(h) = header {
+            if matches!(
+                serde_json::from_slice::<serde_json::Value>(h),
+                Ok(serde_json::Value::Object(_))
+            ) {
+                return WeightsFormat::Safetensors;
+            }
+        }
     }
-    if n < 9 || head[8] != b'{' {
-        bail!("weights {}: not a safetensors file", path.display());
+    let zip = bytes.starts_with(b"PK\x03\x04");
+    let pickle = bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]);
+    if zip || pickle {
+        WeightsFormat::PyTorch
+    } else {
+        WeightsFormat::Unknown
     }
-    let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
-        .map_err(|e| candle_core::Error::Msg(format!("weights {}: {e}", path.display())))?;
+}
+
+/// The tensors of a safetensors file's bytes, sorted by name; `what` names
+/// the file in errors.
+pub fn safetensors_from_bytes(bytes: &[u8], what: &str) -> Result<Vec<(String, Tensor)>> {
+    match detect_format(bytes) {
+        WeightsFormat::Safetensors => {}
+        WeightsFormat::PyTorch => bail!(
+            "weights {what}: a PyTorch pickle checkpoint; only safetensors are read. Convert it with:\n  {PTH_CONVERSION}"
+        ),
+        WeightsFormat::Unknown => bail!(
+            "weights {what}: not a safetensors file (expected an 8-byte header length followed by a JSON header)"
+        ),
+    }
+    let map = candle_core::safetensors::load_buffer(bytes, &candle_core::Device::Cpu)
+        .map_err(|e| candle_core::Error::Msg(format!("weights {what}: {e}")))?;
     let mut v: Vec<(String, Tensor)> = map.into_iter().collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(v)
@@ -684,12 +773,10 @@ pub fn build_initial(
 /// Loads `cfg.weights` (if any) into the model variables `vars` with
 /// `cfg.strict`. Returns the report, `None` when no weights are configured.
 pub fn apply_model_weights(cfg: &ModelConfig, vars: &VarMap) -> Result<Option<LoadReport>> {
-    let Some(spec) = cfg.weights.as_deref() else {
+    let Some(spec) = cfg.weights.as_deref().filter(|s| *s != "none") else {
         return Ok(None);
     };
-    let src = WeightSource::parse(spec)?;
-    let path = src.resolve()?;
-    let tensors = read_safetensors(&path)?;
+    let tensors = WeightSource::parse(spec)?.read()?;
     load_into(vars, tensors, spec, &cfg.name, cfg.strict).map(Some)
 }
 

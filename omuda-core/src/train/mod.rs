@@ -12,6 +12,7 @@ pub mod multires;
 pub mod objective;
 pub mod optimizer;
 pub mod plugin;
+pub mod pretrain;
 pub mod rng_state;
 pub mod schedule;
 pub mod step;

@@ -111,25 +111,30 @@ fn sign(look: &Look, rng: &mut ChaCha8Rng) -> Sign {
 }
 
 /// Paints a pole standing at `(t, u)` with whatever it carries.
-pub fn pole(c: &mut Canvas, geo: &Geometry, t: f32, u: f32, scale: f32, p: &Pole) {
+/// A pole of height `p.height` at `(t, u)`. Its shaft width, lights and signs
+/// are drawn at a scale of at least `floor` × the image height pixels per
+/// camera height (`DomainStyle::furniture_floor`).
+#[allow(clippy::too_many_arguments)]
+pub fn pole(c: &mut Canvas, geo: &Geometry, t: f32, u: f32, scale: f32, floor: f32, p: &Pole) {
     let s = geo.ppu(t) * scale;
+    let ss = s.max(floor * geo.height);
     let (cx, foot) = (geo.col(t, u), geo.row(t));
     let top = foot - p.height * s;
-    c.thin_rect(cx, top, 0.035 * s, foot, p.shaft);
+    c.thin_rect(cx, top, 0.035 * ss, foot, p.shaft);
     if let Some(reach) = p.arm {
         let end = cx + p.inward * reach * s;
         c.segment(cx, top + 0.05 * s, end, top + 0.05 * s, 0.025 * s, p.shaft);
         match &p.light {
-            Some(light) if light.on_arm => traffic_light_box(c, end, top + 0.1 * s, s, light),
+            Some(light) if light.on_arm => traffic_light_box(c, end, top + 0.1 * s, ss, light),
             _ => c.ellipse(end, top + 0.1 * s, 0.12 * s, 0.05 * s, p.shaft.shaded(0.8)),
         }
     }
     if let Some(light) = p.light.as_ref().filter(|l| !l.on_arm) {
-        traffic_light_box(c, cx, top + 0.8 * s, s, light);
+        traffic_light_box(c, cx, top + 0.8 * s, ss, light);
     }
     if let Some(sign) = &p.sign {
         let cy = foot - sign.height.min(p.height - 0.5) * s;
-        sign_face(c, cx + p.inward * 0.05 * s, cy, sign.size * s, sign);
+        sign_face(c, cx + p.inward * 0.05 * s, cy, sign.size * ss, sign);
     }
 }
 

@@ -41,6 +41,19 @@ macro_rules! domain_style {
                 }
             }
 
+            /// Domain randomisation, for the pretraining set: every appearance
+            /// knob and the furniture floor uniform over the whole valid range,
+            /// every other layout and
+            /// traffic knob uniform over half the smaller to 1.5 times the
+            /// larger of its two domain defaults (clamped to its range), so a
+            /// scene is neither source- nor target-styled but stays a street.
+            /// Knobs are drawn in declaration order.
+            pub fn randomized<R: rand::Rng>(rng: &mut R) -> Self {
+                DomainStyle {
+                    $( $name: randomized_knob(stringify!($name), $game, $camera, ($lo, $hi), rng), )*
+                }
+            }
+
             /// Name, value and valid range of every knob, in declaration order.
             pub fn knobs(&self) -> Vec<(&'static str, f32, (f32, f32))> {
                 vec![ $( (stringify!($name), self.$name, ($lo, $hi)), )* ]
@@ -113,6 +126,11 @@ domain_style! {
     clutter: game = 0.5, camera = 1.0, range = 0.0, 20.0;
     /// Size multiplier of all objects.
     object_scale: game = 1.15, camera = 0.85, range = 0.2, 3.0;
+    /// Smallest scale of the street furniture (traffic lights, traffic signs
+    /// and pole shafts), in pixels per camera height as a fraction of the
+    /// image height: far furniture is drawn at least this large, near
+    /// furniture keeps its perspective size (0: pure perspective).
+    furniture_floor: game = 0.0, camera = 0.0, range = 0.0, 0.5;
     /// Exponent of the object depth distribution: above 1 pushes objects
     /// towards the horizon (smaller), below 1 towards the camera.
     depth_bias: game = 0.7, camera = 1.5, range = 0.2, 5.0;
@@ -149,6 +167,52 @@ domain_style! {
     boundary_ignore: game = 0.0, camera = 0.12, range = 0.0, 1.0;
     /// Probability that the ego vehicle's hood is in view (labelled ignore).
     ego_hood: game = 0.0, camera = 1.0, range = 0.0, 1.0;
+}
+
+/// The knobs [`DomainStyle::randomized`] draws over their whole range: how a
+/// scene is coloured, lit and photographed, and the smallest drawing size of
+/// the street furniture.
+const WHOLE_RANGE_KNOBS: [&str; 16] = [
+    "furniture_floor",
+    "hue_shift",
+    "saturation",
+    "value",
+    "colour_variation",
+    "texture",
+    "brightness",
+    "brightness_jitter",
+    "colour_cast",
+    "contrast",
+    "side_shadow",
+    "weather",
+    "vignette",
+    "blur",
+    "noise",
+    "ego_hood",
+];
+
+/// One knob of [`DomainStyle::randomized`]. Boundary-ignore pixels are an
+/// annotation habit of the target, not an appearance: the pretraining set
+/// has none.
+fn randomized_knob<R: rand::Rng>(
+    name: &str,
+    game: f32,
+    camera: f32,
+    (lo, hi): (f32, f32),
+    rng: &mut R,
+) -> f32 {
+    let (a, b) = if name == "boundary_ignore" {
+        (0.0, 0.0)
+    } else if WHOLE_RANGE_KNOBS.contains(&name) {
+        (lo, hi)
+    } else {
+        (
+            (0.5 * game.min(camera)).clamp(lo, hi),
+            (1.5 * game.max(camera)).clamp(lo, hi),
+        )
+    };
+    let u: f32 = rng.gen();
+    (a + (b - a) * u).clamp(lo, hi)
 }
 
 impl DomainStyle {
@@ -189,5 +253,31 @@ mod tests {
         assert_eq!(g.lerp(&c, 0.0), g);
         assert_eq!(g.lerp(&c, 1.0), c);
         assert_eq!(g.lerp(&c, 10.0).check(), Ok(()));
+    }
+
+    #[test]
+    fn randomized_styles_are_valid_varied_and_seeded() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let styles: Vec<DomainStyle> = (0..200)
+            .map(|_| DomainStyle::randomized(&mut rng))
+            .collect();
+        for s in &styles {
+            assert_eq!(s.check(), Ok(()));
+            assert_eq!(s.boundary_ignore, 0.0);
+        }
+        // Appearance knobs cover most of their range; layout knobs stay near the domains'.
+        let hue: Vec<f32> = styles.iter().map(|s| s.hue_shift).collect();
+        assert!(hue.iter().cloned().fold(f32::MAX, f32::min) < -150.0);
+        assert!(hue.iter().cloned().fold(f32::MIN, f32::max) > 150.0);
+        assert!(styles.iter().all(|s| s.cars >= 1.5 && s.cars <= 7.5));
+        for name in WHOLE_RANGE_KNOBS {
+            assert!(
+                DomainStyle::game().knobs().iter().any(|k| k.0 == name),
+                "{name} is not a knob"
+            );
+        }
+        let mut again = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        assert_eq!(DomainStyle::randomized(&mut again), styles[0]);
     }
 }

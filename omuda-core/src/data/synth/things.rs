@@ -66,11 +66,12 @@ pub fn paint_all(
     things.sort_by(|a, b| a.t.total_cmp(&b.t));
     let scale = style.object_scale;
     for thing in &things {
-        paint(canvas, geo, thing, scale);
+        paint(canvas, geo, thing, scale, style.furniture_floor);
     }
 }
 
-fn paint(canvas: &mut Canvas, geo: &Geometry, thing: &Thing, scale: f32) {
+/// Paints one thing; `floor` is `DomainStyle::furniture_floor`.
+fn paint(canvas: &mut Canvas, geo: &Geometry, thing: &Thing, scale: f32, floor: f32) {
     let (t, u) = (thing.t, thing.u);
     let s = geo.ppu(t) * scale;
     let (cx, foot) = (geo.col(t, u), geo.row(t));
@@ -80,7 +81,7 @@ fn paint(canvas: &mut Canvas, geo: &Geometry, thing: &Thing, scale: f32) {
         Kind::TwoWheeler { rider, rig } => {
             people::two_wheeler(canvas, cx, foot, s, rider.as_ref(), rig)
         }
-        Kind::Pole(p) => street::pole(canvas, geo, t, u, scale, p),
+        Kind::Pole(p) => street::pole(canvas, geo, t, u, scale, floor, p),
         Kind::Tree(tree) => street::tree(canvas, cx, foot, geo.ppu(t), tree),
         Kind::Clutter {
             paint,
