@@ -1,7 +1,9 @@
 //! omuda: unsupervised domain adaptation for semantic segmentation, on Candle.
 //!
 //! This crate re-exports the workspace: [`core`] (ops, networks, data,
-//! training, evaluation, config) and [`baselines`] (source-only, DACS).
+//! training, evaluation, config), [`baselines`] (source-only, DACS,
+//! DAFormer, HRDA and MIC on one shared step) and [`plugins`] (the OMUDA
+//! masking plugins CAM, FDM and CDM).
 
 pub mod plot;
 pub mod presets;

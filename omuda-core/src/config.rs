@@ -326,49 +326,70 @@ impl RunConfig {
 
     /// Checks serde cannot express; each error names the key.
     pub fn validate(&self, origin: &str) -> Result<()> {
-        let err = |message: String| {
-            Err(Error::Config {
-                origin: origin.into(),
-                message,
-            })
-        };
+        let problems = self.problems();
+        crate::device::DeviceSpec::parse(&self.device, &format!("{origin}: device"))?;
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config {
+            origin: origin.into(),
+            message: if problems.len() == 1 {
+                problems[0].clone()
+            } else {
+                format!("{} problems:\n  {}", problems.len(), problems.join("\n  "))
+            },
+        })
+    }
+
+    /// Every problem of the configuration, each naming its key, the value
+    /// and what is allowed.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
         match self.data.dataset.as_str() {
             "synth" => {
                 if let Some(Err(e)) = self.data.rcs.as_ref().map(|r| r.validate()) {
-                    return err(format!("data.rcs: {e}"));
+                    p.push(format!("data.rcs: {e}"));
+                }
+                if let Err(e) = self.data.synth.validate() {
+                    p.push(format!("data.synth: {e}"));
+                }
+                if self.model.num_classes != crate::data::classes::NUM_CLASSES {
+                    p.push(format!(
+                        "model.num_classes = {}: the synthetic pair has {} classes",
+                        self.model.num_classes,
+                        crate::data::classes::NUM_CLASSES
+                    ));
                 }
             }
             "files" => {
                 if let Err(e) = crate::data::source::validate_files(&self.data) {
-                    return err(e);
+                    p.push(e);
                 }
             }
-            other => {
-                return err(format!(
-                    "data.dataset = {other:?}: expected \"synth\" or \"files\""
-                ))
+            other => p.push(format!(
+                "data.dataset = {other:?}: expected \"synth\" or \"files\""
+            )),
+        }
+        let mut positive = |key: &str, v: usize| {
+            if v == 0 {
+                p.push(format!("{key} = 0: expected at least 1"));
             }
-        }
-        crate::device::DeviceSpec::parse(&self.device, &format!("{origin}: device"))?;
-        if self.train.iters == 0 {
-            return err("train.iters must be at least 1".into());
-        }
+        };
+        positive("train.iters", self.train.iters);
+        positive("train.batch_size", self.train.batch_size);
+        positive(
+            "train.keep_last (the checkpoint a run resumes from)",
+            self.train.keep_last,
+        );
+        positive("eval.batch_size", self.eval.batch_size);
         if !matches!(self.train.nonfinite.as_str(), "stop" | "skip") {
-            return err(format!(
+            p.push(format!(
                 "train.nonfinite = {:?}: expected \"stop\" or \"skip\"",
                 self.train.nonfinite
             ));
         }
-        if self.train.keep_last == 0 {
-            return err(
-                "train.keep_last must be at least 1 (the checkpoint a run resumes from)".into(),
-            );
-        }
-        if self.train.batch_size == 0 {
-            return err("train.batch_size must be at least 1".into());
-        }
         if !matches!(self.eval.mode.as_str(), "whole" | "slide") {
-            return err(format!(
+            p.push(format!(
                 "eval.mode = {:?}: expected \"whole\" or \"slide\"",
                 self.eval.mode
             ));
@@ -376,54 +397,139 @@ impl RunConfig {
         if self.eval.mode == "slide"
             && (self.eval.stride.contains(&0) || self.eval.crop.contains(&0))
         {
-            return err("eval.crop and eval.stride must be positive".into());
-        }
-        if !(0.0..=1.0).contains(&self.uda.ema_alpha) {
-            return err(format!(
-                "uda.ema_alpha = {}: expected a value in [0, 1]",
-                self.uda.ema_alpha
+            p.push(format!(
+                "eval.crop = {:?}, eval.stride = {:?}: sizes must be at least 1",
+                self.eval.crop, self.eval.stride
             ));
         }
-        if let Some(p) = self
+        let s = &self.schedule;
+        check_range(&mut p, "schedule.lr", s.lr, Open(0.0), Unbounded);
+        check_range(&mut p, "schedule.min_lr", s.min_lr, Closed(0.0), Unbounded);
+        check_range(&mut p, "schedule.power", s.power, Closed(0.0), Unbounded);
+        check_range(
+            &mut p,
+            "schedule.warmup_ratio",
+            s.warmup_ratio,
+            Closed(0.0),
+            Closed(1.0),
+        );
+        let o = &self.optimizer;
+        check_range(&mut p, "optimizer.beta1", o.beta1, Closed(0.0), Open(1.0));
+        check_range(&mut p, "optimizer.beta2", o.beta2, Closed(0.0), Open(1.0));
+        check_range(&mut p, "optimizer.eps", o.eps, Open(0.0), Unbounded);
+        check_range(
+            &mut p,
+            "optimizer.weight_decay",
+            o.weight_decay,
+            Closed(0.0),
+            Unbounded,
+        );
+        for r in &o.custom_keys {
+            let key = format!("optimizer.custom_keys[{:?}]", r.key);
+            check_range(
+                &mut p,
+                &format!("{key}.lr_mult"),
+                r.lr_mult,
+                Closed(0.0),
+                Unbounded,
+            );
+            check_range(
+                &mut p,
+                &format!("{key}.decay_mult"),
+                r.decay_mult,
+                Closed(0.0),
+                Unbounded,
+            );
+        }
+        let u = &self.uda;
+        check_range(&mut p, "uda.ema_alpha", u.ema_alpha, Closed(0.0), Open(1.0));
+        check_range(
+            &mut p,
+            "uda.pseudo_threshold",
+            f64::from(u.pseudo_threshold),
+            Closed(0.0),
+            Closed(1.0),
+        );
+        check_range(
+            &mut p,
+            "uda.mix_loss_weight",
+            u.mix_loss_weight,
+            Closed(0.0),
+            Unbounded,
+        );
+        if let Err(e) = u.strong_aug.validate() {
+            p.push(format!("uda.strong_aug: {e}"));
+        }
+        for (key, list) in [("methods", &self.methods), ("plugins", &self.plugins)] {
+            let mut seen = std::collections::HashSet::new();
+            for name in list {
+                if !seen.insert(name) {
+                    p.push(format!("{key} lists {name:?} twice"));
+                }
+            }
+        }
+        if self.methods.is_empty() {
+            p.push("methods is empty: name at least one method".into());
+        }
+        if let Some(name) = self
             .plugins
             .iter()
-            .find(|p| !PLUGIN_NAMES.contains(&p.as_str()))
+            .find(|n| !PLUGIN_NAMES.contains(&n.as_str()))
         {
-            return err(format!(
-                "plugins: unknown plugin {p:?}; available: {}",
+            p.push(format!(
+                "plugins: unknown plugin {name:?}; available: {}",
                 PLUGIN_NAMES.join(", ")
             ));
         }
-        if let Err(e) = self.plugin.validate(self.model.num_classes) {
-            return err(e);
+        for r in [
+            self.plugin.validate(self.model.num_classes),
+            self.fd.validate(self.model.num_classes),
+            self.mic.validate(),
+            self.hrda.validate(),
+        ] {
+            if let Err(e) = r {
+                p.push(e);
+            }
         }
-        if let Err(e) = self
-            .fd
-            .validate(self.model.num_classes)
-            .and_then(|_| self.mic.validate())
-        {
-            return err(e);
-        }
-        if let Err(e) = self.hrda.validate() {
-            return err(e);
-        }
-        if self.methods.is_empty() {
-            return err("methods is empty".into());
-        }
-        if let Err(e) = self.data.synth.validate() {
-            return err(format!("data.synth: {e}"));
-        }
-        if let Err(e) = self.uda.strong_aug.validate() {
-            return err(format!("uda.strong_aug: {e}"));
-        }
-        if self.model.num_classes != crate::data::classes::NUM_CLASSES {
-            return err(format!(
-                "model.num_classes = {}: the synthetic pair has {} classes",
-                self.model.num_classes,
-                crate::data::classes::NUM_CLASSES
-            ));
-        }
-        Ok(())
+        p
+    }
+}
+
+/// One end of an allowed interval.
+#[derive(Clone, Copy)]
+enum Bound {
+    Open(f64),
+    Closed(f64),
+    Unbounded,
+}
+use Bound::{Closed, Open, Unbounded};
+
+/// Pushes a problem when `v` is not finite or lies outside (`lo`, `hi`).
+fn check_range(problems: &mut Vec<String>, key: &str, v: f64, lo: Bound, hi: Bound) {
+    let above = match lo {
+        Open(l) => v > l,
+        Closed(l) => v >= l,
+        Unbounded => true,
+    };
+    let below = match hi {
+        Open(h) => v < h,
+        Closed(h) => v <= h,
+        Unbounded => true,
+    };
+    if !(v.is_finite() && above && below) {
+        let lo = match lo {
+            Open(l) => format!("({l}"),
+            Closed(l) => format!("[{l}"),
+            Unbounded => "(-inf".into(),
+        };
+        let hi = match hi {
+            Open(h) => format!("{h})"),
+            Closed(h) => format!("{h}]"),
+            Unbounded => "inf)".into(),
+        };
+        problems.push(format!(
+            "{key} = {v}: expected a finite value in {lo}, {hi}"
+        ));
     }
 }
 
@@ -442,6 +548,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_number_is_listed_with_key_value_and_range() {
+        let text = "plugins = [\"cam\", \"cam\"]\n\
+                    [schedule]\nlr = -1e-4\n\
+                    [uda]\npseudo_threshold = 2.0\nema_alpha = 1.0\n\
+                    [optimizer]\neps = 0.0\n";
+        let cfg: RunConfig = toml::from_str(text).unwrap();
+        let err = cfg.validate("bad.toml").unwrap_err().to_string();
+        for want in [
+            "bad.toml",
+            "5 problems",
+            "schedule.lr = -0.0001: expected a finite value in (0, inf)",
+            "uda.pseudo_threshold = 2: expected a finite value in [0, 1]",
+            "uda.ema_alpha = 1: expected a finite value in [0, 1)",
+            "optimizer.eps = 0",
+            "plugins lists \"cam\" twice",
+        ] {
+            assert!(err.contains(want), "{want:?} missing in:\n{err}");
+        }
+        for lr in [f64::NAN, f64::INFINITY] {
+            let mut cfg = RunConfig::default();
+            cfg.schedule.lr = lr;
+            let err = cfg.validate("x").unwrap_err().to_string();
+            assert!(
+                err.contains("schedule.lr") && err.contains("finite"),
+                "{err}"
+            );
+        }
+        assert!(RunConfig::default().validate("default").is_ok());
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //!   and mixing, strong augmentation, pseudo-labels.
 //! - [`nn`]: trainable networks (SegFormer and DAFormer on MiT, DeepLabV2 on
 //!   ResNet V1c), their layers, and pretrained-weight loading.
-//! - [`data`]: class tables, the built-in synthetic domain pair, batching.
+//! - [`data`]: class tables, the built-in synthetic domain pair and its
+//!   pretraining set, datasets on disk, pipelines, RCS, batching.
 //! - [`train`]: the `UdaMethod` trait, the shared self-training step and its hook
-//!   points, EMA teacher, AdamW with parameter groups, LR schedules, the trainer loop.
+//!   points, EMA teacher, AdamW with parameter groups, LR schedules, the trainer loop,
+//!   checkpoints, and the encoder pretraining of the built-in benchmark.
 //! - [`eval`]: confusion-matrix mIoU, whole-image and sliding-window inference.
 //! - [`config`]: the TOML run configuration.
 //! - [`device`]: choosing `cpu` / `cuda:N`, with clear errors.

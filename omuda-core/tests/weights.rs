@@ -461,3 +461,66 @@ fn two_file_tensors_for_one_model_tensor_are_reported() {
         .unwrap();
     assert_eq!(value(&vm, "segformer.encoder.layer_norm.0.weight"), first);
 }
+
+#[test]
+fn non_finite_and_integer_parameters_are_named_strict_or_not() {
+    use candle_core::{DType, Tensor};
+    use omuda_core::nn::weights::load_into;
+    let cfg = omuda_core::nn::ModelConfig::default();
+    let vars = candle_nn::VarMap::new();
+    let _m = omuda_core::nn::build_segmentor(
+        &cfg,
+        omuda_core::nn::seeded_var_builder(&vars, 0, DType::F32, &candle_core::Device::Cpu),
+    )
+    .unwrap();
+    let data = vars.data().lock().unwrap();
+    let mut names: Vec<String> = data.keys().cloned().collect();
+    names.sort();
+    let mut tensors: Vec<(String, Tensor)> = names
+        .iter()
+        .map(|n| (n.clone(), data[n].as_tensor().clone()))
+        .collect();
+    drop(data);
+    let q = "segformer.encoder.block.0.0.attention.self.query.weight";
+    let k = "segformer.encoder.block.0.0.attention.self.key.bias";
+    for (n, t) in tensors.iter_mut() {
+        if n == q {
+            let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v[3] = f32::NAN;
+            v[5] = f32::INFINITY;
+            *t = Tensor::from_vec(v, t.dims(), t.device()).unwrap();
+        } else if n == k {
+            *t = t.to_dtype(DType::I64).unwrap();
+        }
+    }
+    let before = vars.data().lock().unwrap()[q]
+        .as_tensor()
+        .to_vec2::<f32>()
+        .unwrap();
+    for strict in [true, false] {
+        let err = load_into(
+            &vars,
+            tensors.clone(),
+            "bad.safetensors",
+            "segformer_tiny",
+            strict,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("bad.safetensors") && err.contains("2 tensor(s)"),
+            "{err}"
+        );
+        assert!(
+            err.contains(q) && err.contains("1 NaN and 1 infinite"),
+            "{err}"
+        );
+        assert!(err.contains(k) && err.contains("I64"), "{err}");
+    }
+    // Nothing was loaded.
+    let after = vars.data().lock().unwrap()[q]
+        .as_tensor()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert_eq!(before, after);
+}

@@ -18,12 +18,13 @@ pub struct WeightsArgs {
 #[derive(clap::Subcommand)]
 pub enum WeightsCommand {
     /// List the tensors of a checkpoint and which ones a model would use.
+    /// Exits non-zero, after listing every problem, when a strict load would fail.
     Inspect(InspectArgs),
 }
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
-    /// A `.safetensors` file or `hf:org/name[/file][@revision]`.
+    /// A `.safetensors` file, `hf:org/name[/file][@revision]` or `builtin:NAME`.
     pub weights: String,
     /// Model to match against (default: `model.name` of --config, else the default model).
     #[arg(long)]
@@ -101,10 +102,20 @@ fn inspect(args: InspectArgs) -> Result<()> {
     println!();
     println!("{}", report.summary());
     if report.problem_count() > 0 {
-        println!(
-            "a strict load (the default) would fail; `model.strict = false` loads the {} that fit",
-            report.loaded.len()
-        );
+        print!("{}", report.problems());
+        let hint = if report.bad_values.is_empty() {
+            format!(
+                "; `model.strict = false` loads the {} that fit",
+                report.loaded.len()
+            )
+        } else {
+            String::new()
+        };
+        return Err(Error::msg(format!(
+            "weights {}: {} problem(s) listed above: a strict load (the default) would fail{hint}",
+            args.weights,
+            report.problem_count()
+        )));
     }
     Ok(())
 }

@@ -20,12 +20,38 @@ pub fn png_size(path: &Path) -> Result<(usize, usize)> {
     Ok((info.width as usize, info.height as usize))
 }
 
+/// Images with a side above this many pixels are refused before any pixel
+/// buffer is allocated (a corrupt or hostile header can claim any size).
+pub const DEFAULT_MAX_SIDE: usize = 16384;
+
+/// The side limit: `OMUDA_MAX_IMAGE_SIDE` when set to a positive number,
+/// else [`DEFAULT_MAX_SIDE`].
+pub fn max_side() -> usize {
+    std::env::var("OMUDA_MAX_IMAGE_SIDE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(DEFAULT_MAX_SIDE)
+}
+
 fn open(path: &Path, t: Transformations) -> Result<png::Reader<BufReader<File>>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut dec = Decoder::new(BufReader::with_capacity(1 << 16, file));
     dec.set_transformations(t);
     dec.set_ignore_text_chunk(true);
-    dec.read_info().map_err(|e| decode_error(path, e))
+    let reader = dec.read_info().map_err(|e| decode_error(path, e))?;
+    let (w, h) = (reader.info().width as usize, reader.info().height as usize);
+    let limit = max_side();
+    if w > limit || h > limit {
+        return Err(Error::file(
+            path,
+            format!(
+                "the PNG header says {w}×{h} pixels; images above {limit} pixels per side are \
+                 refused (set OMUDA_MAX_IMAGE_SIDE to raise the limit)"
+            ),
+        ));
+    }
+    Ok(reader)
 }
 
 fn decode_error(path: &Path, e: png::DecodingError) -> Error {

@@ -37,8 +37,10 @@
 //! Loading ([`plan_load`], [`load_into`]): every model tensor must come from the
 //! file, with its shape, and every file tensor must be used; a checkpoint with no
 //! `decode_head.*` tensor is a backbone checkpoint and leaves the head at its
-//! initialisation. Integer tensors (BatchNorm `num_batches_tracked`, int64 in
-//! PyTorch) are cast to the model's dtype.
+//! initialisation. Integer tensors are accepted for buffers alone (BatchNorm
+//! `num_batches_tracked`, int64 in PyTorch) and cast to the model's dtype; an
+//! integer or boolean tensor for a float parameter, and any non-finite value,
+//! is an error naming the file and the tensor, strict or not.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -564,17 +566,24 @@ pub struct LoadReport {
     pub ignored: Ignored,
     /// Decode-head tensors kept at their initial values (backbone checkpoint).
     pub head_kept: Vec<String>,
+    /// File tensors whose values cannot be parameters: (file name, what is
+    /// wrong): non-finite values, or an integer or boolean tensor where the
+    /// model has a float parameter. Always an error, strict or not.
+    pub bad_values: Vec<(String, String)>,
 }
 
 impl LoadReport {
-    /// Number of missing, unexpected and shape-mismatched tensors.
+    /// Number of missing, unexpected, shape-mismatched and bad-valued tensors.
     pub fn problem_count(&self) -> usize {
-        self.missing.len() + self.unexpected.len() + self.mismatched.len()
+        self.missing.len() + self.unexpected.len() + self.mismatched.len() + self.bad_values.len()
     }
 
     /// One line per problem.
     pub fn problems(&self) -> String {
         let mut s = String::new();
+        for (n, why) in &self.bad_values {
+            s.push_str(&format!("  values      {n}: {why}\n"));
+        }
         for (n, shape) in &self.missing {
             s.push_str(&format!(
                 "  missing     {n} (model shape {shape:?}): not in the file\n"
@@ -667,6 +676,9 @@ pub fn plan_load(
             Some(_) => {
                 taken.insert(&m.target, &m.source);
                 report.loaded.push((m.target.clone(), m.source.clone()));
+                if let Some(why) = bad_values(&m.target, &m.tensor) {
+                    report.bad_values.push((m.source.clone(), why));
+                }
             }
         }
     }
@@ -681,6 +693,35 @@ pub fn plan_load(
         }
     }
     report
+}
+
+/// Why `t` cannot be the value of model tensor `target`, if it cannot: an
+/// integer or boolean tensor for a float parameter (buffers such as
+/// `num_batches_tracked` may be integers), or non-finite values.
+fn bad_values(target: &str, t: &Tensor) -> Option<String> {
+    if !t.dtype().is_float() {
+        return (!super::is_buffer(target)).then(|| {
+            format!(
+                "a {:?} tensor where the model has a float parameter",
+                t.dtype()
+            )
+        });
+    }
+    let values = match t
+        .to_dtype(DType::F32)
+        .and_then(|v| v.flatten_all()?.to_vec1::<f32>())
+    {
+        Ok(v) => v,
+        Err(e) => return Some(format!("cannot be read as f32: {e}")),
+    };
+    let nan = values.iter().filter(|v| v.is_nan()).count();
+    let inf = values.iter().filter(|v| v.is_infinite()).count();
+    (nan + inf > 0).then(|| {
+        format!(
+            "{nan} NaN and {inf} infinite value(s) among {}",
+            values.len()
+        )
+    })
 }
 
 /// Name → shape of every tensor of `vars`.
@@ -718,6 +759,17 @@ pub fn load_into(
 ) -> Result<LoadReport> {
     let (mapped, ignored) = map_checkpoint(tensors)?;
     let report = plan_load(source, &var_shapes(vars)?, &mapped, ignored);
+    if !report.bad_values.is_empty() {
+        let list: String = report
+            .bad_values
+            .iter()
+            .map(|(n, why)| format!("\n  {n}: {why}"))
+            .collect();
+        bail!(
+            "weights {source}: {} tensor(s) cannot be loaded into model {what}:{list}",
+            report.bad_values.len()
+        );
+    }
     if strict && report.problem_count() > 0 {
         bail!(
             "weights {source} do not fit model {what}: {} problem(s)\n{}set `model.strict = false` to load the {} tensors that fit and keep the initial values of the others",
