@@ -871,3 +871,40 @@ fn evaluation_at_full_resolution_with_protocol_and_colour() {
         ("mIoU", r.miou)
     );
 }
+
+#[test]
+fn what_stands_where_a_file_or_folder_should_be_is_named() {
+    use omuda_core::data::datasets::what_is_at;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    gta_tree(root, 4);
+    // 1: a directory, 2: a FIFO, 3: a symlink to itself, where labels should be.
+    std::fs::remove_file(root.join("labels/00001.png")).unwrap();
+    std::fs::create_dir(root.join("labels/00001.png")).unwrap();
+    std::fs::remove_file(root.join("labels/00002.png")).unwrap();
+    let fifo = root.join("labels/00002.png");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    let have_fifo = made.map(|s| s.success()).unwrap_or(false);
+    let looped = root.join("labels/00003.png");
+    std::fs::remove_file(&looped).unwrap();
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    assert_eq!(what_is_at(&root.join("labels/00001.png")), "is a directory");
+    assert_eq!(what_is_at(&looped), "is a symlink loop");
+    assert_eq!(what_is_at(&root.join("labels/nope.png")), "does not exist");
+    let e = Dataset::open(DatasetKind::Gta, root, "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("labels/00001.png (a directory)"), "{e}");
+    assert!(e.contains("labels/00003.png (a symlink loop)"), "{e}");
+    if have_fifo {
+        assert_eq!(what_is_at(&fifo), "is a FIFO");
+        assert!(e.contains("labels/00002.png (a FIFO)"), "{e}");
+    }
+    // A dataset root that is a regular file.
+    let file_root = root.join("not_a_dir");
+    std::fs::write(&file_root, b"x").unwrap();
+    let e = Dataset::open(DatasetKind::Gta, &file_root, "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is a regular file"), "{e}");
+}

@@ -106,6 +106,17 @@ impl Dataset {
     /// List `root` as `kind`. `split` selects the Cityscapes split (`train`,
     /// `val`); for a folder dataset `root` is the TOML spec file.
     pub fn scan(kind: DatasetKind, root: &Path, split: &str) -> Result<Scan> {
+        // A folder dataset's root is its spec file; every other root is a directory.
+        if kind != DatasetKind::Folder && !root.is_dir() {
+            return Err(Error::file(
+                root,
+                format!(
+                    "the {} dataset root should be a directory, but it {}",
+                    kind.name(),
+                    what_is_at(root)
+                ),
+            ));
+        }
         match kind {
             DatasetKind::Gta => scan_gta(root),
             DatasetKind::Synthia => scan_synthia(root),
@@ -219,10 +230,63 @@ fn cityscapes_classes() -> (Vec<String>, Vec<[u8; 3]>) {
     )
 }
 
+/// What stands at `path`, for error messages about a file or folder that is
+/// not what was expected: "does not exist", "is a directory", "is a FIFO",
+/// "is a symlink loop", "is a broken symlink", "is a regular file", ….
+pub fn what_is_at(path: &Path) -> &'static str {
+    #[cfg(unix)]
+    use std::os::unix::fs::FileTypeExt;
+    let link = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(_) => return "does not exist",
+    };
+    let meta = if link.file_type().is_symlink() {
+        match std::fs::metadata(path) {
+            Ok(m) => m,
+            // ELOOP: the link resolves to itself.
+            Err(e) if e.raw_os_error() == Some(40) => return "is a symlink loop",
+            Err(_) => return "is a broken symlink",
+        }
+    } else {
+        link
+    };
+    let t = meta.file_type();
+    if t.is_dir() {
+        return "is a directory";
+    }
+    if t.is_file() {
+        return "is a regular file";
+    }
+    #[cfg(unix)]
+    {
+        if t.is_fifo() {
+            return "is a FIFO";
+        }
+        if t.is_socket() {
+            return "is a socket";
+        }
+        if t.is_block_device() || t.is_char_device() {
+            return "is a device";
+        }
+    }
+    "is not a regular file"
+}
+
+/// `path`, and what stands there when it is not a regular file.
+fn path_and_kind(path: &Path) -> String {
+    match what_is_at(path) {
+        "is a regular file" => path.display().to_string(),
+        kind => format!("{} ({})", path.display(), kind.trim_start_matches("is ")),
+    }
+}
+
 /// PNG files directly in `dir` (sorted) whose names satisfy `keep`.
 fn list_pngs(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, PathBuf)>> {
     if !dir.is_dir() {
-        return Err(Error::file(dir, "directory does not exist"));
+        return Err(Error::file(
+            dir,
+            format!("expected a directory, but it {}", what_is_at(dir)),
+        ));
     }
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut out = Vec::new();
@@ -315,8 +379,8 @@ fn scan_image_label_dirs(
                 image.clone(),
                 format!(
                     "missing label: neither {} nor {}",
-                    orig.display(),
-                    conv.display()
+                    path_and_kind(&orig),
+                    path_and_kind(&conv)
                 ),
             ));
             continue;
@@ -349,7 +413,10 @@ fn scan_cityscapes(root: &Path, split: &str) -> Result<Scan> {
     if !img_dir.is_dir() {
         return Err(Error::file(
             &img_dir,
-            "directory does not exist (expected leftImg8bit/<split>/<city>/)",
+            format!(
+                "expected a directory (leftImg8bit/<split>/<city>/), but it {}",
+                what_is_at(&img_dir)
+            ),
         ));
     }
     let raw = Arc::new(LabelCodec {
@@ -393,8 +460,8 @@ fn scan_cityscapes(root: &Path, split: &str) -> Result<Scan> {
                         image.clone(),
                         format!(
                             "missing label: neither {} nor {}",
-                            conv.display(),
-                            orig.display()
+                            path_and_kind(&conv),
+                            path_and_kind(&orig)
                         ),
                     ));
                     continue;
