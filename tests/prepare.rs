@@ -222,6 +222,43 @@ prefetch = 2
     )
     .unwrap();
     assert_eq!(metrics["target_test"]["num_images"].as_u64(), Some(2));
+    // A truncated val image stops the run before its first iteration, and
+    // nothing is written.
+    let city = std::fs::read_dir(cs.join("leftImg8bit/val"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut val_images: Vec<_> = std::fs::read_dir(&city)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    val_images.sort();
+    let bytes = std::fs::read(&val_images[0]).unwrap();
+    std::fs::write(&val_images[0], &bytes[..bytes.len() - 30]).unwrap();
+    let out2 = d.join("run2");
+    let res = omuda()
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--method",
+            "dacs",
+            "--out",
+            out2.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    let name = val_images[0].file_name().unwrap().to_str().unwrap();
+    assert!(!res.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("data.val (checked before training)") && stderr.contains(name),
+        "{stderr}"
+    );
+    assert!(!out2.exists(), "a run that fails its checks writes nothing");
+    std::fs::write(&val_images[0], &bytes).unwrap();
     // A files config without [data.val] names the missing key.
     std::fs::write(
         &cfg,

@@ -143,9 +143,25 @@ struct Outcome {
     checkpoint: PathBuf,
 }
 
+/// What can fail before training, checked before anything is written: every
+/// method builds with its plugins (weights loaded and checked), its training
+/// data opens, and every evaluation frame on disk decodes.
+fn preflight(cfg: &RunConfig, device: &Device) -> Result<()> {
+    omuda::core::data::source::check_eval_data(cfg)?;
+    for name in &cfg.methods {
+        let method = omuda::attach_plugins(build_method(name, cfg, device)?, cfg)?;
+        drop(method);
+        omuda::core::data::source::build_batch_source(cfg, name, device)?;
+    }
+    Ok(())
+}
+
 /// Train every method of `cfg` into `cfg.out`; print the summary table.
 fn run_all(cfg: &RunConfig, resume: bool) -> Result<Vec<Outcome>> {
     let device = cfg.open_device()?;
+    if !resume {
+        preflight(cfg, &device)?;
+    }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     if !resume {
         write_atomic(&cfg.out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
@@ -176,6 +192,9 @@ fn run_all(cfg: &RunConfig, resume: bool) -> Result<Vec<Outcome>> {
 /// Train every method once per seed into `<out>/seed_<s>/`; write
 /// `<out>/summary.json` with mean ± std of target mIoU and the median seed.
 fn run_seeds(cfg: &RunConfig, seeds: &[u64], resume: bool) -> Result<()> {
+    if !resume {
+        preflight(cfg, &cfg.open_device()?)?;
+    }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     if !resume {
         write_atomic(&cfg.out.join("config.toml"), cfg.to_toml()?.as_bytes())?;

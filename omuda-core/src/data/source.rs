@@ -343,6 +343,44 @@ pub fn evaluate_target(
     )
 }
 
+/// Decodes every frame of the run's labelled target splits on disk
+/// (`[data.val]`, `[data.dev]`), so that a corrupt, truncated or mismatched
+/// evaluation file stops a run before its first iteration rather than at its
+/// final evaluation. Every problem found is listed. Nothing to do for the
+/// built-in pair.
+pub fn check_eval_data(cfg: &RunConfig) -> Result<()> {
+    use rayon::prelude::*;
+    if cfg.data.dataset == "synth" {
+        return Ok(());
+    }
+    for (key, dc) in [("data.val", &cfg.data.val), ("data.dev", &cfg.data.dev)] {
+        let Some(dc) = dc else { continue };
+        let ds = dc
+            .open("val")
+            .map_err(|e| Error::msg(format!("{key}: {e}")))?;
+        let problems: Vec<(PathBuf, String)> = (0..ds.len())
+            .into_par_iter()
+            .filter_map(|i| {
+                ds.load(i).err().map(|e| {
+                    let image = ds
+                        .frames
+                        .get(i)
+                        .map(|f| f.image.clone())
+                        .unwrap_or_default();
+                    (image, e.to_string())
+                })
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(super::datasets::problems_error(
+                &format!("{key} (checked before training)"),
+                &problems,
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The split a run's periodic evaluations and best checkpoint use: dev where
 /// the run has one, else test (datasets on disk without `[data.dev]`).
 pub fn selection_split(cfg: &RunConfig) -> TargetSplit {
