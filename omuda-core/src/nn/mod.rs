@@ -11,6 +11,7 @@
 pub mod autocast;
 pub mod daformer_head;
 pub mod deeplabv2;
+pub mod detached;
 pub mod init;
 pub mod layers;
 pub mod mit;

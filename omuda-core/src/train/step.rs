@@ -132,6 +132,9 @@ pub struct SelfTraining {
     /// Keep the step's intermediate tensors for debug images.
     debug_on: bool,
     debug: Option<StepDebug>,
+    /// The student on detached weights, for [`SelfTraining::predict`]
+    /// (evaluation records no graph), with the iteration it was built at.
+    eval_student: std::sync::Mutex<Option<(usize, std::sync::Arc<dyn SegModel>)>>,
 }
 
 impl SelfTraining {
@@ -176,6 +179,7 @@ impl SelfTraining {
             skipped_steps: 0,
             debug_on: false,
             debug: None,
+            eval_student: std::sync::Mutex::new(None),
         })
     }
 
@@ -563,14 +567,36 @@ impl SelfTraining {
         Ok(StepDebug { tiles })
     }
 
-    /// Logits at the input size with the student in evaluation mode.
+    /// Logits at the input size with the student in evaluation mode, on
+    /// detached weights: the forward records no graph, so its intermediates
+    /// are freed as it goes ([`crate::nn::detached`]).
     pub fn predict(&self, images: &Tensor) -> Result<Tensor> {
         // Evaluation is deterministic: this generator is never drawn from.
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let mut ctx = ForwardCtx::eval(&mut rng);
-        Ok(self
-            .objective
-            .logits(self.student.as_ref(), images, &mut ctx)?)
+        let student = self.eval_student()?;
+        Ok(self.objective.logits(student.as_ref(), images, &mut ctx)?)
+    }
+
+    /// The graph-free student of the current iteration (built once per iteration).
+    fn eval_student(&self) -> Result<std::sync::Arc<dyn SegModel>> {
+        let mut cached = self
+            .eval_student
+            .lock()
+            .map_err(|_| Error::msg("evaluation student lock poisoned"))?;
+        if let Some((iter, model)) = cached.as_ref() {
+            if *iter == self.iter {
+                return Ok(model.clone());
+            }
+        }
+        let model: std::sync::Arc<dyn SegModel> =
+            std::sync::Arc::from(crate::nn::detached::detached_model(
+                &self.spec.model,
+                &self.student_vars,
+                &self.device,
+            )?);
+        *cached = Some((self.iter, model.clone()));
+        Ok(model)
     }
 
     pub fn iteration(&self) -> usize {
@@ -617,6 +643,9 @@ impl SelfTraining {
         let state: StepState =
             serde_json::from_str(&text).map_err(|e| Error::file(&path, e.to_string()))?;
         load_varmap(&self.student_vars, &dir.join("student.safetensors"))?;
+        if let Ok(cached) = self.eval_student.get_mut() {
+            *cached = None;
+        }
         if let Some((_, vars)) = &self.teacher {
             load_varmap(vars, &dir.join("teacher.safetensors"))?;
         }
