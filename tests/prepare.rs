@@ -201,19 +201,21 @@ prefetch = 2
         ),
     )
     .unwrap();
+    let train_dacs = |out: &Path| {
+        omuda()
+            .args([
+                "train",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--method",
+                "dacs",
+            ])
+            .args(["--out", out.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
     let out = d.join("run");
-    let res = omuda()
-        .args([
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--method",
-            "dacs",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let res = train_dacs(&out);
     let stdout = String::from_utf8_lossy(&res.stdout);
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(res.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -238,18 +240,7 @@ prefetch = 2
     let bytes = std::fs::read(&val_images[0]).unwrap();
     std::fs::write(&val_images[0], &bytes[..bytes.len() - 30]).unwrap();
     let out2 = d.join("run2");
-    let res = omuda()
-        .args([
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--method",
-            "dacs",
-            "--out",
-            out2.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let res = train_dacs(&out2);
     let stderr = String::from_utf8_lossy(&res.stderr);
     let name = val_images[0].file_name().unwrap().to_str().unwrap();
     assert!(!res.status.success(), "{stderr}");
