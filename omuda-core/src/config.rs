@@ -283,7 +283,9 @@ pub struct EvalConfig {
     /// `"whole"` or `"slide"`.
     pub mode: String,
     /// Window (h, w) and stride (h, w) of sliding inference.
+    #[serde(deserialize_with = "crate::exact_len::array")]
     pub crop: [usize; 2],
+    #[serde(deserialize_with = "crate::exact_len::array")]
     pub stride: [usize; 2],
     pub batch_size: usize,
 }
@@ -579,6 +581,23 @@ mod tests {
             );
         }
         assert!(RunConfig::default().validate("default").is_ok());
+    }
+
+    #[test]
+    fn a_size_list_of_the_wrong_length_is_an_error() {
+        for text in [
+            "[eval]\ncrop = [64, 64, 3]\n",
+            "[uda]\npseudo_label_crop = [15]\n",
+            "[hrda]\nhr_crop = [8, 8, 8]\n",
+        ] {
+            let err = RunConfig::from_toml_str(text, "t.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("exactly") && err.contains("got"),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod exact_len;
 pub mod io;
 pub mod nn;
 pub mod ops;

@@ -37,10 +37,18 @@ pub struct DatasetConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<String>,
     /// Keep-ratio resize `[w, h]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::exact_len::option_array",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub scale: Option<[usize; 2]>,
     /// Random crop `[h, w]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::exact_len::option_array",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub crop: Option<[usize; 2]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cat_max_ratio: Option<f64>,

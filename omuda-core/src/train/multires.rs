@@ -40,6 +40,7 @@ pub struct HrdaConfig {
     pub context_scale: f64,
     /// Detail (HR) crop (h, w) in pixels of the full-resolution training crop
     /// (512×512 of a 1024² crop); must fit the training crop.
+    #[serde(deserialize_with = "crate::exact_len::array")]
     pub hr_crop: [usize; 2],
     /// Detail-crop offsets are multiples of this (8).
     pub crop_divisible: usize,
@@ -53,13 +54,19 @@ pub struct HrdaConfig {
     /// or on the whole image at once.
     pub hr_slide_inference: bool,
     /// Stride (h, w) of those windows; absent: half of `hr_crop`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::exact_len::option_array",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub hr_slide_stride: Option<[usize; 2]>,
     /// Outer sliding window (h, w) of test-time inference
     /// (`EncoderDecoder.slide_inference`): images larger than it are predicted
     /// window by window (1024×1024).
+    #[serde(deserialize_with = "crate::exact_len::array")]
     pub test_crop: [usize; 2],
     /// Stride (h, w) of the outer sliding window (512×512).
+    #[serde(deserialize_with = "crate::exact_len::array")]
     pub test_stride: [usize; 2],
 }
 

@@ -63,6 +63,7 @@ pub struct UdaConfig {
     /// Zero the pseudo-label weight of the top/bottom rows (DAFormer "croppl
     /// v1": [15, 120]), given for crops `pseudo_label_crop_height` high and
     /// scaled to the batch's crop height.
+    #[serde(default, deserialize_with = "crate::exact_len::option_array")]
     pub pseudo_label_crop: Option<[usize; 2]>,
     /// Crop height at which `pseudo_label_crop` is given (512, DAFormer's crop).
     pub pseudo_label_crop_height: usize,
@@ -73,7 +74,11 @@ pub struct UdaConfig {
     /// it into the pseudo-label weight (`lhoyer/HRDA
     /// mmseg/datasets/cityscapes.py::CityscapesDataset.pre_pipeline` and
     /// `mmseg/models/uda/dacs.py::DACS.filter_valid_pseudo_region`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::exact_len::option_array",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pseudo_margins: Option<[usize; 4]>,
     /// Colour jitter and blur applied to the mixed images.
     pub strong_aug: StrongAugConfig,
