@@ -326,6 +326,18 @@ fn folder_spec_errors_name_the_problem() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("lables"), "{e}");
+    // a class listed twice
+    let spec = folder_spec(
+        d,
+        "name = \"x\"\nimages = \"imgs/*.png\"\nclasses = [\"a\", \"b\", \"a\"]\npalette = [[0, 0, 0], [1, 1, 1], [2, 2, 2]]\n",
+    );
+    let e = Dataset::open(DatasetKind::Folder, &spec, "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("spec.toml") && e.contains("a listed more than once"),
+        "{e}"
+    );
     // palette size
     let spec = folder_spec(
         d,

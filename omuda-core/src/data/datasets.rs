@@ -578,6 +578,18 @@ impl FolderSpec {
                 names.len()
             )));
         }
+        let mut seen = std::collections::HashSet::new();
+        let twice: Vec<&str> = names
+            .iter()
+            .filter(|n| !seen.insert(n.as_str()))
+            .map(|n| n.as_str())
+            .collect();
+        if !twice.is_empty() {
+            return Err(self.err(format!(
+                "classes: {} listed more than once; class names must be unique",
+                twice.join(", ")
+            )));
+        }
         if usize::from(self.ignore_index) < names.len() {
             return Err(self.err(format!(
                 "ignore_index {} is a class index (there are {} classes)",
