@@ -920,3 +920,27 @@ fn what_stands_where_a_file_or_folder_should_be_is_named() {
         .to_string();
     assert!(e.contains("is a regular file"), "{e}");
 }
+
+#[test]
+fn orphan_labels_and_looping_images_are_reported_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    gta_tree(root, 3);
+    // An image without its label stays a "missing label"; a label without its
+    // image is an orphan; a symlink loop among the images is named.
+    std::fs::remove_file(root.join("images/00002.png")).unwrap();
+    let looped = root.join("images/00009.png");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let e = Dataset::open(DatasetKind::Gta, root, "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("labels/00002.png: orphan label: no image") && e.contains("images/00002.png"),
+        "{e}"
+    );
+    assert!(
+        e.contains("images/00009.png: expected a PNG file, but it is a symlink loop"),
+        "{e}"
+    );
+    assert!(e.contains("2 problem(s)"), "{e}");
+}

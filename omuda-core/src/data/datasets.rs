@@ -280,8 +280,14 @@ fn path_and_kind(path: &Path) -> String {
     }
 }
 
-/// PNG files directly in `dir` (sorted) whose names satisfy `keep`.
-fn list_pngs(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, PathBuf)>> {
+/// PNG files directly in `dir` (sorted) whose names satisfy `keep`. A
+/// matching name that is not a readable regular file (a directory, a FIFO,
+/// a symlink loop) is added to `problems`, not skipped without a word.
+fn list_pngs(
+    dir: &Path,
+    keep: impl Fn(&str) -> bool,
+    problems: &mut Vec<(PathBuf, String)>,
+) -> Result<Vec<(String, PathBuf)>> {
     if !dir.is_dir() {
         return Err(Error::file(
             dir,
@@ -295,8 +301,16 @@ fn list_pngs(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, Pat
         let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
             continue;
         };
-        if p.is_file() && name.ends_with(".png") && keep(&name) {
+        if !(name.ends_with(".png") && keep(&name)) {
+            continue;
+        }
+        if p.is_file() {
             out.push((name, p));
+        } else {
+            problems.push((
+                p.clone(),
+                format!("expected a PNG file, but it {}", what_is_at(&p)),
+            ));
         }
     }
     out.sort();
@@ -350,11 +364,34 @@ fn scan_image_label_dirs(
     label_dir: &Path,
     raw: LabelCodec,
 ) -> Result<Scan> {
-    let images = list_pngs(image_dir, |_| true)?;
+    let mut problems = Vec::new();
+    let images = list_pngs(image_dir, |_| true, &mut problems)?;
     let raw = Arc::new(raw);
     let tid = Arc::new(LabelCodec::train_ids(NUM_CLASSES, IGNORE_INDEX));
     let mut frames = Vec::new();
-    let mut problems = Vec::new();
+    // Labels without an image are reported, never left out silently.
+    if label_dir.is_dir() {
+        let stems: std::collections::HashSet<String> = images
+            .iter()
+            .map(|(f, _)| f.trim_end_matches(".png").to_string())
+            .collect();
+        let mut label_problems = Vec::new();
+        for (file, label) in list_pngs(label_dir, |_| true, &mut label_problems)? {
+            let stem = file
+                .trim_end_matches(".png")
+                .trim_end_matches("_labelTrainIds");
+            if !stems.contains(stem) {
+                problems.push((
+                    label,
+                    format!(
+                        "orphan label: no image {}",
+                        image_dir.join(format!("{stem}.png")).display()
+                    ),
+                ));
+            }
+        }
+        problems.extend(label_problems);
+    }
     if images.is_empty() {
         problems.push((image_dir.to_path_buf(), "no PNG images found".to_string()));
     }
@@ -438,7 +475,7 @@ fn scan_cityscapes(root: &Path, split: &str) -> Result<Scan> {
             continue;
         };
         let gt_dir = root.join("gtFine").join(split).join(city_name);
-        for (name, image) in list_pngs(city, |n| n.ends_with("_leftImg8bit.png"))? {
+        for (name, image) in list_pngs(city, |n| n.ends_with("_leftImg8bit.png"), &mut problems)? {
             let base = name.trim_end_matches("_leftImg8bit.png").to_string();
             let label = if labelled {
                 let conv = gt_dir.join(format!("{base}_gtFine_labelTrainIds.png"));
