@@ -35,10 +35,13 @@ row oracle 'methods = ["oracle"]'
 row dacs 'methods = ["dacs"]'
 row dacs_rcs 'methods = ["dacs"]' "$RCS"
 row dacs_fd 'methods = ["daformer"]'
+# The feature-distance weight searched on the dev split (published: 0.005).
+row dacs_fd_lambda_0.02 'methods = ["daformer"]' '[fd]' 'lambda = 0.02'
+row dacs_fd_lambda_0.05 'methods = ["daformer"]' '[fd]' 'lambda = 0.05'
 row daformer 'methods = ["daformer"]' "$PL_CROP" "$RCS"
 row mic_daformer 'methods = ["mic_daformer"]' "$PL_CROP" "$RCS"
 
-ROWS="source_only_scratch source_only dacs dacs_rcs dacs_fd daformer mic_daformer oracle"
+ROWS="source_only_scratch source_only dacs dacs_rcs dacs_fd dacs_fd_lambda_0.02 dacs_fd_lambda_0.05 daformer mic_daformer oracle"
 start=$(date +%s)
 for r in $ROWS; do
   if [ -f "$OUT/$r/summary.json" ]; then echo "calibrate: $r done earlier"; continue; fi
