@@ -243,7 +243,7 @@ pub fn what_is_at(path: &Path) -> &'static str {
     let meta = if link.file_type().is_symlink() {
         match std::fs::metadata(path) {
             Ok(m) => m,
-            // ELOOP: the link resolves to itself.
+            // ELOOP (40 on Linux): the link leads back to itself.
             Err(e) if e.raw_os_error() == Some(40) => return "is a symlink loop",
             Err(_) => return "is a broken symlink",
         }
