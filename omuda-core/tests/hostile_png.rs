@@ -66,3 +66,27 @@ fn oversized_headers_are_refused_before_decoding() {
         "{err}"
     );
 }
+
+#[test]
+fn synthia_labels_must_be_16_bit_with_two_channels() {
+    use omuda_core::data::png_io::{read_synthia_label, write_gray8, write_u16};
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (4, 2);
+    let eight = dir.path().join("eight.png");
+    write_gray8(&eight, w, h, &[3u8; 8]).unwrap();
+    let e = read_synthia_label(&eight).unwrap_err().to_string();
+    assert!(
+        e.contains("eight.png") && e.contains("16-bit") && e.contains("Eight"),
+        "{e}"
+    );
+    let one = dir.path().join("one.png");
+    write_u16(&one, w, h, 1, &[3u16; 8]).unwrap();
+    let e = read_synthia_label(&one).unwrap_err().to_string();
+    assert!(e.contains("one.png") && e.contains("1 channel(s)"), "{e}");
+    let ok = dir.path().join("ok.png");
+    let data: Vec<u16> = (0..8).flat_map(|i| [i as u16, 7, 0]).collect();
+    write_u16(&ok, w, h, 3, &data).unwrap();
+    let (rw, rh, ids) = read_synthia_label(&ok).unwrap();
+    assert_eq!((rw, rh), (w, h));
+    assert_eq!(ids, (0..8).collect::<Vec<u16>>());
+}

@@ -340,7 +340,7 @@ fn scan_gta(root: &Path) -> Result<Scan> {
 /// `GT/LABELS/XXXXXXX.png` (16-bit, class id in the first PNG channel).
 fn scan_synthia(root: &Path) -> Result<Scan> {
     let raw = LabelCodec {
-        storage: LabelStorage::Channel16(0),
+        storage: LabelStorage::Synthia16,
         map: synthia_id_map(),
     };
     scan_image_label_dirs(

@@ -245,6 +245,9 @@ pub enum LabelStorage {
     /// OpenCV returns channels as BGR, so its last channel is the PNG's first
     /// (R), which holds the class id (the second holds the instance id).
     Channel16(usize),
+    /// The SYNTHIA layout ([`png_io::read_synthia_label`]): 16 bits, class id
+    /// in the first of at least two channels; other formats are errors.
+    Synthia16,
 }
 
 /// How to read one kind of label file and turn it into trainIds.
@@ -271,6 +274,10 @@ impl LabelCodec {
             }
             LabelStorage::Channel16(ch) => {
                 let (w, h, ids) = png_io::read_label16(path, ch)?;
+                Ok((w, h, self.map.apply16(path, &ids)?))
+            }
+            LabelStorage::Synthia16 => {
+                let (w, h, ids) = png_io::read_synthia_label(path)?;
                 Ok((w, h, self.map.apply16(path, &ids)?))
             }
         }

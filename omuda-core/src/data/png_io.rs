@@ -151,6 +151,29 @@ pub fn read_label8(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     Ok((w, h, out))
 }
 
+/// A SYNTHIA label: a 16-bit PNG with at least two channels, the class id
+/// in the first and the instance id in the second. Any other format is an
+/// error naming the file and what it is (an 8-bit or one-channel file is a
+/// converted or foreign label, whose values would read as wrong ids).
+pub fn read_synthia_label(path: &Path) -> Result<(usize, usize, Vec<u16>)> {
+    let reader = open(path, Transformations::IDENTITY)?;
+    let (depth, channels) = (reader.info().bit_depth, reader.info().color_type.samples());
+    if depth != BitDepth::Sixteen || channels < 2 || reader.info().color_type == ColorType::Indexed
+    {
+        return Err(Error::file(
+            path,
+            format!(
+                "a SYNTHIA label must be a 16-bit PNG with the class id in its first channel \
+                 and the instance id in its second; this one has {channels} channel(s) of \
+                 {depth:?} bits ({:?})",
+                reader.info().color_type
+            ),
+        ));
+    }
+    drop(reader);
+    read_label16(path, 0)
+}
+
 /// A 16-bit label map, one value per pixel: channel `channel` (in PNG order,
 /// R = 0) of a multi-channel PNG, or the grey value of a one-channel one.
 /// 8-bit files are accepted and widened.
