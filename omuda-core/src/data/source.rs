@@ -120,12 +120,16 @@ impl Default for LoaderConfig {
 
 /// Checks of `[data]` for `dataset = "files"`, each naming its key.
 pub fn validate_files(d: &DataConfig) -> std::result::Result<(), String> {
-    for (name, ds) in [
-        ("data.source", &d.source),
-        ("data.target", &d.target),
-        ("data.val", &d.val),
+    for (name, ds, required) in [
+        ("data.source", &d.source, true),
+        ("data.target", &d.target, true),
+        ("data.val", &d.val, true),
+        ("data.dev", &d.dev, false),
     ] {
         let Some(ds) = ds else {
+            if !required {
+                continue;
+            }
             return Err(format!("{name} is required when data.dataset = \"files\""));
         };
         DatasetKind::parse(&ds.kind).map_err(|e| format!("{name}.kind: {e}"))?;
