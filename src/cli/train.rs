@@ -78,6 +78,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     cfg.validate("command line")?;
     check_methods(&cfg)?;
+    // Once for a fresh run, whatever the number of seeds: a seed changes
+    // no file, weight or data set these checks read.
+    if !matches!(&args.seeds, Some(s) if s.is_empty()) {
+        preflight(&cfg, &cfg.open_device()?)?;
+    }
     match args.seeds {
         Some(seeds) if !seeds.is_empty() => run_seeds(&cfg, &seeds, false),
         Some(_) => Err(Error::Config {
@@ -149,8 +154,7 @@ struct Outcome {
 fn preflight(cfg: &RunConfig, device: &Device) -> Result<()> {
     omuda::core::data::source::check_eval_data(cfg)?;
     for name in &cfg.methods {
-        let method = omuda::attach_plugins(build_method(name, cfg, device)?, cfg)?;
-        drop(method);
+        omuda::attach_plugins(build_method(name, cfg, device)?, cfg)?;
         omuda::core::data::source::build_batch_source(cfg, name, device)?;
     }
     Ok(())
@@ -159,9 +163,6 @@ fn preflight(cfg: &RunConfig, device: &Device) -> Result<()> {
 /// Train every method of `cfg` into `cfg.out`; print the summary table.
 fn run_all(cfg: &RunConfig, resume: bool) -> Result<Vec<Outcome>> {
     let device = cfg.open_device()?;
-    if !resume {
-        preflight(cfg, &device)?;
-    }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     if !resume {
         write_atomic(&cfg.out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
@@ -192,9 +193,6 @@ fn run_all(cfg: &RunConfig, resume: bool) -> Result<Vec<Outcome>> {
 /// Train every method once per seed into `<out>/seed_<s>/`; write
 /// `<out>/summary.json` with mean ± std of target mIoU and the median seed.
 fn run_seeds(cfg: &RunConfig, seeds: &[u64], resume: bool) -> Result<()> {
-    if !resume {
-        preflight(cfg, &cfg.open_device()?)?;
-    }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     if !resume {
         write_atomic(&cfg.out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
