@@ -10,7 +10,7 @@ use omuda::core::data::loader::SynthPairLoader;
 use omuda::core::data::synth::{Domain, Split};
 use omuda::core::eval::evaluate_synth;
 use omuda::core::train::{ChaCha8Rng, StepView};
-use omuda::{Dacs, MaskingPlugin, RunConfig};
+use omuda::{build_method, RunConfig, StepHook};
 use rand::Rng;
 
 /// Pastes one source rectangle per image instead of the source's classes.
@@ -21,7 +21,7 @@ struct CutMix {
     pasted: f64,
 }
 
-impl MaskingPlugin for CutMix {
+impl StepHook for CutMix {
     fn name(&self) -> &str {
         "cutmix"
     }
@@ -72,7 +72,7 @@ fn main() -> omuda::Result<()> {
     cfg.data.synth.test_size = 8;
 
     // Any baseline built on the shared step takes the plugin the same way.
-    let mut method = Dacs::new(&cfg, &device)?.with(CutMix {
+    let mut method = build_method("dacs", &cfg, &device)?.with(CutMix {
         area: 0.5,
         pasted: 0.0,
     });

@@ -7,7 +7,7 @@ use candle_core::Device;
 use omuda::core::data::loader::SynthPairLoader;
 use omuda::core::data::synth::{Domain, Split};
 use omuda::core::eval::evaluate_synth;
-use omuda::{Dacs, RunConfig};
+use omuda::{build_method, RunConfig};
 
 fn main() -> omuda::Result<()> {
     let device = Device::Cpu;
@@ -19,7 +19,7 @@ fn main() -> omuda::Result<()> {
     cfg.data.synth.dev_size = 8;
     cfg.data.synth.test_size = 8;
 
-    let mut dacs = Dacs::new(&cfg, &device)?;
+    let mut dacs = build_method("dacs", &cfg, &device)?;
     let mut data = SynthPairLoader::new(
         cfg.data.synth.clone(),
         cfg.data.dataset_seed,

@@ -6,9 +6,7 @@ use omuda::core::data::loader::SynthPairLoader;
 use omuda::core::data::synth::Domain;
 use omuda::core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda::plugins::{Cam, Cdm, Fdm};
-use omuda::{
-    attach_plugins, build_method, with_omuda, Dacs, MaskingPlugin, RunConfig, SelfTraining,
-};
+use omuda::{attach_plugins, base_spec, build_method, with_omuda, Dacs, RunConfig, SelfTraining};
 
 fn tiny() -> RunConfig {
     let mut cfg = RunConfig::default();
@@ -50,7 +48,7 @@ fn all_vars(m: &SelfTraining) -> Vec<(String, Vec<f32>)> {
 
 /// A plugin that implements nothing.
 struct NoOp;
-impl MaskingPlugin for NoOp {
+impl StepHook for NoOp {
     fn name(&self) -> &str {
         "noop"
     }
@@ -59,8 +57,10 @@ impl MaskingPlugin for NoOp {
 #[test]
 fn wrapping_with_a_no_op_plugin_leaves_dacs_unchanged_bit_for_bit() {
     let cfg = tiny();
-    let mut plain = Dacs::new(&cfg, &Device::Cpu).unwrap();
-    let mut wrapped = Dacs::new(&cfg, &Device::Cpu).unwrap().with(NoOp);
+    let mut plain = Dacs::new(base_spec("dacs", &cfg), &Device::Cpu).unwrap();
+    let mut wrapped = Dacs::new(base_spec("dacs", &cfg), &Device::Cpu)
+        .unwrap()
+        .with(NoOp);
     let (mut d1, mut d2) = (loader(&cfg), loader(&cfg));
     for _ in 0..3 {
         let a = plain.step(&d1.next_batch().unwrap()).unwrap();
@@ -85,22 +85,28 @@ fn each_plugin_and_all_three_train_dacs() {
     let cases: Vec<(&str, SelfTraining, Vec<&str>)> = vec![
         (
             "cam",
-            Dacs::new(&cfg, &Device::Cpu).unwrap().with(Cam::default()),
+            Dacs::new(base_spec("dacs", &cfg), &Device::Cpu)
+                .unwrap()
+                .with(Cam::default()),
             vec!["cam.loss_cam"],
         ),
         (
             "fdm",
-            Dacs::new(&cfg, &Device::Cpu).unwrap().with(Fdm::default()),
+            Dacs::new(base_spec("dacs", &cfg), &Device::Cpu)
+                .unwrap()
+                .with(Fdm::default()),
             vec!["fdm.loss_fdm_src", "fdm.loss_fdm_tgt"],
         ),
         (
             "cdm",
-            Dacs::new(&cfg, &Device::Cpu).unwrap().with(Cdm::default()),
+            Dacs::new(base_spec("dacs", &cfg), &Device::Cpu)
+                .unwrap()
+                .with(Cdm::default()),
             vec![],
         ),
         (
             "all",
-            with_omuda(Dacs::new(&cfg, &Device::Cpu).unwrap()),
+            with_omuda(Dacs::new(base_spec("dacs", &cfg), &Device::Cpu).unwrap()),
             vec!["cam.loss_cam", "fdm.loss_fdm_src", "fdm.loss_fdm_tgt"],
         ),
     ];
@@ -167,7 +173,7 @@ fn cdm_replaces_the_scalar_weight_and_its_state_is_checkpointed() {
         }
     }
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut m = Dacs::new(&cfg, &Device::Cpu)
+    let mut m = Dacs::new(base_spec("dacs", &cfg), &Device::Cpu)
         .unwrap()
         .with(Cdm::default())
         .with(Spy(seen.clone()));
@@ -196,7 +202,9 @@ fn cdm_replaces_the_scalar_weight_and_its_state_is_checkpointed() {
         mu.iter().any(|&v| v != 1.0 / 19.0),
         "μ was updated after the steps"
     );
-    let mut restored = Dacs::new(&cfg, &Device::Cpu).unwrap().with(Cdm::default());
+    let mut restored = Dacs::new(base_spec("dacs", &cfg), &Device::Cpu)
+        .unwrap()
+        .with(Cdm::default());
     restored.load_state(dir.path()).unwrap();
     let again = tempfile::tempdir().unwrap();
     restored.save_state(again.path()).unwrap();
@@ -230,7 +238,7 @@ impl StepHook for HostHook {
 #[test]
 fn cam_replaces_mic_and_fdm_replaces_fd() {
     let cfg = tiny();
-    let m = Dacs::new(&cfg, &Device::Cpu)
+    let m = Dacs::new(base_spec("dacs", &cfg), &Device::Cpu)
         .unwrap()
         .with(HostHook("mic"))
         .with(HostHook("fd"))
@@ -290,10 +298,12 @@ fn plugins_from_the_configuration() {
 fn fdm_encoder_file_is_checked() {
     let mut cfg = tiny();
     cfg.plugin.fdm.encoder = Some("/nonexistent/encoder.safetensors".into());
-    let mut m = Dacs::new(&cfg, &Device::Cpu).unwrap().with(Fdm::new(
-        cfg.plugin.fdm.clone(),
-        cfg.plugin.thing_classes.clone(),
-    ));
+    let mut m = Dacs::new(base_spec("dacs", &cfg), &Device::Cpu)
+        .unwrap()
+        .with(Fdm::new(
+            cfg.plugin.fdm.clone(),
+            cfg.plugin.thing_classes.clone(),
+        ));
     let e = m
         .step(&loader(&cfg).next_batch().unwrap())
         .unwrap_err()
@@ -301,11 +311,11 @@ fn fdm_encoder_file_is_checked() {
     assert!(e.contains("encoder.safetensors"), "{e}");
     // A checkpoint of the same model is a valid encoder file.
     let dir = tempfile::tempdir().unwrap();
-    let src = Dacs::new(&cfg, &Device::Cpu).unwrap();
+    let src = Dacs::new(base_spec("dacs", &cfg), &Device::Cpu).unwrap();
     src.save_state(dir.path()).unwrap();
     let mut fdm_cfg = cfg.plugin.fdm.clone();
     fdm_cfg.encoder = Some(dir.path().join("student.safetensors"));
-    let mut m = Dacs::new(&cfg, &Device::Cpu)
+    let mut m = Dacs::new(base_spec("dacs", &cfg), &Device::Cpu)
         .unwrap()
         .with(Fdm::new(fdm_cfg, cfg.plugin.thing_classes.clone()));
     let log = m.step(&loader(&cfg).next_batch().unwrap()).unwrap();

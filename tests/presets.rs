@@ -17,7 +17,7 @@ fn every_preset_parses_resolves_and_round_trips() {
         assert_eq!(back, cfg, "preset {name}");
         for m in &cfg.methods {
             assert!(
-                omuda::baselines::METHOD_NAMES.contains(&m.as_str()),
+                omuda::METHOD_NAMES.contains(&m.as_str()),
                 "preset {name}: method {m}"
             );
         }

@@ -6,7 +6,7 @@
 //! with head ×10 lr.
 
 use candle_core::Device;
-use omuda_core::config::RunConfig;
+use omuda_core::train::step::SelfTrainingSpec;
 use omuda_core::train::SelfTraining;
 use omuda_core::Result;
 
@@ -16,15 +16,9 @@ pub struct Dacs;
 
 #[allow(clippy::new_ret_no_self)]
 impl Dacs {
-    /// DACS with the `[uda]` settings of `cfg` (whose defaults are DACS's).
-    pub fn new(cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
-        Self::named("dacs", cfg, device)
-    }
-
-    /// DACS under another name (e.g. the host of `mic_dacs`).
-    pub fn named(name: &str, cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
-        let mut spec = crate::base_spec(name, cfg);
+    /// DACS from `spec` (whose `[uda]` defaults are DACS's), self-training on.
+    pub fn new(mut spec: SelfTrainingSpec, device: &Device) -> Result<SelfTraining> {
         spec.uda.self_training = true;
-        crate::build(spec, device)
+        SelfTraining::new(spec, device)
     }
 }

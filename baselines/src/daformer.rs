@@ -11,26 +11,19 @@
 //! ×10 and no decay on norms, 1500 warm-up iterations then linear poly.
 
 use candle_core::Device;
-use omuda_core::config::RunConfig;
+use omuda_core::train::step::SelfTrainingSpec;
 use omuda_core::train::SelfTraining;
 use omuda_core::Result;
 
-use crate::fd::FeatureDistance;
+use crate::fd::{FdConfig, FeatureDistance};
 
 /// Constructors only: DAFormer is a configuration of the shared step.
 pub struct Daformer;
 
 #[allow(clippy::new_ret_no_self)]
 impl Daformer {
-    /// DAFormer with the `[uda]`, `[fd]` and model settings of `cfg`.
-    pub fn new(cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
-        Self::named("daformer", cfg, device)
-    }
-
-    /// DAFormer under another name (e.g. the host of `mic_daformer`).
-    pub fn named(name: &str, cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
-        let mut spec = crate::base_spec(name, cfg);
-        spec.uda.self_training = true;
-        Ok(crate::build(spec, device)?.with(FeatureDistance::new(cfg.fd.clone())))
+    /// DAFormer: the DACS step of `spec` with the feature distance `fd`.
+    pub fn new(spec: SelfTrainingSpec, fd: FdConfig, device: &Device) -> Result<SelfTraining> {
+        Ok(crate::Dacs::new(spec, device)?.with(FeatureDistance::new(fd)))
     }
 }

@@ -15,14 +15,70 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
+use omuda_core::data::classes::THING_CLASSES;
 use omuda_core::nn::weights::build_initial;
 use omuda_core::nn::{ForwardCtx, SegModel};
 use omuda_core::ops::feature_distance::{
     class_mask, downscale_label_ratio, level_index, masked_feature_distance,
 };
-use omuda_core::train::components::FdConfig;
 use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda_core::{Error, Result};
+
+/// Thing-class ImageNet feature distance (DAFormer `dacs_a999_fdthings.py`:
+/// `imnet_feature_dist_lambda=0.005`, `imnet_feature_dist_classes=[6, 7, 11,
+/// …, 18]`, `imnet_feature_dist_scale_min_ratio=0.75`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FdConfig {
+    /// Loss weight λ (constant from iteration 0; no ramp).
+    pub lambda: f64,
+    /// Classes whose feature cells are pulled towards the frozen encoder's.
+    pub thing_classes: Vec<u32>,
+    /// A feature cell keeps its majority class only if that class covers at
+    /// least this share of the cell (`downscale_label_ratio`).
+    pub min_ratio: f32,
+    /// Encoder level compared; negative counts from the end (-1: the last).
+    pub layer: i64,
+}
+
+impl Default for FdConfig {
+    fn default() -> Self {
+        Self {
+            lambda: 0.005,
+            thing_classes: THING_CLASSES.iter().map(|&c| u32::from(c)).collect(),
+            min_ratio: 0.75,
+            layer: -1,
+        }
+    }
+}
+
+impl FdConfig {
+    /// Range checks; each message names the key.
+    pub fn validate(&self, num_classes: usize) -> std::result::Result<(), String> {
+        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
+            return Err(format!(
+                "fd.lambda = {}: expected a finite value >= 0",
+                self.lambda
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_ratio) {
+            return Err(format!(
+                "fd.min_ratio = {}: expected a value in [0, 1]",
+                self.min_ratio
+            ));
+        }
+        if let Some(c) = self
+            .thing_classes
+            .iter()
+            .find(|&&c| c as usize >= num_classes)
+        {
+            return Err(format!(
+                "fd.thing_classes contains {c}: expected class ids below {num_classes}"
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// The feature-distance hook.
 pub struct FeatureDistance {

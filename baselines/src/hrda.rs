@@ -16,38 +16,37 @@
 //! 1024² crops, the DAFormer network, AdamW with head ×10.
 
 use candle_core::Device;
-use omuda_core::config::RunConfig;
-use omuda_core::train::multires::MultiResolution;
+use omuda_core::train::multires::{HrdaConfig, MultiResolution};
+use omuda_core::train::step::SelfTrainingSpec;
 use omuda_core::train::SelfTraining;
 use omuda_core::Result;
 
-use crate::fd::FeatureDistance;
+use crate::fd::{FdConfig, FeatureDistance};
 
 /// Constructors only: HRDA is a configuration of the shared step.
 pub struct Hrda;
 
 #[allow(clippy::new_ret_no_self)]
 impl Hrda {
-    /// HRDA with the `[hrda]`, `[uda]`, `[fd]` and model settings of `cfg`.
-    pub fn new(cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
-        Self::named("hrda", cfg, device)
-    }
-
-    /// HRDA under another name (e.g. the host of `mic_hrda`).
-    pub fn named(name: &str, cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
-        let objective =
-            MultiResolution::new(cfg.hrda.clone()).map_err(|e| omuda_core::Error::Config {
-                origin: "hrda".into(),
-                message: e.to_string(),
-            })?;
-        let mut spec = crate::base_spec(name, cfg);
+    /// HRDA: the DACS step of `spec` with the multi-resolution objective and
+    /// scale-attention head of `hrda`, and the feature distance `fd`.
+    pub fn new(
+        mut spec: SelfTrainingSpec,
+        fd: FdConfig,
+        hrda: HrdaConfig,
+        device: &Device,
+    ) -> Result<SelfTraining> {
         spec.uda.self_training = true;
         // The scale-attention head is part of the student (and so of the
         // teacher's EMA, AdamW's head group and the checkpoints).
         spec.model.scale_attention = true;
-        spec.model.scale_attention_classwise = cfg.hrda.attention_classwise;
-        let mut method = crate::build(spec, device)?;
+        spec.model.scale_attention_classwise = hrda.attention_classwise;
+        let objective = MultiResolution::new(hrda).map_err(|e| omuda_core::Error::Config {
+            origin: "hrda".into(),
+            message: e.to_string(),
+        })?;
+        let mut method = SelfTraining::new(spec, device)?;
         method.set_objective(Box::new(objective));
-        Ok(method.with(FeatureDistance::new(cfg.fd.clone())))
+        Ok(method.with(FeatureDistance::new(fd)))
     }
 }

@@ -19,15 +19,72 @@
 
 use candle_core::Tensor;
 use omuda_core::nn::ForwardCtx;
+use omuda_core::ops::augment::StrongAugConfig;
 use omuda_core::ops::augment::{
     sample_blur_sigma, strong_augment, ColorJitterParams, StrongAugParams,
 };
 use omuda_core::ops::block_mask::mic_block_mask;
-use omuda_core::train::components::MicConfig;
-use omuda_core::train::plugin::scaled_block;
+use omuda_core::ops::block_mask::scaled_block;
 use omuda_core::train::{ChaCha8Rng, NamedLoss, SelfTraining, StepHook, StepView};
 use omuda_core::Result;
 use rand::Rng;
+
+/// Masked image consistency (MIC `configs/mic/gtaHR2csHR_mic_hrda.py`:
+/// `mask_mode='separatetrgaug'`, block mask 64 px at full resolution, ratio
+/// 0.7, `mask_lambda=1`, colour jitter s 0.2 p 0.2 and blur as DACS's).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MicConfig {
+    /// Block size `b` in pixels at `reference_height`; `b` scales with the
+    /// crop height (64 on 1024-high HRDA crops, 32 on 512-high DAFormer
+    /// crops: `experiments.py` id 81). `reference_height = 0`: `b` as is.
+    pub block_size: usize,
+    pub reference_height: usize,
+    /// A block is masked iff its uniform draw is `≤ mask_ratio` (kept iff `>`).
+    pub mask_ratio: f32,
+    /// Weight of the masked loss (`mask_lambda`): it scales the host's main
+    /// term, which is the whole loss except under HRDA, whose detail term
+    /// keeps its weight (as MIC scales only `decode.loss_seg`).
+    pub lambda: f64,
+    /// Colour jitter and blur of the target before masking (fresh draws). The
+    /// reference's MIC blur ignores DACS's `uda.strong_aug.blur` flag, so
+    /// `aug.blur` here is MIC's own switch (on, as published).
+    pub aug: StrongAugConfig,
+}
+
+impl Default for MicConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 64,
+            reference_height: 1024,
+            mask_ratio: 0.7,
+            lambda: 1.0,
+            aug: StrongAugConfig::default(),
+        }
+    }
+}
+
+impl MicConfig {
+    /// Range checks; each message names the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.block_size == 0 {
+            return Err("mic.block_size must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.mask_ratio) {
+            return Err(format!(
+                "mic.mask_ratio = {}: expected a value in [0, 1]",
+                self.mask_ratio
+            ));
+        }
+        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
+            return Err(format!(
+                "mic.lambda = {}: expected a finite value >= 0",
+                self.lambda
+            ));
+        }
+        self.aug.validate().map_err(|e| format!("mic.aug: {e}"))
+    }
+}
 
 /// The MIC hook.
 pub struct Mic {

@@ -2,7 +2,7 @@
 //! optimizer and schedule as the UDA methods (the lower bound of a table).
 
 use candle_core::Device;
-use omuda_core::config::RunConfig;
+use omuda_core::train::step::SelfTrainingSpec;
 use omuda_core::train::SelfTraining;
 use omuda_core::Result;
 
@@ -12,14 +12,11 @@ pub struct SourceOnly;
 
 #[allow(clippy::new_ret_no_self)]
 impl SourceOnly {
-    pub fn new(cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
-        Self::named("source_only", cfg, device)
-    }
-
-    /// Source-only under another name (e.g. `oracle`, trained on target labels).
-    pub fn named(name: &str, cfg: &RunConfig, device: &Device) -> Result<SelfTraining> {
-        let mut spec = crate::base_spec(name, cfg);
+    /// Source-only training from `spec`: no teacher, no target loss. The
+    /// oracle is this method trained on target labels (the batch source
+    /// decides which domain is labelled).
+    pub fn new(mut spec: SelfTrainingSpec, device: &Device) -> Result<SelfTraining> {
         spec.uda.self_training = false;
-        crate::build(spec, device)
+        SelfTraining::new(spec, device)
     }
 }

@@ -11,10 +11,10 @@
 //!   points, EMA teacher, AdamW with parameter groups, LR schedules, the trainer loop,
 //!   checkpoints, and the encoder pretraining of the built-in benchmark.
 //! - [`eval`]: confusion-matrix mIoU, whole-image and sliding-window inference.
-//! - [`config`]: the TOML run configuration.
+//! - [`check`]: range checks of settings, with messages that name the key.
 //! - [`device`]: choosing `cpu` / `cuda:N`, with clear errors.
 
-pub mod config;
+pub mod check;
 pub mod data;
 pub mod device;
 pub mod error;

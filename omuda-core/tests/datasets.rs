@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use omuda_core::config::EvalConfig;
 use omuda_core::data::datasets::{Dataset, DatasetKind};
 use omuda_core::data::labels::{CITYSCAPES_ID_TO_TRAIN_ID, SYNTHIA_ID_TO_TRAIN_ID};
 use omuda_core::data::pipeline::{
@@ -21,6 +20,7 @@ use omuda_core::data::rcs::{candidate_files, class_probs, crop_has_class, RcsCon
 use omuda_core::data::stats::{read_sample_class_stats, read_samples_with_class, FrameStats};
 use omuda_core::eval::dataset::{evaluate_dataset, DatasetEvalOptions, Protocol};
 use omuda_core::eval::miou::ConfusionMatrix;
+use omuda_core::eval::EvalConfig;
 
 const W: usize = 64;
 const H: usize = 32;

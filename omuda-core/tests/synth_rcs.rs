@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use candle_core::Device;
-use omuda_core::config::RunConfig;
 use omuda_core::data::loader::SynthPairLoader;
 use omuda_core::data::rcs::{candidate_files, class_probs, RcsConfig};
 use omuda_core::data::synth::{generate, Domain, Split, SynthConfig};
@@ -170,10 +169,10 @@ fn loader_with_rcs_draws_class_then_frame_and_stays_deterministic() {
 
 #[test]
 fn synth_rcs_settings_are_checked() {
-    let e = RunConfig::from_toml_str("[data.rcs]\nclass_temp = 0.0\n", "x.toml")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("data.rcs") && e.contains("class_temp"), "{e}");
-    let cfg = RunConfig::from_toml_str("[data.rcs]\nmin_pixels = 50\n", "x.toml").unwrap();
-    assert_eq!(cfg.data.rcs.unwrap().min_pixels, 50);
+    let bad: RcsConfig = toml::from_str("class_temp = 0.0\n").unwrap();
+    let e = bad.validate().unwrap_err();
+    assert!(e.contains("class_temp"), "{e}");
+    let cfg: RcsConfig = toml::from_str("min_pixels = 50\n").unwrap();
+    assert_eq!(cfg.min_pixels, 50);
+    assert!(cfg.validate().is_ok());
 }

@@ -12,12 +12,59 @@
 use candle_core::{DType, Tensor};
 use omuda_core::nn::ForwardCtx;
 use omuda_core::ops::augment::strong_augment;
+use omuda_core::ops::augment::StrongAugConfig;
+use omuda_core::ops::block_mask::scaled_block;
 use omuda_core::ops::pseudo::PseudoLabels;
-use omuda_core::train::plugin::{scaled_block, CamConfig, PluginsConfig};
+
+use crate::config::PluginsConfig;
 use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda_core::Result;
 
 use crate::masks::{cam_mask, CamMaskParams, CamMaskStats};
+
+/// Settings of CAM (`[plugin.cam]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CamConfig {
+    /// Block size `b` in pixels at `reference_height` (MIC: 64 at 1024).
+    pub block_size: usize,
+    /// Image height at which `block_size` applies; `b` scales with the crop
+    /// height. 0: use `block_size` as is.
+    pub reference_height: usize,
+    /// A block is foreground if the share of its pixels whose pseudo-label is
+    /// a thing class is at least this.
+    pub fg_min_fraction: f32,
+    /// Probability that a background block is masked (at block size `b`).
+    pub bg_mask_ratio: f32,
+    /// Probability that a sub-block of a foreground block is masked.
+    pub fg_mask_ratio: f32,
+    /// Foreground blocks are split into sub-blocks of `b / fg_block_divisor`.
+    pub fg_block_divisor: usize,
+    /// Loss weight λ_cam.
+    pub weight: f64,
+    /// Colour jitter and blur of the target before masking (fresh draws; MIC's
+    /// defaults).
+    pub aug: StrongAugConfig,
+    /// ClassMix pastes only thing classes from the source (keeps the target's
+    /// stuff layout). Ablation switch.
+    pub context_mix: bool,
+}
+
+impl Default for CamConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 64,
+            reference_height: 1024,
+            fg_min_fraction: 0.1,
+            bg_mask_ratio: 0.7,
+            fg_mask_ratio: 0.3,
+            fg_block_divisor: 2,
+            weight: 1.0,
+            aug: StrongAugConfig::default(),
+            context_mix: false,
+        }
+    }
+}
 
 /// Context-Aware Masking. Replaces a hook named `"mic"` (MIC's uniform block
 /// mask) when attached to a MIC host.

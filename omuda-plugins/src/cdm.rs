@@ -11,9 +11,43 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor};
 use omuda_core::data::classes::class_name;
 use omuda_core::ops::pseudo::{zero_rows, PseudoLabels};
-use omuda_core::train::plugin::{CdmConfig, CdmMode};
 use omuda_core::train::{ChaCha8Rng, StepHook, StepView, TargetAveraging};
 use omuda_core::{Error, Result};
+
+/// How CDM turns confidence into a pixel weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CdmMode {
+    /// `w = 1[conf ≥ τ_ŷ]`.
+    Hard,
+    /// `w = min(1, conf / τ_ŷ)`.
+    Soft,
+}
+
+/// Settings of CDM (`[plugin.cdm]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdmConfig {
+    /// EMA momentum `m` of the per-class mean confidence μ_c.
+    pub momentum: f64,
+    /// Base threshold τ; None: the host's pseudo-label threshold (0.968).
+    pub threshold: Option<f32>,
+    pub mode: CdmMode,
+    /// Average the target part of the mixed (and masked) losses per class,
+    /// then over the classes present.
+    pub class_balanced: bool,
+}
+
+impl Default for CdmConfig {
+    fn default() -> Self {
+        Self {
+            momentum: 0.999,
+            threshold: None,
+            mode: CdmMode::Hard,
+            class_balanced: true,
+        }
+    }
+}
 
 /// Class Decoupling Masking.
 pub struct Cdm {

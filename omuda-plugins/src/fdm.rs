@@ -14,8 +14,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use omuda_core::nn::weights::build_initial;
 use omuda_core::nn::{ForwardCtx, SegModel};
+use omuda_core::ops::block_mask::scaled_block;
 use omuda_core::ops::feature_distance::level_index;
-use omuda_core::train::plugin::{scaled_block, FdmConfig, PluginsConfig};
+
+use crate::config::PluginsConfig;
 use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda_core::{Error, Result};
 
@@ -23,6 +25,47 @@ use crate::cam::thing_table;
 use crate::masks::{
     cell_mean, downscale_label_ratio, masked_feature_distance, random_block_mask, IGNORE,
 };
+
+/// Settings of FDM (`[plugin.fdm]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FdmConfig {
+    /// Probability that an input block is masked.
+    pub mask_ratio: f32,
+    /// Mask block size at `reference_height` (scaled with the crop like CAM's).
+    pub block_size: usize,
+    pub reference_height: usize,
+    /// Also distil on the target batch (labels = pseudo-labels).
+    pub on_target: bool,
+    /// Encoder level whose features are distilled; negative counts from the
+    /// end (-1: the last, stride 32).
+    pub layer: i64,
+    /// A feature cell gets the label of its majority class when that class
+    /// covers at least this share of the cell (DAFormer `downscale_label_ratio`).
+    pub downscale_label_ratio: f32,
+    /// Loss weight λ_fdm.
+    pub weight: f64,
+    /// Safetensors file with the frozen encoder's weights (names as the
+    /// student's, e.g. `segformer.encoder.*`). None: the weights the student
+    /// was initialised from (same model, same seed). `{seed}` in the path is
+    /// replaced by the run's seed.
+    pub encoder: Option<PathBuf>,
+}
+
+impl Default for FdmConfig {
+    fn default() -> Self {
+        Self {
+            mask_ratio: 0.5,
+            block_size: 64,
+            reference_height: 1024,
+            on_target: true,
+            layer: -1,
+            downscale_label_ratio: 0.75,
+            weight: 0.005,
+            encoder: None,
+        }
+    }
+}
 
 /// Feature Distillation Masking.
 pub struct Fdm {

@@ -5,16 +5,17 @@
 //! The OMUDA paper (Ou et al., arXiv 2512.12303) was available only as its
 //! abstract: these designs are this project's own reading of it, built on the
 //! documented baselines (MIC's masked consistency, DAFormer's feature
-//! distance, DACS's pseudo-label weight). Every constant is a field of
-//! [`omuda_core::train::plugin::PluginsConfig`]; see `docs/omuda.md`.
+//! distance, DACS's pseudo-label weight). Every constant is a field of the
+//! plugin's settings ([`CamConfig`], [`FdmConfig`], [`CdmConfig`], gathered in
+//! [`PluginsConfig`]); see `docs/omuda.md`.
 //!
-//! A plugin is a [`MaskingPlugin`] (the step's hook trait) and wraps any
-//! baseline built on the shared step:
+//! A plugin is a [`StepHook`] of the shared step and wraps any baseline built
+//! on it:
 //!
 //! ```
 //! use omuda_core::train::SelfTraining;
 //! use omuda_plugins::{with_omuda, Cam};
-//! // `dacs` is any baseline built on the shared step, e.g. `omuda::Dacs::new(&cfg, &device)?`.
+//! // `dacs` is any baseline built on the shared step, e.g. `omuda::Dacs::new(spec, &device)?`.
 //! fn one_plugin(dacs: SelfTraining) -> SelfTraining {
 //!     dacs.with(Cam::default())
 //! }
@@ -30,17 +31,16 @@
 
 pub mod cam;
 pub mod cdm;
+pub mod config;
 pub mod fdm;
 pub mod masks;
 
-pub use cam::Cam;
-pub use cdm::Cdm;
-pub use fdm::Fdm;
-pub use omuda_core::train::plugin::{
-    CamConfig, CdmConfig, CdmMode, FdmConfig, MaskingPlugin, PluginsConfig, PLUGIN_NAMES,
-};
+pub use cam::{Cam, CamConfig};
+pub use cdm::{Cdm, CdmConfig, CdmMode};
+pub use config::{PluginsConfig, PLUGIN_NAMES};
+pub use fdm::{Fdm, FdmConfig};
 
-use omuda_core::train::SelfTraining;
+use omuda_core::train::{SelfTraining, StepHook};
 use omuda_core::{Error, Result};
 
 /// `method` with CAM, FDM and CDM attached (in that order), default settings.
@@ -53,7 +53,7 @@ pub fn with_omuda(method: SelfTraining) -> SelfTraining {
 }
 
 /// One plugin by name (`"cam"`, `"fdm"`, `"cdm"`) with the settings of `cfg`.
-pub fn build_plugin(name: &str, cfg: &PluginsConfig) -> Result<Box<dyn MaskingPlugin>> {
+pub fn build_plugin(name: &str, cfg: &PluginsConfig) -> Result<Box<dyn StepHook>> {
     Ok(match name {
         "cam" => Box::new(Cam::new(cfg.cam.clone(), cfg.thing_classes.clone())),
         "fdm" => Box::new(Fdm::new(cfg.fdm.clone(), cfg.thing_classes.clone())),

@@ -1,15 +1,16 @@
 //! The plugins' maths on hand-made tensors and buffers.
 
 use candle_core::{DType, Device, Tensor, Var};
+use omuda_core::ops::block_mask::scaled_block;
 use omuda_core::ops::feature_distance::level_index;
 use omuda_core::train::class_balanced_weight;
-use omuda_core::train::plugin::{scaled_block, CdmMode};
 use omuda_plugins::cdm::{class_thresholds, pixel_weight, update_class_means};
 use omuda_plugins::fdm::cell_mask;
 use omuda_plugins::masks::{
     cam_mask, cell_mean, downscale_label_ratio, fg_fraction, masked_feature_distance,
     random_block_mask, CamMaskParams, IGNORE,
 };
+use omuda_plugins::CdmMode;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -214,8 +215,8 @@ fn cdm_ema_update_of_class_means() {
 #[test]
 fn cdm_weights_from_given_statistics() {
     use omuda_core::ops::pseudo::PseudoLabels;
-    use omuda_core::train::plugin::CdmConfig;
     use omuda_core::train::StepHook;
+    use omuda_plugins::CdmConfig;
     use std::collections::HashMap;
     let dev = Device::Cpu;
     let mut cdm = omuda_plugins::Cdm::new(CdmConfig::default());

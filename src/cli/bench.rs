@@ -21,12 +21,12 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
+use omuda::core::data::batch::UdaBatch;
 use omuda::core::io::write_atomic;
 use omuda::core::nn::autocast::Autocast;
 use omuda::core::nn::is_buffer;
 use omuda::core::train::ema::{ema_update, ema_update_composed};
 use omuda::core::train::optimizer::{AdamW, AdamWConfig};
-use omuda::core::train::UdaBatch;
 use omuda::{build_method, Error, Result, SelfTraining, UdaMethod};
 use serde::Serialize;
 

@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use omuda::core::data::source::{evaluate_target, selection_split, TargetSplit};
+use omuda::core::data::batch::BatchSource;
+use omuda::core::data::config::TargetSplit;
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
-use omuda::core::train::trainer::{fit, BatchSource, LoopConfig, StepTiming, TrainObserver};
+use omuda::core::train::trainer::{fit, LoopConfig, StepTiming, TrainObserver};
 use omuda::core::train::StepLog;
+use omuda::run::{evaluate_target, selection_split};
 use omuda::{build_method, Error, Result, RunConfig, UdaMethod};
 use serde::{Deserialize, Serialize};
 
@@ -151,12 +153,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
     });
     let device = omuda::core::device::device_from_str(&cfg.device, "device")?;
     for host in cfg.methods.clone() {
-        if !omuda::baselines::METHOD_NAMES.contains(&host.as_str()) {
+        if !omuda::METHOD_NAMES.contains(&host.as_str()) {
             return Err(Error::Config {
                 origin: "methods".into(),
                 message: format!(
                     "unknown method {host:?}; available: {}",
-                    omuda::baselines::METHOD_NAMES.join(", ")
+                    omuda::METHOD_NAMES.join(", ")
                 ),
             });
         }
@@ -236,7 +238,7 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let method = build_method(host, cfg, device)?;
     let mut method = omuda::attach_plugins(method, cfg)?;
-    let mut loader = omuda::core::data::source::build_batch_source(cfg, host, device)?;
+    let mut loader = omuda::run::build_batch_source(cfg, host, device)?;
     eprintln!(
         "{host} [{label}] seed {}: training {} iterations",
         cfg.seed, cfg.train.iters

@@ -60,7 +60,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         device,
     } = restore(ckpt, args.config.as_ref())?;
     let predict = |x: &candle_core::Tensor| Ok(method.predict(x)?);
-    use omuda::core::data::source::{evaluate_source_val, evaluate_target, TargetSplit};
+    use omuda::core::data::config::TargetSplit;
+    use omuda::run::{evaluate_source_val, evaluate_target};
     let target = evaluate_target(&cfg, TargetSplit::Test, &device, &predict)?;
     let dev = evaluate_target(&cfg, TargetSplit::Dev, &device, &predict)?;
     let source = evaluate_source_val(&cfg, &device, &predict)?;

@@ -71,7 +71,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Methods to train, comma-separated (source_only, dacs, oracle, daformer,
-    /// mic_dacs, mic_daformer, mic_hrda, …; see `omuda_baselines::METHOD_NAMES`).
+    /// mic_dacs, mic_daformer, mic_hrda, …; see `omuda::METHOD_NAMES`).
     #[arg(long, value_delimiter = ',')]
     pub method: Option<Vec<String>>,
     /// Training iterations.

@@ -21,13 +21,15 @@ use std::time::Instant;
 
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use omuda::core::data::source::{evaluate_target, selection_split, TargetSplit};
+use omuda::core::data::batch::BatchSource;
+use omuda::core::data::config::TargetSplit;
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
 use omuda::core::train::checkpoint::{self, Best, RunSidecar, BEST_DIR, FINAL_DIR, SIDECAR_FORMAT};
 use omuda::core::train::method::StepDebug;
-use omuda::core::train::trainer::{fit, BatchSource, LoopConfig, StepTiming, TrainObserver};
+use omuda::core::train::trainer::{fit, LoopConfig, StepTiming, TrainObserver};
 use omuda::core::train::{ChaCha8Rng, NamedLoss, StepHook, StepLog, StepView};
+use omuda::run::{evaluate_target, selection_split};
 use omuda::tensorboard::EventWriter;
 use omuda::{build_method, Error, Result, RunConfig, SelfTraining, UdaMethod};
 use serde_json::json;
@@ -96,12 +98,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
 fn check_methods(cfg: &RunConfig) -> Result<()> {
     // Fail on an unknown method before any training starts.
     for m in &cfg.methods {
-        if !omuda::baselines::METHOD_NAMES.contains(&m.as_str()) {
+        if !omuda::METHOD_NAMES.contains(&m.as_str()) {
             return Err(Error::Config {
                 origin: "--method".into(),
                 message: format!(
                     "unknown method {m:?}; available: {}",
-                    omuda::baselines::METHOD_NAMES.join(", ")
+                    omuda::METHOD_NAMES.join(", ")
                 ),
             });
         }
@@ -152,10 +154,10 @@ struct Outcome {
 /// method builds with its plugins (weights loaded and checked), its training
 /// data opens, and every evaluation frame on disk decodes.
 fn preflight(cfg: &RunConfig, device: &Device) -> Result<()> {
-    omuda::core::data::source::check_eval_data(cfg)?;
+    omuda::run::check_eval_data(cfg)?;
     for name in &cfg.methods {
         omuda::attach_plugins(build_method(name, cfg, device)?, cfg)?;
-        omuda::core::data::source::build_batch_source(cfg, name, device)?;
+        omuda::run::build_batch_source(cfg, name, device)?;
     }
     Ok(())
 }
@@ -419,7 +421,7 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
     let mut method = omuda::attach_plugins(build_method(name, &cfg, device)?, &cfg)?;
     attach_test_hooks(&mut method)?;
     method.set_skip_nonfinite(cfg.train.nonfinite == "skip");
-    let mut loader = omuda::core::data::source::build_batch_source(&cfg, name, device)?;
+    let mut loader = omuda::run::build_batch_source(&cfg, name, device)?;
 
     let log_path = out.join("log.jsonl");
     let tb_dir = out.join("tb");
@@ -489,8 +491,7 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
         TargetSplit::Dev => (selected, evaluate_target(&method, TargetSplit::Test)?),
         TargetSplit::Test => (evaluate_target(&method, TargetSplit::Dev)?, selected),
     };
-    let source =
-        omuda::core::data::source::evaluate_source_val(&cfg, device, &|x| Ok(method.predict(x)?))?;
+    let source = omuda::run::evaluate_source_val(&cfg, device, &|x| Ok(method.predict(x)?))?;
     println!(
         "\n{name}: target-test ({} images), {:.0} s of training",
         target.num_images, train_seconds

@@ -5,9 +5,9 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::data::batch::{BatchSource, UdaBatch};
 use crate::data::synth::{generate_many, Domain, Sample, Split, SynthConfig};
-use crate::train::batch::UdaBatch;
-use crate::Result;
+use crate::{Error, Result};
 
 /// ImageNet mean and std of the reference pipelines (RGB, 0–255 scale).
 pub const IMAGENET_MEAN: [f32; 3] = [123.675, 116.28, 103.53];
@@ -222,6 +222,29 @@ pub fn eval_batches<'a>(
             .collect();
         Ok((img, labels))
     })
+}
+
+impl BatchSource for SynthPairLoader {
+    fn next_batch(&mut self) -> Result<UdaBatch> {
+        SynthPairLoader::next_batch(self)
+    }
+
+    fn order_state(&self) -> Result<serde_json::Value> {
+        let state = crate::train::rng_state::RngState::capture(self.rng());
+        serde_json::to_value(state)
+            .map_err(|e| Error::msg(format!("data-order RNG state to JSON: {e}")))
+    }
+
+    fn restore_order_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        let s: crate::train::rng_state::RngState =
+            serde_json::from_value(state.clone()).map_err(|e| {
+                Error::msg(format!(
+                    "data-order RNG state: {e} (expected seed, stream, word_pos)"
+                ))
+            })?;
+        self.set_rng(s.restore()?);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! the reference training pipelines, RCS, the statistics files of `omuda
 //! prepare`, and the prefetching real-dataset loader.
 
+pub mod batch;
 pub mod classes;
+pub mod config;
 pub mod datasets;
 pub mod glob;
 pub mod labels;
@@ -13,7 +15,7 @@ pub mod png_io;
 pub mod prefetch;
 pub mod prepare;
 pub mod rcs;
-pub mod source;
+pub mod run_batches;
 pub mod stats;
 pub mod synth;
 pub mod synth_pretrain;

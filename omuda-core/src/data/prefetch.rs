@@ -32,7 +32,7 @@ use super::pipeline::{PipelineConfig, Prepared};
 use super::rcs::{crop_has_class, RcsSampler};
 use super::synth::Sample;
 use super::valid_region::{margin_mask, transform_mask};
-use crate::train::batch::UdaBatch;
+use crate::data::batch::UdaBatch;
 use crate::{Error, Result};
 
 /// One domain: a dataset and its training pipeline.
@@ -502,7 +502,7 @@ impl Drop for UdaLoader {
     }
 }
 
-impl crate::train::trainer::BatchSource for UdaLoader {
+impl crate::data::batch::BatchSource for UdaLoader {
     fn next_batch(&mut self) -> Result<UdaBatch> {
         UdaLoader::next_batch(self)
     }

@@ -14,12 +14,12 @@ use candle_core::{Device, Tensor};
 
 use super::inference;
 use super::miou::{ConfusionMatrix, MiouReport};
-use crate::config::EvalConfig;
 use crate::data::datasets::Dataset;
 use crate::data::pipeline::{rescale_size, resize_bilinear_rgb};
 use crate::data::png_io::write_rgb8;
 use crate::data::prefetch::normalize_into;
 use crate::data::synth::Sample;
+use crate::eval::EvalConfig;
 use crate::{Error, Result};
 
 /// Which mean a benchmark reports first.

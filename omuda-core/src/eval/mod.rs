@@ -6,11 +6,35 @@ pub mod miou;
 
 use candle_core::{Device, Tensor};
 
-use crate::config::EvalConfig;
 use crate::data::classes::{CITYSCAPES_CLASSES, IGNORE_INDEX};
 use crate::data::synth::{Domain, Split, SynthConfig};
 use crate::Result;
 use miou::{ConfusionMatrix, MiouReport};
+
+/// How the target is evaluated (`[eval]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// `"whole"` or `"slide"`.
+    pub mode: String,
+    /// Window (h, w) and stride (h, w) of sliding inference.
+    #[serde(deserialize_with = "crate::exact_len::array")]
+    pub crop: [usize; 2],
+    #[serde(deserialize_with = "crate::exact_len::array")]
+    pub stride: [usize; 2],
+    pub batch_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            mode: "whole".into(),
+            crop: [128, 128],
+            stride: [64, 64],
+            batch_size: 4,
+        }
+    }
+}
 
 /// Predicted class map (B,H,W) for `images` with `predict` (logits at any
 /// resolution), by whole-image or sliding-window inference as `cfg` says.

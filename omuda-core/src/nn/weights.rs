@@ -68,6 +68,10 @@ pub enum WeightSource {
     Builtin(&'static str),
 }
 
+/// The weights every network of the built-in benchmark starts from: the tiny
+/// MiT encoder pretrained by `omuda pretrain` (shipped in the binary).
+pub const BUILTIN_ENCODER: &str = "builtin:mit_tiny_synth";
+
 /// Weights shipped inside the binary, by `builtin:` name: the encoder that
 /// `omuda pretrain` trains on the built-in pretraining set, which every
 /// `synth-*` preset starts from (`assets/pretrained/`, docs/datasets.md).

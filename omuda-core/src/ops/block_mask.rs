@@ -75,3 +75,12 @@ pub fn mic_block_mask<R: Rng + ?Sized>(
     let r: Vec<f32> = (0..gh * gw).map(|_| rng.gen::<f32>()).collect();
     block_mask_from_grid(&r, (gh, gw), (h, w), ratio)
 }
+/// Block size in pixels for an image of height `height`: `block_size` at
+/// `reference_height`, scaled linearly, at least 1 (MIC: 64 px on 1024-high
+/// crops, 32 px on 512-high crops).
+pub fn scaled_block(block_size: usize, reference_height: usize, height: usize) -> usize {
+    if reference_height == 0 {
+        return block_size.max(1);
+    }
+    ((block_size as f64 * height as f64 / reference_height as f64).round() as usize).max(1)
+}

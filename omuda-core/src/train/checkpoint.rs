@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::batch::BatchSource;
 use crate::io::{replace_dir_atomic, write_atomic};
 use crate::train::method::UdaMethod;
-use crate::train::trainer::BatchSource;
 use crate::{Error, Result};
 
 /// Version of the sidecar layout.

@@ -33,10 +33,10 @@ use candle_core::Tensor;
 /// The generator hooks draw from (re-exported so a hook needs no extra dependency).
 pub use rand_chacha::ChaCha8Rng;
 
+use crate::data::batch::UdaBatch;
 use crate::nn::SegModel;
 use crate::ops::mix::MixedBatch;
 use crate::ops::pseudo::PseudoLabels;
-use crate::train::batch::UdaBatch;
 use crate::train::objective::SegObjective;
 use crate::train::step::SelfTrainingSpec;
 use crate::Result;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 
-use crate::train::batch::UdaBatch;
+use crate::data::batch::UdaBatch;
 use crate::Result;
 
 /// What one training step reports: named losses and extra metrics.

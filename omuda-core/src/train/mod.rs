@@ -1,9 +1,7 @@
 //! Training: the `UdaMethod` trait, the shared self-training step and its hook
 //! points, EMA teacher, optimizer, LR schedule, checkpoints and the trainer loop.
 
-pub mod batch;
 pub mod checkpoint;
-pub mod components;
 pub mod ema;
 mod fused_update;
 pub mod hooks;
@@ -11,17 +9,14 @@ pub mod method;
 pub mod multires;
 pub mod objective;
 pub mod optimizer;
-pub mod plugin;
 pub mod pretrain;
 pub mod rng_state;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
 
-pub use batch::UdaBatch;
 pub use hooks::{
     class_balanced_weight, ChaCha8Rng, NamedLoss, StepHook, StepView, TargetAveraging,
 };
 pub use method::{StepLog, UdaMethod};
-pub use plugin::{MaskingPlugin, PluginsConfig};
 pub use step::{SelfTraining, UdaConfig};

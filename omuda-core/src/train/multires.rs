@@ -595,22 +595,20 @@ impl SegObjective for MultiResolution {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RunConfig;
+
+    fn parse(text: &str) -> std::result::Result<HrdaConfig, String> {
+        let cfg: HrdaConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
 
     #[test]
     fn hrda_table_parses_and_bad_values_name_the_key() {
-        let cfg = RunConfig::from_toml_str(
-            "[hrda]\nhr_crop = [64, 64]\nhr_slide_stride = [16, 16]\n",
-            "t.toml",
-        )
-        .unwrap();
-        assert_eq!(cfg.hrda.hr_crop, [64, 64]);
-        assert_eq!(cfg.hrda.hr_stride(), [16, 16]);
-        assert_eq!(cfg.hrda.context_scale, 0.5);
-        assert_eq!(RunConfig::default().hrda, HrdaConfig::default());
-        let err = RunConfig::from_toml_str("[hrda]\nhr_crops = [64, 64]\n", "t.toml")
-            .unwrap_err()
-            .to_string();
+        let cfg = parse("hr_crop = [64, 64]\nhr_slide_stride = [16, 16]\n").unwrap();
+        assert_eq!(cfg.hr_crop, [64, 64]);
+        assert_eq!(cfg.hr_stride(), [16, 16]);
+        assert_eq!(cfg.context_scale, 0.5);
+        let err = parse("hr_crops = [64, 64]\n").unwrap_err();
         assert!(err.contains("hr_crops"), "{err}");
         for (text, key) in [
             ("context_scale = 1.0", "hrda.context_scale"),
@@ -621,9 +619,7 @@ mod tests {
             ),
             ("test_stride = [0, 8]", "hrda.test_stride"),
         ] {
-            let err = RunConfig::from_toml_str(&format!("[hrda]\n{text}\n"), "t.toml")
-                .unwrap_err()
-                .to_string();
+            let err = parse(&format!("{text}\n")).unwrap_err();
             assert!(err.contains(key), "{text}: {err}");
         }
     }

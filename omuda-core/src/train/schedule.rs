@@ -52,6 +52,43 @@ impl PolySchedule {
     }
 }
 
+/// The learning-rate schedule; its length is `train.iters`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    pub lr: f64,
+    pub power: f64,
+    pub min_lr: f64,
+    pub warmup_iters: usize,
+    pub warmup_ratio: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        let p = PolySchedule::default();
+        Self {
+            lr: p.base_lr,
+            power: p.power,
+            min_lr: p.min_lr,
+            warmup_iters: p.warmup_iters,
+            warmup_ratio: p.warmup_ratio,
+        }
+    }
+}
+
+impl ScheduleConfig {
+    pub fn poly(&self, max_iters: usize) -> PolySchedule {
+        PolySchedule {
+            base_lr: self.lr,
+            max_iters,
+            power: self.power,
+            min_lr: self.min_lr,
+            warmup_iters: self.warmup_iters,
+            warmup_ratio: self.warmup_ratio,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

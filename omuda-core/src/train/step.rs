@@ -28,6 +28,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::data::batch::UdaBatch;
 use crate::data::valid_region::scaled_row_crop;
 use crate::nn::autocast::AutocastModel;
 use crate::nn::weights::build_initial;
@@ -35,7 +36,6 @@ use crate::nn::{ForwardCtx, ModelConfig, SegModel};
 use crate::ops::augment::{strong_augment, StrongAugConfig};
 use crate::ops::mix::{class_masks, class_mix, MixedBatch};
 use crate::ops::pseudo::{pseudo_label_and_weight, zero_rows, PseudoLabels};
-use crate::train::batch::UdaBatch;
 use crate::train::ema::{copy_parameters, ema_alpha, ema_update};
 use crate::train::hooks::{StepHook, StepView, TargetAveraging};
 use crate::train::method::{DebugKind, StepDebug, StepLog, UdaMethod};

@@ -5,52 +5,47 @@
 
 use std::time::Instant;
 
+use crate::data::batch::BatchSource;
 use crate::eval::miou::MiouReport;
-use crate::train::batch::UdaBatch;
 use crate::train::method::{StepDebug, StepLog, UdaMethod};
-use crate::{Error, Result};
+use crate::Result;
 
-/// Where training batches come from.
-pub trait BatchSource {
-    fn next_batch(&mut self) -> Result<UdaBatch>;
-
-    /// The data-order state (which batches come next) as JSON, saved in
-    /// checkpoints so a resumed run draws the same batches. The default is an
-    /// error: a source that cannot say where it is cannot be resumed exactly.
-    fn order_state(&self) -> Result<serde_json::Value> {
-        Err(Error::msg(
-            "this batch source does not record its data order; it cannot be checkpointed",
-        ))
-    }
-
-    /// Continue from a state written by [`BatchSource::order_state`].
-    fn restore_order_state(&mut self, _state: &serde_json::Value) -> Result<()> {
-        Err(Error::msg(
-            "this batch source does not record its data order; it cannot be resumed",
-        ))
-    }
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub iters: usize,
+    pub batch_size: usize,
+    /// Print a log line every this many iterations.
+    pub log_interval: usize,
+    /// Evaluate on target-val every this many iterations (0: only at the end).
+    pub eval_interval: usize,
+    /// Write a resumable checkpoint every this many iterations (0: only at the end).
+    pub checkpoint_interval: usize,
+    /// Periodic checkpoints kept (the newest ones); the best-by-mIoU copy is kept apart.
+    pub keep_last: usize,
+    /// A non-finite loss or gradient: `"stop"` the run with an error, or
+    /// `"skip"` the parameter update (counted and logged).
+    pub nonfinite: String,
+    /// Write a debug image grid every this many iterations (0: never).
+    pub debug_interval: usize,
+    /// Write TensorBoard event files (scalars) beside `log.jsonl`.
+    pub tensorboard: bool,
 }
 
-impl BatchSource for crate::data::loader::SynthPairLoader {
-    fn next_batch(&mut self) -> Result<UdaBatch> {
-        crate::data::loader::SynthPairLoader::next_batch(self)
-    }
-
-    fn order_state(&self) -> Result<serde_json::Value> {
-        let state = crate::train::rng_state::RngState::capture(self.rng());
-        serde_json::to_value(state)
-            .map_err(|e| Error::msg(format!("data-order RNG state to JSON: {e}")))
-    }
-
-    fn restore_order_state(&mut self, state: &serde_json::Value) -> Result<()> {
-        let s: crate::train::rng_state::RngState =
-            serde_json::from_value(state.clone()).map_err(|e| {
-                Error::msg(format!(
-                    "data-order RNG state: {e} (expected seed, stream, word_pos)"
-                ))
-            })?;
-        self.set_rng(s.restore()?);
-        Ok(())
+impl Default for TrainConfig {
+    /// The reference's 40k iterations, batch 2, evaluation and checkpoint every 4000.
+    fn default() -> Self {
+        Self {
+            iters: 40_000,
+            batch_size: 2,
+            log_interval: 50,
+            eval_interval: 4000,
+            checkpoint_interval: 4000,
+            keep_last: 2,
+            nonfinite: "stop".into(),
+            debug_interval: 4000,
+            tensorboard: true,
+        }
     }
 }
 

@@ -2,11 +2,11 @@
 //! trains the f32 master weights with finite losses, and tracks the f32 step.
 
 use candle_core::{DType, Device};
-use omuda_baselines::build_method;
-use omuda_core::config::RunConfig;
-use omuda_core::data::source::build_batch_source;
+use omuda::build_method;
+use omuda::run::build_batch_source;
+use omuda::RunConfig;
+use omuda_core::data::batch::BatchSource;
 use omuda_core::nn::autocast::Autocast;
-use omuda_core::train::trainer::BatchSource;
 
 fn tiny_config(autocast: Autocast) -> RunConfig {
     let mut cfg = RunConfig {

@@ -4,11 +4,12 @@
 //! scaled to the crop height) inside a real step.
 
 use candle_core::{DType, Device, Tensor};
-use omuda_baselines::{build_method, METHOD_NAMES};
-use omuda_core::config::RunConfig;
-use omuda_core::data::source::build_batch_source;
-use omuda_core::train::trainer::BatchSource;
-use omuda_core::train::{SelfTraining, UdaBatch, UdaMethod};
+use omuda::run::build_batch_source;
+use omuda::RunConfig;
+use omuda::{build_method, METHOD_NAMES};
+use omuda_core::data::batch::BatchSource;
+use omuda_core::data::batch::UdaBatch;
+use omuda_core::train::{SelfTraining, UdaMethod};
 
 fn tiny_config() -> RunConfig {
     let mut cfg = RunConfig {

@@ -1,19 +1,30 @@
-//! The run configuration, read from TOML. Unknown keys are errors that name
-//! the key; every field has a default, so a file only states what it changes.
+//! The run configuration, read from TOML: one table per part, each table the
+//! settings type of the crate that owns the code (`[model]`, `[data]`,
+//! `[optimizer]`, `[schedule]`, `[uda]`, `[train]`, `[eval]` from omuda-core;
+//! `[fd]`, `[mic]` from omuda-baselines; `[plugin.*]` from omuda-plugins).
+//! Unknown keys are errors that name the key; every field has a default, so a
+//! file only states what it changes.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::synth::SynthConfig;
-use crate::nn::ModelConfig;
-use crate::train::components::{FdConfig, MicConfig};
-use crate::train::multires::HrdaConfig;
-use crate::train::optimizer::AdamWConfig;
-use crate::train::plugin::{PluginsConfig, PLUGIN_NAMES};
-use crate::train::schedule::PolySchedule;
-use crate::train::step::UdaConfig;
-use crate::{Error, Result};
+use omuda_baselines::{FdConfig, MicConfig};
+use omuda_core::check::{
+    check_range,
+    Bound::{Closed, Open, Unbounded},
+};
+use omuda_core::data::config::{validate_files, DataConfig};
+use omuda_core::eval::EvalConfig;
+use omuda_core::nn::weights::BUILTIN_ENCODER;
+use omuda_core::nn::ModelConfig;
+use omuda_core::train::multires::HrdaConfig;
+use omuda_core::train::optimizer::AdamWConfig;
+use omuda_core::train::schedule::ScheduleConfig;
+use omuda_core::train::step::UdaConfig;
+use omuda_core::train::trainer::TrainConfig;
+use omuda_core::{Error, Result};
+use omuda_plugins::{PluginsConfig, PLUGIN_NAMES};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,10 +57,6 @@ pub struct RunConfig {
     pub train: TrainConfig,
     pub eval: EvalConfig,
 }
-
-/// The weights every network of the built-in benchmark starts from: the tiny
-/// MiT encoder pretrained by `omuda pretrain` (shipped in the binary).
-pub const BUILTIN_ENCODER: &str = "builtin:mit_tiny_synth";
 
 impl Default for RunConfig {
     /// The built-in benchmark: source-only then DACS on the synthetic pair,
@@ -98,209 +105,6 @@ impl Default for RunConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DataConfig {
-    /// `"synth"` (the built-in pair) or `"files"` (datasets on disk: `source`,
-    /// `target` and `val` below; see docs/datasets.md).
-    pub dataset: String,
-    /// Seed of the generated scenes: the dataset stays the same across run seeds.
-    pub dataset_seed: u64,
-    /// The built-in pair. A partial `[data.synth]` table is read over the
-    /// benchmark's pair ([`benchmark_synth`]), not over `SynthConfig::default()`.
-    #[serde(deserialize_with = "deserialize_benchmark_synth")]
-    pub synth: SynthConfig,
-    /// Labelled source dataset and its training pipeline (`dataset = "files"`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<crate::data::source::DatasetConfig>,
-    /// Unlabelled target training dataset and its pipeline.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target: Option<crate::data::source::DatasetConfig>,
-    /// Labelled target test dataset (the reported scores); its `scale` is the test scale.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub val: Option<crate::data::source::DatasetConfig>,
-    /// Labelled target dev dataset, for choosing hyperparameters and the best
-    /// checkpoint (absent: no dev score; periodic evaluations then use `val`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dev: Option<crate::data::source::DatasetConfig>,
-    /// Rare Class Sampling of the source (absent: uniform source frames).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rcs: Option<crate::data::rcs::RcsConfig>,
-    /// Background decoding threads and prefetch depth.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub loader: Option<crate::data::source::LoaderConfig>,
-}
-
-/// The synthetic pair of the built-in benchmark: 60 % of the full style gap
-/// (`shift = 0.6`); street furniture drawn at least 0.45 × the image height
-/// pixels per camera height, so that far traffic lights and signs span a few
-/// output cells of a stride-4 network at 128×256, as they do at the published
-/// resolutions; trams and motorcyclists about twice as frequent as the
-/// generator's defaults, so that every class occurs in enough frames.
-pub fn benchmark_synth() -> SynthConfig {
-    let mut synth = SynthConfig {
-        shift: 0.6,
-        ..SynthConfig::default()
-    };
-    for (style, trains, motorcyclists) in [
-        (&mut synth.source, 0.2, 0.8),
-        (&mut synth.target, 0.18, 1.2),
-    ] {
-        style.furniture_floor = 0.45;
-        style.trains = trains;
-        style.motorcyclists = motorcyclists;
-    }
-    synth
-}
-
-/// Reads `[data.synth]` over [`benchmark_synth`]: every key given replaces
-/// the benchmark's (tables merged key by key), every key left out keeps it.
-fn deserialize_benchmark_synth<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<SynthConfig, D::Error> {
-    use serde::de::Error as _;
-    let over = serde_json::Value::deserialize(d)?;
-    let mut base = serde_json::to_value(benchmark_synth()).map_err(D::Error::custom)?;
-    merge_json(&mut base, over);
-    serde_json::from_value(base).map_err(D::Error::custom)
-}
-
-/// `over` written into `base`: objects merged key by key, anything else replaced.
-fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
-    match (base, over) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) => merge_json(slot, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (slot, v) => *slot = v,
-    }
-}
-
-impl Default for DataConfig {
-    /// The benchmark uses 60 % of the synthetic pair's full style gap
-    /// (`shift = 0.6`): source-only then reaches about half its source-val
-    /// mIoU on the target, a gap of the size seen between GTA5 and Cityscapes.
-    fn default() -> Self {
-        Self {
-            dataset: "synth".into(),
-            dataset_seed: 2024,
-            synth: benchmark_synth(),
-            source: None,
-            target: None,
-            val: None,
-            dev: None,
-            rcs: None,
-            loader: None,
-        }
-    }
-}
-
-/// The learning-rate schedule; its length is `train.iters`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScheduleConfig {
-    pub lr: f64,
-    pub power: f64,
-    pub min_lr: f64,
-    pub warmup_iters: usize,
-    pub warmup_ratio: f64,
-}
-
-impl Default for ScheduleConfig {
-    fn default() -> Self {
-        let p = PolySchedule::default();
-        Self {
-            lr: p.base_lr,
-            power: p.power,
-            min_lr: p.min_lr,
-            warmup_iters: p.warmup_iters,
-            warmup_ratio: p.warmup_ratio,
-        }
-    }
-}
-
-impl ScheduleConfig {
-    pub fn poly(&self, max_iters: usize) -> PolySchedule {
-        PolySchedule {
-            base_lr: self.lr,
-            max_iters,
-            power: self.power,
-            min_lr: self.min_lr,
-            warmup_iters: self.warmup_iters,
-            warmup_ratio: self.warmup_ratio,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
-    pub iters: usize,
-    pub batch_size: usize,
-    /// Print a log line every this many iterations.
-    pub log_interval: usize,
-    /// Evaluate on target-val every this many iterations (0: only at the end).
-    pub eval_interval: usize,
-    /// Write a resumable checkpoint every this many iterations (0: only at the end).
-    pub checkpoint_interval: usize,
-    /// Periodic checkpoints kept (the newest ones); the best-by-mIoU copy is kept apart.
-    pub keep_last: usize,
-    /// A non-finite loss or gradient: `"stop"` the run with an error, or
-    /// `"skip"` the parameter update (counted and logged).
-    pub nonfinite: String,
-    /// Write a debug image grid every this many iterations (0: never).
-    pub debug_interval: usize,
-    /// Write TensorBoard event files (scalars) beside `log.jsonl`.
-    pub tensorboard: bool,
-}
-
-impl Default for TrainConfig {
-    /// The reference's 40k iterations, batch 2, evaluation and checkpoint every 4000.
-    fn default() -> Self {
-        Self {
-            iters: 40_000,
-            batch_size: 2,
-            log_interval: 50,
-            eval_interval: 4000,
-            checkpoint_interval: 4000,
-            keep_last: 2,
-            nonfinite: "stop".into(),
-            debug_interval: 4000,
-            tensorboard: true,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EvalConfig {
-    /// `"whole"` or `"slide"`.
-    pub mode: String,
-    /// Window (h, w) and stride (h, w) of sliding inference.
-    #[serde(deserialize_with = "crate::exact_len::array")]
-    pub crop: [usize; 2],
-    #[serde(deserialize_with = "crate::exact_len::array")]
-    pub stride: [usize; 2],
-    pub batch_size: usize,
-}
-
-impl Default for EvalConfig {
-    fn default() -> Self {
-        Self {
-            mode: "whole".into(),
-            crop: [128, 128],
-            stride: [64, 64],
-            batch_size: 4,
-        }
-    }
-}
-
 impl RunConfig {
     /// Parse TOML; `origin` names the source in errors (a path or "built-in").
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
@@ -317,9 +121,9 @@ impl RunConfig {
         Self::from_toml_str(&text, &path.display().to_string())
     }
 
-    /// Open the configured device (see [`crate::device`]).
+    /// Open the configured device (see [`omuda_core::device`]).
     pub fn open_device(&self) -> Result<candle_core::Device> {
-        crate::device::device_from_str(&self.device, "device")
+        omuda_core::device::device_from_str(&self.device, "device")
     }
 
     pub fn to_toml(&self) -> Result<String> {
@@ -329,7 +133,7 @@ impl RunConfig {
     /// Checks serde cannot express; each error names the key.
     pub fn validate(&self, origin: &str) -> Result<()> {
         let problems = self.problems();
-        crate::device::DeviceSpec::parse(&self.device, &format!("{origin}: device"))?;
+        omuda_core::device::DeviceSpec::parse(&self.device, &format!("{origin}: device"))?;
         if problems.is_empty() {
             return Ok(());
         }
@@ -355,16 +159,16 @@ impl RunConfig {
                 if let Err(e) = self.data.synth.validate() {
                     p.push(format!("data.synth: {e}"));
                 }
-                if self.model.num_classes != crate::data::classes::NUM_CLASSES {
+                if self.model.num_classes != omuda_core::data::classes::NUM_CLASSES {
                     p.push(format!(
                         "model.num_classes = {}: the synthetic pair has {} classes",
                         self.model.num_classes,
-                        crate::data::classes::NUM_CLASSES
+                        omuda_core::data::classes::NUM_CLASSES
                     ));
                 }
             }
             "files" => {
-                if let Err(e) = crate::data::source::validate_files(&self.data) {
+                if let Err(e) = validate_files(&self.data) {
                     p.push(e);
                 }
             }
@@ -497,47 +301,10 @@ impl RunConfig {
     }
 }
 
-/// One end of an allowed interval.
-#[derive(Clone, Copy)]
-enum Bound {
-    Open(f64),
-    Closed(f64),
-    Unbounded,
-}
-use Bound::{Closed, Open, Unbounded};
-
-/// Pushes a problem when `v` is not finite or lies outside (`lo`, `hi`).
-fn check_range(problems: &mut Vec<String>, key: &str, v: f64, lo: Bound, hi: Bound) {
-    let above = match lo {
-        Open(l) => v > l,
-        Closed(l) => v >= l,
-        Unbounded => true,
-    };
-    let below = match hi {
-        Open(h) => v < h,
-        Closed(h) => v <= h,
-        Unbounded => true,
-    };
-    if !(v.is_finite() && above && below) {
-        let lo = match lo {
-            Open(l) => format!("({l}"),
-            Closed(l) => format!("[{l}"),
-            Unbounded => "(-inf".into(),
-        };
-        let hi = match hi {
-            Open(h) => format!("{h})"),
-            Closed(h) => format!("{h}]"),
-            Unbounded => "inf)".into(),
-        };
-        problems.push(format!(
-            "{key} = {v}: expected a finite value in {lo}, {hi}"
-        ));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use omuda_core::data::config::benchmark_synth;
 
     #[test]
     fn unknown_key_is_named() {
@@ -637,5 +404,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("train.iters"), "{err}");
+    }
+    #[test]
+    fn files_config_parses_and_names_missing_or_bad_keys() {
+        let text = "[data]\ndataset = \"files\"\n[data.source]\nkind = \"gta\"\nroot = \"g\"\n[data.target]\nkind = \"cityscapes\"\nroot = \"c\"\n[data.val]\nkind = \"cityscapes\"\nroot = \"c\"\nsplit = \"val\"\n[data.rcs]\nmin_pixels = 100\n";
+        let cfg = RunConfig::from_toml_str(text, "x.toml").unwrap();
+        assert_eq!(cfg.data.rcs.as_ref().unwrap().class_temp, 0.01);
+        let back = RunConfig::from_toml_str(&cfg.to_toml().unwrap(), "round-trip").unwrap();
+        assert_eq!(back, cfg);
+        let e = RunConfig::from_toml_str("[data]\ndataset = \"files\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.source is required"), "{e}");
+        let bad = text.replace("kind = \"gta\"", "kind = \"gta\"\ncat_max_ratio = 1.5");
+        let e = RunConfig::from_toml_str(&bad, "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("data.source") && e.contains("cat_max_ratio"),
+            "{e}"
+        );
+        let e = RunConfig::from_toml_str("[data]\ndataset = \"kitti\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.dataset"), "{e}");
     }
 }

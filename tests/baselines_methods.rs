@@ -3,11 +3,13 @@
 //! rule inside a real step.
 
 use candle_core::{Device, Tensor};
-use omuda_baselines::{build_method, Daformer, Mic, METHOD_NAMES};
-use omuda_core::config::RunConfig;
+use omuda::RunConfig;
+use omuda::{base_spec, build_method, METHOD_NAMES};
+use omuda_baselines::{Daformer, Mic};
+use omuda_core::data::batch::UdaBatch;
 use omuda_core::data::loader::SynthPairLoader;
 use omuda_core::data::synth::Domain;
-use omuda_core::train::{SelfTraining, UdaBatch};
+use omuda_core::train::SelfTraining;
 
 fn tiny_config() -> RunConfig {
     let mut cfg = RunConfig::default();
@@ -105,7 +107,10 @@ fn mic_daformer_attaches_fd_then_mic_and_every_name_builds() {
     let m = build_method("mic_daformer", &cfg, &Device::Cpu).unwrap();
     assert_eq!(m.hook_names(), ["fd", "mic"]);
     // MIC(host) by hand is the same composition.
-    let by_hand = Mic::wrap(Daformer::named("x", &cfg, &Device::Cpu).unwrap(), &cfg.mic);
+    let by_hand = Mic::wrap(
+        Daformer::new(base_spec("x", &cfg), cfg.fd.clone(), &Device::Cpu).unwrap(),
+        &cfg.mic,
+    );
     assert_eq!(by_hand.hook_names(), ["fd", "mic"]);
     for name in METHOD_NAMES {
         assert!(build_method(name, &cfg, &Device::Cpu).is_ok(), "{name}");
@@ -132,7 +137,7 @@ fn batch(class: u32) -> UdaBatch {
 #[test]
 fn fd_empty_mask_is_a_zero_term_and_flagged() {
     let cfg = tiny_config();
-    let mut m = Daformer::new(&cfg, &Device::Cpu).unwrap();
+    let mut m = Daformer::new(base_spec("daformer", &cfg), cfg.fd.clone(), &Device::Cpu).unwrap();
     let metric = |log: &omuda_core::train::StepLog| {
         log.metrics
             .iter()
