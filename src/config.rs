@@ -14,8 +14,8 @@ use omuda_core::check::{
     check_range,
     Bound::{Closed, Open, Unbounded},
 };
-use omuda_core::data::config::{validate_files, DataConfig};
-use omuda_core::eval::EvalConfig;
+use omuda_core::data::config::{validate_files, DataConfig, DataSource};
+use omuda_core::eval::{EvalConfig, EvalMode};
 use omuda_core::nn::weights::BUILTIN_ENCODER;
 use omuda_core::nn::ModelConfig;
 use omuda_core::train::multires::HrdaConfig;
@@ -151,8 +151,8 @@ impl RunConfig {
     /// and what is allowed.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
-        match self.data.dataset.as_str() {
-            "synth" => {
+        match self.data.dataset {
+            DataSource::Synth => {
                 if let Some(Err(e)) = self.data.rcs.as_ref().map(|r| r.validate()) {
                     p.push(format!("data.rcs: {e}"));
                 }
@@ -167,14 +167,11 @@ impl RunConfig {
                     ));
                 }
             }
-            "files" => {
+            DataSource::Files => {
                 if let Err(e) = validate_files(&self.data) {
                     p.push(e);
                 }
             }
-            other => p.push(format!(
-                "data.dataset = {other:?}: expected \"synth\" or \"files\""
-            )),
         }
         let mut positive = |key: &str, v: usize| {
             if v == 0 {
@@ -188,19 +185,7 @@ impl RunConfig {
             self.train.keep_last,
         );
         positive("eval.batch_size", self.eval.batch_size);
-        if !matches!(self.train.nonfinite.as_str(), "stop" | "skip") {
-            p.push(format!(
-                "train.nonfinite = {:?}: expected \"stop\" or \"skip\"",
-                self.train.nonfinite
-            ));
-        }
-        if !matches!(self.eval.mode.as_str(), "whole" | "slide") {
-            p.push(format!(
-                "eval.mode = {:?}: expected \"whole\" or \"slide\"",
-                self.eval.mode
-            ));
-        }
-        if self.eval.mode == "slide"
+        if self.eval.mode == EvalMode::Slide
             && (self.eval.stride.contains(&0) || self.eval.crop.contains(&0))
         {
             p.push(format!(
@@ -396,10 +381,6 @@ mod tests {
 
     #[test]
     fn semantic_checks_name_the_key() {
-        let err = RunConfig::from_toml_str("[eval]\nmode = \"tiles\"\n", "x")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("eval.mode"), "{err}");
         let err = RunConfig::from_toml_str("[train]\niters = 0\n", "x")
             .unwrap_err()
             .to_string();
@@ -424,9 +405,29 @@ mod tests {
             e.contains("data.source") && e.contains("cat_max_ratio"),
             "{e}"
         );
-        let e = RunConfig::from_toml_str("[data]\ndataset = \"kitti\"\n", "x.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("data.dataset"), "{e}");
+    }
+
+    #[test]
+    fn a_choice_outside_its_list_names_the_allowed_values() {
+        for (text, want) in [
+            (
+                "[data]\ndataset = \"kitti\"\n",
+                "expected `synth` or `files`",
+            ),
+            ("[eval]\nmode = \"tiles\"\n", "expected `whole` or `slide`"),
+            (
+                "[train]\nnonfinite = \"retry\"\n",
+                "expected `stop` or `skip`",
+            ),
+        ] {
+            let e = RunConfig::from_toml_str(text, "x.toml")
+                .unwrap_err()
+                .to_string();
+            let value = text.split('"').nth(1).unwrap();
+            assert!(
+                e.contains("x.toml") && e.contains(value) && e.contains(want),
+                "{text}: {e}"
+            );
+        }
     }
 }

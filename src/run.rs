@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use omuda_baselines::{Dacs, Daformer, Hrda, Mic, SourceOnly};
-use omuda_core::data::config::{required_for_files, TargetSplit};
+use omuda_core::data::config::{required_for_files, DataSource, TargetSplit};
 use omuda_core::data::loader::SynthPairLoader;
 use omuda_core::data::run_batches::{build_uda_loader, RunBatchSource};
 use omuda_core::data::synth::{Domain, Split};
@@ -89,7 +89,7 @@ pub fn attach_plugins(method: SelfTraining, cfg: &RunConfig) -> Result<SelfTrain
 /// The training batches of method `name` (the oracle trains on labelled target data).
 pub fn build_batch_source(cfg: &RunConfig, name: &str, device: &Device) -> Result<RunBatchSource> {
     let oracle = name == "oracle";
-    if cfg.data.dataset == "synth" {
+    if cfg.data.dataset == DataSource::Synth {
         let domain = if oracle {
             Domain::Target
         } else {
@@ -135,7 +135,7 @@ pub fn evaluate_target(
     device: &Device,
     predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> Result<MiouReport> {
-    if cfg.data.dataset == "synth" {
+    if cfg.data.dataset == DataSource::Synth {
         let split = match split {
             TargetSplit::Dev => Split::Dev,
             TargetSplit::Test => Split::Test,
@@ -191,7 +191,7 @@ pub fn check_eval_data(cfg: &RunConfig) -> Result<()> {
 /// The split a run's periodic evaluations and best checkpoint use: dev where
 /// the run has one, else test (datasets on disk without `[data.dev]`).
 pub fn selection_split(cfg: &RunConfig) -> TargetSplit {
-    if cfg.data.dataset == "synth" || cfg.data.dev.is_some() {
+    if cfg.data.dataset == DataSource::Synth || cfg.data.dev.is_some() {
         TargetSplit::Dev
     } else {
         TargetSplit::Test
@@ -215,7 +215,7 @@ pub fn evaluate_source_val(
     device: &Device,
     predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> Result<MiouReport> {
-    if cfg.data.dataset == "synth" {
+    if cfg.data.dataset == DataSource::Synth {
         return omuda_core::eval::evaluate_synth(
             &cfg.data.synth,
             cfg.data.dataset_seed,

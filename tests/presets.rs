@@ -3,6 +3,7 @@
 //! MIC configurations, and `omuda config show` prints the resolved
 //! configuration of a preset or a file.
 
+use omuda::core::data::config::DataSource;
 use std::process::Command;
 
 use omuda::presets::{preset_names, resolve, PRESETS};
@@ -22,11 +23,11 @@ fn every_preset_parses_resolves_and_round_trips() {
             );
         }
         if name.starts_with("synth-") {
-            assert_eq!(cfg.data.dataset, "synth", "{name}");
+            assert_eq!(cfg.data.dataset, DataSource::Synth, "{name}");
             assert!(cfg.train.iters <= 800, "{name}: synth presets stay small");
         } else {
             // Published recipes: 40k iterations, batch 2, eval every 4000, AdamW 6e-5 with 1500 warm-up.
-            assert_eq!(cfg.data.dataset, "files", "{name}");
+            assert_eq!(cfg.data.dataset, DataSource::Files, "{name}");
             assert_eq!(
                 (
                     cfg.train.iters,

@@ -27,7 +27,7 @@ use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
 use omuda::core::train::checkpoint::{self, Best, RunSidecar, BEST_DIR, FINAL_DIR, SIDECAR_FORMAT};
 use omuda::core::train::method::StepDebug;
-use omuda::core::train::trainer::{fit, LoopConfig, StepTiming, TrainObserver};
+use omuda::core::train::trainer::{fit, LoopConfig, NonFinite, StepTiming, TrainObserver};
 use omuda::core::train::{ChaCha8Rng, NamedLoss, StepHook, StepLog, StepView};
 use omuda::run::{evaluate_target, selection_split};
 use omuda::tensorboard::EventWriter;
@@ -420,7 +420,7 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
 
     let mut method = omuda::attach_plugins(build_method(name, &cfg, device)?, &cfg)?;
     attach_test_hooks(&mut method)?;
-    method.set_skip_nonfinite(cfg.train.nonfinite == "skip");
+    method.set_skip_nonfinite(cfg.train.nonfinite == NonFinite::Skip);
     let mut loader = omuda::run::build_batch_source(&cfg, name, device)?;
 
     let log_path = out.join("log.jsonl");

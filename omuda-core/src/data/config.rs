@@ -13,12 +13,22 @@ use super::rcs::RcsConfig;
 use super::synth::SynthConfig;
 use crate::{Error, Result};
 
+/// Where a run's images come from (`data.dataset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSource {
+    /// The built-in synthetic pair, generated on the fly.
+    Synth,
+    /// Datasets on disk (`[data.source]`, `[data.target]`, `[data.val]`).
+    Files,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// `"synth"` (the built-in pair) or `"files"` (datasets on disk: `source`,
     /// `target` and `val` below; see docs/datasets.md).
-    pub dataset: String,
+    pub dataset: DataSource,
     /// Seed of the generated scenes: the dataset stays the same across run seeds.
     pub dataset_seed: u64,
     /// The built-in pair. A partial `[data.synth]` table is read over the
@@ -103,7 +113,7 @@ impl Default for DataConfig {
     /// mIoU on the target, a gap of the size seen between GTA5 and Cityscapes.
     fn default() -> Self {
         Self {
-            dataset: "synth".into(),
+            dataset: DataSource::Synth,
             dataset_seed: 2024,
             synth: benchmark_synth(),
             source: None,
@@ -245,7 +255,7 @@ impl DataConfig {
     /// built-in pair.
     pub fn check_eval_files(&self) -> Result<()> {
         use rayon::prelude::*;
-        if self.dataset == "synth" {
+        if self.dataset == DataSource::Synth {
             return Ok(());
         }
         for (key, dc) in [("data.val", &self.val), ("data.dev", &self.dev)] {

@@ -114,15 +114,7 @@ pub fn evaluate_dataset(
             &mut x,
         );
         let x = Tensor::from_vec(x, (1, 3, rh, rw), device)?;
-        let logits = match cfg.mode.as_str() {
-            "slide" => inference::slide_inference(
-                &x,
-                (cfg.crop[0], cfg.crop[1]),
-                (cfg.stride[0], cfg.stride[1]),
-                predict,
-            )?,
-            _ => inference::whole_inference(&x, predict)?,
-        };
+        let logits = super::predict_logits(&x, cfg, predict)?;
         let logits = crate::ops::resize_bilinear(&logits, h0, w0)?;
         let pred = inference::argmax_classes(&logits)?
             .flatten_all()?

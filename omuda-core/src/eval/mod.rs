@@ -11,12 +11,20 @@ use crate::data::synth::{Domain, Split, SynthConfig};
 use crate::Result;
 use miou::{ConfusionMatrix, MiouReport};
 
+/// Whole-image or sliding-window inference (`eval.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalMode {
+    Whole,
+    Slide,
+}
+
 /// How the target is evaluated (`[eval]`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
     /// `"whole"` or `"slide"`.
-    pub mode: String,
+    pub mode: EvalMode,
     /// Window (h, w) and stride (h, w) of sliding inference.
     #[serde(deserialize_with = "crate::exact_len::array")]
     pub crop: [usize; 2],
@@ -28,7 +36,7 @@ pub struct EvalConfig {
 impl Default for EvalConfig {
     fn default() -> Self {
         Self {
-            mode: "whole".into(),
+            mode: EvalMode::Whole,
             crop: [128, 128],
             stride: [64, 64],
             batch_size: 4,
@@ -36,23 +44,33 @@ impl Default for EvalConfig {
     }
 }
 
-/// Predicted class map (B,H,W) for `images` with `predict` (logits at any
+/// Logits (B,C,H,W) at the size of `images` from `predict` (logits at any
 /// resolution), by whole-image or sliding-window inference as `cfg` says.
-pub fn predict_classes(
+pub fn predict_logits(
     images: &Tensor,
     cfg: &EvalConfig,
     predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> Result<Tensor> {
-    let logits = match cfg.mode.as_str() {
-        "slide" => inference::slide_inference(
+    Ok(match cfg.mode {
+        EvalMode::Slide => inference::slide_inference(
             images,
             (cfg.crop[0], cfg.crop[1]),
             (cfg.stride[0], cfg.stride[1]),
             predict,
         )?,
-        _ => inference::whole_inference(images, predict)?,
-    };
-    Ok(inference::argmax_classes(&logits)?)
+        EvalMode::Whole => inference::whole_inference(images, predict)?,
+    })
+}
+
+/// Predicted class map (B,H,W) for `images`: the argmax of [`predict_logits`].
+pub fn predict_classes(
+    images: &Tensor,
+    cfg: &EvalConfig,
+    predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Tensor> {
+    Ok(inference::argmax_classes(&predict_logits(
+        images, cfg, predict,
+    )?)?)
 }
 
 /// mIoU of `predict` on a labelled split of one synthetic domain (the

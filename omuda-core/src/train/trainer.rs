@@ -10,6 +10,16 @@ use crate::eval::miou::MiouReport;
 use crate::train::method::{StepDebug, StepLog, UdaMethod};
 use crate::Result;
 
+/// What a run does on a non-finite loss or gradient (`train.nonfinite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFinite {
+    /// Stop the run with an error naming the iteration and the loss.
+    Stop,
+    /// Skip the parameter update (counted and logged).
+    Skip,
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -25,7 +35,7 @@ pub struct TrainConfig {
     pub keep_last: usize,
     /// A non-finite loss or gradient: `"stop"` the run with an error, or
     /// `"skip"` the parameter update (counted and logged).
-    pub nonfinite: String,
+    pub nonfinite: NonFinite,
     /// Write a debug image grid every this many iterations (0: never).
     pub debug_interval: usize,
     /// Write TensorBoard event files (scalars) beside `log.jsonl`.
@@ -42,7 +52,7 @@ impl Default for TrainConfig {
             eval_interval: 4000,
             checkpoint_interval: 4000,
             keep_last: 2,
-            nonfinite: "stop".into(),
+            nonfinite: NonFinite::Stop,
             debug_interval: 4000,
             tensorboard: true,
         }
