@@ -21,7 +21,7 @@ use omuda_core::nn::ModelConfig;
 use omuda_core::train::multires::HrdaConfig;
 use omuda_core::train::optimizer::AdamWConfig;
 use omuda_core::train::schedule::ScheduleConfig;
-use omuda_core::train::step::UdaConfig;
+use omuda_core::train::spec::UdaConfig;
 use omuda_core::train::trainer::TrainConfig;
 use omuda_core::{Error, Result};
 use omuda_plugins::{PluginsConfig, PLUGIN_NAMES};

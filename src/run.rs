@@ -14,7 +14,7 @@ use omuda_core::data::synth::{Domain, Split};
 use omuda_core::data::synth_rcs::synth_rcs;
 use omuda_core::eval::dataset::{evaluate_dataset, DatasetEvalOptions};
 use omuda_core::eval::miou::MiouReport;
-use omuda_core::train::step::SelfTrainingSpec;
+use omuda_core::train::spec::SelfTrainingSpec;
 use omuda_core::train::SelfTraining;
 use omuda_core::{Error, Result};
 

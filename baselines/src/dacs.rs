@@ -6,7 +6,7 @@
 //! with head ×10 lr.
 
 use candle_core::Device;
-use omuda_core::train::step::SelfTrainingSpec;
+use omuda_core::train::spec::SelfTrainingSpec;
 use omuda_core::train::SelfTraining;
 use omuda_core::Result;
 

@@ -11,7 +11,7 @@
 //! ×10 and no decay on norms, 1500 warm-up iterations then linear poly.
 
 use candle_core::Device;
-use omuda_core::train::step::SelfTrainingSpec;
+use omuda_core::train::spec::SelfTrainingSpec;
 use omuda_core::train::SelfTraining;
 use omuda_core::Result;
 

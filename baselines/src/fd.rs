@@ -13,14 +13,12 @@
 //! with `feature_scale = 0.5`), so FD needs no method-specific code. The hook
 //! is named `"fd"`: OMUDA's FDM replaces it.
 
-use candle_core::{Device, Tensor};
-use candle_nn::VarMap;
+use candle_core::Tensor;
 use omuda_core::data::classes::THING_CLASSES;
-use omuda_core::nn::weights::build_initial;
-use omuda_core::nn::{ForwardCtx, SegModel};
 use omuda_core::ops::feature_distance::{
     class_mask, downscale_label_ratio, level_index, masked_feature_distance,
 };
+use omuda_core::train::frozen_encoder::FrozenEncoder;
 use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda_core::{Error, Result};
 
@@ -83,8 +81,8 @@ impl FdConfig {
 /// The feature-distance hook.
 pub struct FeatureDistance {
     cfg: FdConfig,
-    /// The frozen encoder, built at the first step from the host's model spec.
-    frozen: Option<(Box<dyn SegModel>, VarMap)>,
+    /// The host's initial network, frozen.
+    frozen: FrozenEncoder,
     metrics: Vec<(String, f64)>,
 }
 
@@ -120,26 +118,13 @@ impl FeatureDistance {
     pub fn new(cfg: FdConfig) -> Self {
         Self {
             cfg,
-            frozen: None,
+            frozen: FrozenEncoder::new(None),
             metrics: Vec::new(),
         }
     }
 
     pub fn config(&self) -> &FdConfig {
         &self.cfg
-    }
-
-    /// The frozen network: built like the student (`SelfTraining::new`):
-    /// seeded initialisation, then the pretrained `model.weights` if set.
-    fn frozen(&mut self, view: &StepView, device: &Device) -> Result<&dyn SegModel> {
-        if self.frozen.is_none() {
-            let (model, vars, _) = build_initial(&view.spec.model, view.spec.seed, device)?;
-            self.frozen = Some((model, vars));
-        }
-        match &self.frozen {
-            Some((m, _)) => Ok(m.as_ref()),
-            None => Err(Error::msg("fd: frozen encoder missing")),
-        }
     }
 }
 
@@ -156,14 +141,9 @@ impl StepHook for FeatureDistance {
         let layer = level_index(self.cfg.layer, features.len(), "fd.layer")?;
         let f = &features[layer];
         let x = view.objective.feature_input(&view.batch.source_image)?;
-        let f0 = {
-            let device = x.device().clone();
-            let e0 = self.frozen(view, &device)?;
-            // `.eval()` under `no_grad` in the reference: no dropout, BN running stats.
-            let mut ctx = ForwardCtx::eval(rng);
-            let feats = e0.features(&x, &mut ctx)?;
-            feats[level_index(self.cfg.layer, feats.len(), "fd.layer")?].detach()
-        };
+        let f0 = self
+            .frozen
+            .features(view, &x, self.cfg.layer, "fd.layer", rng)?;
         let d = feature_distance(
             f,
             &f0,

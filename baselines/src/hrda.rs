@@ -17,7 +17,7 @@
 
 use candle_core::Device;
 use omuda_core::train::multires::{HrdaConfig, MultiResolution};
-use omuda_core::train::step::SelfTrainingSpec;
+use omuda_core::train::spec::SelfTrainingSpec;
 use omuda_core::train::SelfTraining;
 use omuda_core::Result;
 

@@ -4,27 +4,21 @@
 //! `mask_pseudo_threshold='same'`; `seg/mmseg/models/utils/masking_transforms.py`).
 //!
 //! A hook on the shared step's extra-loss point, so it attaches to any host
-//! built on that step (`MIC(DACS)`, `MIC(DAFormer)`, `MIC(HRDA)`):
-//!
-//! 1. the target batch gets colour jitter and blur with fresh draws (one
-//!    decision per step, jitter parameters per image, one blur σ for the batch);
-//! 2. then a random block mask (`b` scaled with the crop height, ratio 0.7);
-//!    masked pixels are 0 in normalised space;
-//! 3. the loss is the host's own loss (`objective.loss`, so HRDA's 0.9 fused +
-//!    0.1 detail terms with a new detail crop) against the host teacher's
-//!    pseudo-labels and pixel weights (after the margins, before mixing),
-//!    averaged like the host's mixed loss, times λ.
+//! built on that step (`MIC(DACS)`, `MIC(DAFormer)`, `MIC(HRDA)`). The term
+//! is omuda-core's masked consistency
+//! ([`omuda_core::train::masked_consistency`]: colour jitter and blur with
+//! fresh draws, a keep-mask, the host's own loss against the host teacher's
+//! pseudo-labels and pixel weights, its main term times λ); MIC's mask rule
+//! is uniform random blocks (`b` scaled with the crop height, ratio 0.7;
+//! masked pixels are 0 in normalised space).
 //!
 //! Named `"mic"`: OMUDA's CAM replaces it.
 
 use candle_core::Tensor;
-use omuda_core::nn::ForwardCtx;
 use omuda_core::ops::augment::StrongAugConfig;
-use omuda_core::ops::augment::{
-    sample_blur_sigma, strong_augment, ColorJitterParams, StrongAugParams,
-};
-use omuda_core::ops::block_mask::mic_block_mask;
-use omuda_core::ops::block_mask::scaled_block;
+use omuda_core::ops::block_mask::{random_block_mask, scaled_block};
+use omuda_core::ops::pseudo::PseudoLabels;
+use omuda_core::train::masked_consistency::{MaskRule, MaskedConsistency};
 use omuda_core::train::{ChaCha8Rng, NamedLoss, SelfTraining, StepHook, StepView};
 use omuda_core::Result;
 use rand::Rng;
@@ -86,60 +80,18 @@ impl MicConfig {
     }
 }
 
-/// The MIC hook.
-pub struct Mic {
-    cfg: MicConfig,
-    metrics: Vec<(String, f64)>,
-    /// The last step's keep mask (1 = pixel seen), for debug images.
-    last_mask: Option<Tensor>,
+/// MIC's mask rule: blocks of `b` pixels (scaled with the image height),
+/// each masked with probability `mask_ratio`, drawn per image.
+pub struct UniformBlocks {
+    pub block_size: usize,
+    pub reference_height: usize,
+    pub mask_ratio: f32,
 }
 
-impl Mic {
-    pub fn new(cfg: MicConfig) -> Self {
-        Self {
-            cfg,
-            metrics: Vec::new(),
-            last_mask: None,
-        }
-    }
-
-    /// `host` with MIC attached (`MIC(host)`).
-    pub fn wrap(host: SelfTraining, cfg: &MicConfig) -> SelfTraining {
-        host.with(Mic::new(cfg.clone()))
-    }
-
-    pub fn config(&self) -> &MicConfig {
-        &self.cfg
-    }
-
+impl UniformBlocks {
     /// Block size for images of height `height` (64 at 1024, 32 at 512).
     pub fn block_size(&self, height: usize) -> usize {
-        scaled_block(self.cfg.block_size, self.cfg.reference_height, height)
-    }
-
-    /// The augmentation of the `n` target images: one jitter/blur decision
-    /// ([`omuda_core::ops::augment::StrongAugConfig::decide`]), jitter
-    /// parameters per image (kornia samples per batch element), and one blur
-    /// σ for the whole batch (MIC calls `gaussian_blur` once on the batch).
-    /// Draw order: decision, jitter of images 0..n, σ.
-    pub fn sample_aug<R: Rng + ?Sized>(&self, rng: &mut R, n: usize) -> Vec<StrongAugParams> {
-        let aug = &self.cfg.aug;
-        let decision = aug.decide(rng);
-        let jitter: Vec<Option<ColorJitterParams>> = (0..n)
-            .map(|_| {
-                decision
-                    .jitter
-                    .then(|| ColorJitterParams::sample(rng, aug.color_jitter_strength))
-            })
-            .collect();
-        let sigma = decision.blur.then(|| sample_blur_sigma(rng));
-        jitter
-            .into_iter()
-            .map(|jitter| StrongAugParams {
-                jitter,
-                blur: sigma,
-            })
-            .collect()
+        scaled_block(self.block_size, self.reference_height, height)
     }
 
     /// Keep-masks (B, 1, H, W) for a batch of `b` images of `h × w`.
@@ -154,9 +106,56 @@ impl Mic {
         let block = self.block_size(h);
         let mut keep = Vec::with_capacity(b * h * w);
         for _ in 0..b {
-            keep.extend(mic_block_mask(h, w, block, self.cfg.mask_ratio, rng)?);
+            keep.extend(random_block_mask(h, w, block, self.mask_ratio, rng)?);
         }
         Ok(Tensor::from_vec(keep, (b, 1, h, w), device)?)
+    }
+}
+
+impl MaskRule for UniformBlocks {
+    fn keep_mask(
+        &mut self,
+        image: &Tensor,
+        _pseudo: &PseudoLabels,
+        _num_classes: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Tensor> {
+        let (b, _, h, w) = image.dims4()?;
+        self.batch_mask(b, h, w, rng, image.device())
+    }
+}
+
+/// The MIC hook.
+pub struct Mic {
+    cfg: MicConfig,
+    term: MaskedConsistency<UniformBlocks>,
+}
+
+impl Mic {
+    pub fn new(cfg: MicConfig) -> Self {
+        let rule = UniformBlocks {
+            block_size: cfg.block_size,
+            reference_height: cfg.reference_height,
+            mask_ratio: cfg.mask_ratio,
+        };
+        Self {
+            term: MaskedConsistency::new("loss_mic", cfg.lambda, cfg.aug.clone(), rule),
+            cfg,
+        }
+    }
+
+    /// `host` with MIC attached (`MIC(host)`).
+    pub fn wrap(host: SelfTraining, cfg: &MicConfig) -> SelfTraining {
+        host.with(Mic::new(cfg.clone()))
+    }
+
+    pub fn config(&self) -> &MicConfig {
+        &self.cfg
+    }
+
+    /// The mask rule (block size, batch masks).
+    pub fn rule(&self) -> &UniformBlocks {
+        &self.term.rule
     }
 }
 
@@ -166,58 +165,14 @@ impl StepHook for Mic {
     }
 
     fn extra_losses(&mut self, view: &StepView, rng: &mut ChaCha8Rng) -> Result<Vec<NamedLoss>> {
-        self.metrics.clear();
-        self.last_mask = None;
-        let Some(pseudo) = view.pseudo else {
-            return Ok(Vec::new());
-        };
-        let target = &view.batch.target_image;
-        let (b, _, h, w) = target.dims4()?;
-        // 1. Colour augmentation first, 2. then the block mask.
-        let aug = self.sample_aug(rng, b);
-        let image = strong_augment(target, &aug)?;
-        let keep = self.batch_mask(b, h, w, rng, target.device())?;
-        let masked = image.broadcast_mul(&keep.to_dtype(image.dtype())?)?;
-        // 3. The host's loss with the host's pseudo-labels, weights and averaging.
-        let ones = pseudo.weight.ones_like()?;
-        let weight = view.target_averaging.weights(
-            &pseudo.label,
-            &ones,
-            &pseudo.weight,
-            view.num_classes,
-        )?;
-        // λ scales the host's main term only (HRDA's detail term keeps its weight).
-        let (loss, _) = {
-            let mut ctx = ForwardCtx::train(rng);
-            view.objective.loss_with_main_weight(
-                view.student,
-                &masked,
-                &pseudo.label,
-                Some(&weight),
-                &mut ctx,
-                self.cfg.lambda,
-            )?
-        };
-        let kept = keep
-            .mean_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        self.metrics.push(("masked_share".into(), 1.0 - kept));
-        self.last_mask = Some(keep);
-        Ok(vec![NamedLoss {
-            name: "loss_mic".into(),
-            value: loss,
-        }])
+        self.term.losses(view, rng)
     }
 
     fn metrics(&self) -> Vec<(String, f64)> {
-        self.metrics.clone()
+        self.term.metrics()
     }
 
     fn debug_masks(&self) -> Vec<(String, Tensor)> {
-        self.last_mask
-            .iter()
-            .map(|m| ("MIC mask".to_string(), m.clone()))
-            .collect()
+        self.term.debug_mask("MIC mask")
     }
 }

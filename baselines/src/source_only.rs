@@ -2,7 +2,7 @@
 //! optimizer and schedule as the UDA methods (the lower bound of a table).
 
 use candle_core::Device;
-use omuda_core::train::step::SelfTrainingSpec;
+use omuda_core::train::spec::SelfTrainingSpec;
 use omuda_core::train::SelfTraining;
 use omuda_core::Result;
 

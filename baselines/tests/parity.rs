@@ -13,7 +13,7 @@ use omuda_baselines::fd::feature_distance;
 use omuda_core::data::rcs::class_probs;
 use omuda_core::data::stats::FrameStats;
 use omuda_core::ops::block_mask::{
-    block_mask_from_grid, grid_len, grid_shape, mic_block_mask, nearest_source_index,
+    block_mask_from_grid, grid_len, grid_shape, nearest_source_index, random_block_mask,
 };
 use omuda_core::ops::feature_distance::{
     class_mask, downscale_label_ratio, masked_feature_distance,
@@ -179,7 +179,7 @@ fn mic_block_mask_masks_about_the_ratio() {
     let mut kept = 0.0;
     let n = 50;
     for _ in 0..n {
-        let m = mic_block_mask(128, 256, 8, 0.7, &mut rng).unwrap();
+        let m = random_block_mask(128, 256, 8, 0.7, &mut rng).unwrap();
         assert_eq!(m.len(), 128 * 256);
         kept += m.iter().sum::<f32>() as f64 / m.len() as f64;
     }

@@ -23,6 +23,7 @@ pub mod exact_len;
 pub mod io;
 pub mod nn;
 pub mod ops;
+pub mod rng_state;
 pub mod train;
 
 pub use error::{Error, Result};

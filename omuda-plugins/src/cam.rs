@@ -1,25 +1,23 @@
 //! CAM, Context-Aware Masking (design: `docs/omuda.md`).
 //!
-//! A masked-image-consistency loss on the target, as MIC's
-//! (`lhoyer/MIC seg/mmseg/models/uda/masking_consistency_module.py`,
-//! `MaskingConsistencyModule.__call__`: colour augmentation, then block
-//! masking, then the host's loss against the teacher's pseudo-labels with the
-//! host's pixel weights), but the mask follows the content: blocks that hold
+//! The masked-image-consistency term of MIC, the same code
+//! ([`omuda_core::train::masked_consistency`]: colour augmentation with one
+//! blur σ per batch, then the mask, then the host's loss against the
+//! teacher's pseudo-labels with the host's pixel weights, its main term
+//! times λ), but the mask follows the content: blocks that hold
 //! foreground (thing classes in the pseudo-label) are masked in small
 //! sub-blocks with a low ratio (local detail survives), background blocks in
 //! whole blocks with a high ratio (stuff must be inferred from context).
 
 use candle_core::{DType, Tensor};
-use omuda_core::nn::ForwardCtx;
-use omuda_core::ops::augment::strong_augment;
 use omuda_core::ops::augment::StrongAugConfig;
 use omuda_core::ops::block_mask::scaled_block;
 use omuda_core::ops::pseudo::PseudoLabels;
-
-use crate::config::PluginsConfig;
+use omuda_core::train::masked_consistency::{MaskRule, MaskedConsistency};
 use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda_core::Result;
 
+use crate::config::PluginsConfig;
 use crate::masks::{cam_mask, CamMaskParams, CamMaskStats};
 
 /// Settings of CAM (`[plugin.cam]`).
@@ -40,7 +38,8 @@ pub struct CamConfig {
     pub fg_mask_ratio: f32,
     /// Foreground blocks are split into sub-blocks of `b / fg_block_divisor`.
     pub fg_block_divisor: usize,
-    /// Loss weight λ_cam.
+    /// λ_cam: scales the term's main loss, as MIC's `lambda` (under HRDA the
+    /// detail term keeps its weight).
     pub weight: f64,
     /// Colour jitter and blur of the target before masking (fresh draws; MIC's
     /// defaults).
@@ -66,45 +65,25 @@ impl Default for CamConfig {
     }
 }
 
-/// Context-Aware Masking. Replaces a hook named `"mic"` (MIC's uniform block
-/// mask) when attached to a MIC host.
-pub struct Cam {
-    cfg: CamConfig,
-    thing_classes: Vec<u32>,
-    metrics: Vec<(String, f64)>,
-    /// The last step's keep mask (1 = pixel seen), for debug images.
-    last_mask: Option<Tensor>,
+/// CAM's mask rule: blocks whose pseudo-label is mostly foreground are
+/// masked in small sub-blocks with a low ratio, the others whole with a high
+/// ratio ([`cam_mask`]).
+pub struct ContentBlocks {
+    pub params: CamConfig,
+    pub thing_classes: Vec<u32>,
+    stats: CamMaskStats,
 }
 
-impl Default for Cam {
-    fn default() -> Self {
-        let p = PluginsConfig::default();
-        Self::new(p.cam, p.thing_classes)
-    }
-}
-
-impl Cam {
-    pub fn new(cfg: CamConfig, thing_classes: Vec<u32>) -> Self {
-        Self {
-            cfg,
-            thing_classes,
-            metrics: Vec::new(),
-            last_mask: None,
-        }
-    }
-
-    pub fn config(&self) -> &CamConfig {
-        &self.cfg
-    }
-
+impl ContentBlocks {
     /// The mask parameters for images of height `height`.
     pub fn mask_params(&self, height: usize) -> CamMaskParams {
+        let c = &self.params;
         CamMaskParams {
-            block: scaled_block(self.cfg.block_size, self.cfg.reference_height, height),
-            divisor: self.cfg.fg_block_divisor,
-            fg_min_fraction: self.cfg.fg_min_fraction,
-            bg_mask_ratio: self.cfg.bg_mask_ratio,
-            fg_mask_ratio: self.cfg.fg_mask_ratio,
+            block: scaled_block(c.block_size, c.reference_height, height),
+            divisor: c.fg_block_divisor,
+            fg_min_fraction: c.fg_min_fraction,
+            bg_mask_ratio: c.bg_mask_ratio,
+            fg_mask_ratio: c.fg_mask_ratio,
         }
     }
 
@@ -140,6 +119,66 @@ impl Cam {
     }
 }
 
+impl MaskRule for ContentBlocks {
+    fn keep_mask(
+        &mut self,
+        _image: &Tensor,
+        pseudo: &PseudoLabels,
+        num_classes: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Tensor> {
+        let (keep, stats) = self.batch_mask(&pseudo.label, num_classes, rng)?;
+        self.stats = stats;
+        Ok(keep)
+    }
+
+    fn metrics(&self) -> Vec<(String, f64)> {
+        let st = &self.stats;
+        let share = |a: usize, n: usize| if n == 0 { 0.0 } else { a as f64 / n as f64 };
+        vec![
+            ("fg_block_share".into(), share(st.fg_blocks, st.blocks)),
+            ("fg_masked_share".into(), share(st.fg_masked, st.fg_pixels)),
+            ("bg_masked_share".into(), share(st.bg_masked, st.bg_pixels)),
+        ]
+    }
+}
+
+/// Context-Aware Masking. Replaces a hook named `"mic"` (MIC's uniform block
+/// mask) when attached to a MIC host.
+pub struct Cam {
+    term: MaskedConsistency<ContentBlocks>,
+}
+
+impl Default for Cam {
+    fn default() -> Self {
+        let p = PluginsConfig::default();
+        Self::new(p.cam, p.thing_classes)
+    }
+}
+
+impl Cam {
+    pub fn new(cfg: CamConfig, thing_classes: Vec<u32>) -> Self {
+        let (weight, aug) = (cfg.weight, cfg.aug.clone());
+        let rule = ContentBlocks {
+            params: cfg,
+            thing_classes,
+            stats: CamMaskStats::default(),
+        };
+        Self {
+            term: MaskedConsistency::new("loss_cam", weight, aug, rule),
+        }
+    }
+
+    pub fn config(&self) -> &CamConfig {
+        &self.term.rule.params
+    }
+
+    /// The mask rule (mask parameters, batch masks).
+    pub fn rule(&self) -> &ContentBlocks {
+        &self.term.rule
+    }
+}
+
 /// `table[c]` is true iff class `c` is a thing class.
 pub fn thing_table(thing_classes: &[u32], num_classes: usize) -> Vec<bool> {
     let mut t = vec![false; num_classes];
@@ -167,10 +206,11 @@ impl StepHook for Cam {
         view: &StepView,
         _rng: &mut ChaCha8Rng,
     ) -> Result<()> {
-        if !self.cfg.context_mix {
+        let rule = &self.term.rule;
+        if !rule.params.context_mix {
             return Ok(());
         }
-        let is_thing = thing_table(&self.thing_classes, view.num_classes);
+        let is_thing = thing_table(&rule.thing_classes, view.num_classes);
         for (i, m) in masks.iter_mut().enumerate() {
             let lab = view.batch.source_label.get(i)?;
             let (h, w) = lab.dims2()?;
@@ -193,67 +233,14 @@ impl StepHook for Cam {
     }
 
     fn extra_losses(&mut self, view: &StepView, rng: &mut ChaCha8Rng) -> Result<Vec<NamedLoss>> {
-        self.metrics.clear();
-        self.last_mask = None;
-        let Some(pseudo): Option<&PseudoLabels> = view.pseudo else {
-            return Ok(Vec::new());
-        };
-        let target = &view.batch.target_image;
-        let b = target.dim(0)?;
-        // 1. Colour jitter and blur with fresh draws, then 2-3. the content mask.
-        let aug = self.cfg.aug.sample(rng, b);
-        let image = strong_augment(target, &aug)?;
-        let (keep, stats) = self.batch_mask(&pseudo.label, view.num_classes, rng)?;
-        let masked = image.broadcast_mul(&keep.to_dtype(image.dtype())?)?;
-        self.last_mask = Some(keep.clone());
-        // 4. The host's loss with the host's pixel weights and target averaging.
-        let ones = pseudo.weight.ones_like()?;
-        let weight = view.target_averaging.weights(
-            &pseudo.label,
-            &ones,
-            &pseudo.weight,
-            view.num_classes,
-        )?;
-        let (loss, _) = {
-            let mut ctx = ForwardCtx::train(rng);
-            view.objective.loss(
-                view.student,
-                &masked,
-                &pseudo.label,
-                Some(&weight),
-                &mut ctx,
-            )?
-        };
-        let share = |a: usize, n: usize| if n == 0 { 0.0 } else { a as f64 / n as f64 };
-        self.metrics = vec![
-            ("masked_share".into(), stats.masked_share()),
-            (
-                "fg_block_share".into(),
-                share(stats.fg_blocks, stats.blocks),
-            ),
-            (
-                "fg_masked_share".into(),
-                share(stats.fg_masked, stats.fg_pixels),
-            ),
-            (
-                "bg_masked_share".into(),
-                share(stats.bg_masked, stats.bg_pixels),
-            ),
-        ];
-        Ok(vec![NamedLoss {
-            name: "loss_cam".into(),
-            value: (loss * self.cfg.weight)?,
-        }])
+        self.term.losses(view, rng)
     }
 
     fn metrics(&self) -> Vec<(String, f64)> {
-        self.metrics.clone()
+        self.term.metrics()
     }
 
     fn debug_masks(&self) -> Vec<(String, Tensor)> {
-        self.last_mask
-            .iter()
-            .map(|m| ("CAM mask".to_string(), m.clone()))
-            .collect()
+        self.term.debug_mask("CAM mask")
     }
 }

@@ -8,23 +8,22 @@
 //! `DACS.masked_feat_dist`; `seg/mmseg/utils/utils.py::downscale_label_ratio`),
 //! which FDM replaces when the host attaches it as a hook named `"fd"`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
-use omuda_core::nn::weights::build_initial;
-use omuda_core::nn::{ForwardCtx, SegModel};
-use omuda_core::ops::block_mask::scaled_block;
-use omuda_core::ops::feature_distance::level_index;
-
-use crate::config::PluginsConfig;
+use candle_core::{DType, Tensor};
+use omuda_core::nn::ForwardCtx;
+use omuda_core::ops::block_mask::{random_block_mask, scaled_block};
+use omuda_core::ops::feature_distance::{
+    downscale_label_grid, level_index, masked_feature_distance,
+};
+use omuda_core::ops::IGNORE_INDEX;
+use omuda_core::train::frozen_encoder::FrozenEncoder;
 use omuda_core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
 use omuda_core::{Error, Result};
 
 use crate::cam::thing_table;
-use crate::masks::{
-    cell_mean, downscale_label_ratio, masked_feature_distance, random_block_mask, IGNORE,
-};
+use crate::config::PluginsConfig;
+use crate::masks::cell_mean;
 
 /// Settings of FDM (`[plugin.fdm]`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -71,8 +70,8 @@ impl Default for FdmConfig {
 pub struct Fdm {
     cfg: FdmConfig,
     thing_classes: Vec<u32>,
-    /// The frozen encoder, built at the first step.
-    frozen: Option<(Box<dyn SegModel>, VarMap)>,
+    /// `E₀`: the host's initial network, or with the encoder of `cfg.encoder`.
+    frozen: FrozenEncoder,
     metrics: Vec<(String, f64)>,
 }
 
@@ -83,37 +82,31 @@ impl Default for Fdm {
     }
 }
 
-/// The feature-cell mask (B, hf, wf) of FDM: cells whose downscaled label is
-/// a thing class and, when `confidence` is given, whose mean confidence is
-/// at least `threshold`.
-#[allow(clippy::too_many_arguments)]
+/// The feature-cell mask (B, hf, wf) of FDM: cells whose downscaled label
+/// (`cell_label`, B·hf·wf) is a thing class and, when the pixel `confidence`
+/// (B·h·w) is given, whose mean confidence is at least `threshold`.
 pub fn cell_mask(
-    label: &[u32],
+    cell_label: &[u32],
     confidence: Option<&[f32]>,
     (b, h, w): (usize, usize, usize),
     (hf, wf): (usize, usize),
     is_thing: &[bool],
-    min_ratio: f32,
     threshold: f32,
 ) -> Result<Vec<f32>> {
-    let k = is_thing.len();
+    if cell_label.len() != b * hf * wf {
+        return Err(Error::msg(format!(
+            "fdm: {} cell labels for {b} images of {hf}×{wf} cells",
+            cell_label.len()
+        )));
+    }
     let mut out = Vec::with_capacity(b * hf * wf);
-    for i in 0..b {
-        let lab = downscale_label_ratio(
-            &label[i * h * w..(i + 1) * h * w],
-            h,
-            w,
-            hf,
-            wf,
-            min_ratio,
-            k,
-        )?;
+    for (i, lab) in cell_label.chunks(hf * wf).enumerate() {
         let conf = match confidence {
             Some(c) => Some(cell_mean(&c[i * h * w..(i + 1) * h * w], h, w, hf, wf)?),
             None => None,
         };
         for (j, &c) in lab.iter().enumerate() {
-            let thing = c != IGNORE && is_thing.get(c as usize).copied().unwrap_or(false);
+            let thing = c != IGNORE_INDEX && is_thing.get(c as usize).copied().unwrap_or(false);
             let confident = conf.as_ref().is_none_or(|cf| cf[j] >= threshold);
             out.push(if thing && confident { 1.0 } else { 0.0 });
         }
@@ -124,38 +117,15 @@ pub fn cell_mask(
 impl Fdm {
     pub fn new(cfg: FdmConfig, thing_classes: Vec<u32>) -> Self {
         Self {
+            frozen: FrozenEncoder::new(cfg.encoder.clone()),
             cfg,
             thing_classes,
-            frozen: None,
             metrics: Vec::new(),
         }
     }
 
     pub fn config(&self) -> &FdmConfig {
         &self.cfg
-    }
-
-    /// Build `E₀`: the host's model with the weights the student was
-    /// initialised from (same seeded initialisation, then the pretrained
-    /// `model.weights` if set), or those of `cfg.encoder`.
-    fn frozen(&mut self, view: &StepView, device: &Device) -> Result<&dyn SegModel> {
-        if self.frozen.is_none() {
-            // The student's initial network, as SelfTraining::new builds it.
-            let (model, vars, _) = build_initial(&view.spec.model, view.spec.seed, device)?;
-            if let Some(path) = &self.cfg.encoder {
-                // `{seed}` in the path stands for the run's seed (one encoder per seed).
-                let path = PathBuf::from(
-                    path.to_string_lossy()
-                        .replace("{seed}", &view.spec.seed.to_string()),
-                );
-                load_encoder(&vars, &path)?;
-            }
-            self.frozen = Some((model, vars));
-        }
-        match &self.frozen {
-            Some((m, _)) => Ok(m.as_ref()),
-            None => Err(Error::msg("fdm: frozen encoder missing")),
-        }
     }
 
     /// One distillation term on `image` with per-pixel `label` (and the
@@ -179,16 +149,12 @@ impl Fdm {
         );
         let mask_ratio = self.cfg.mask_ratio;
         // E₀ on the unmasked image, no graph, evaluation mode.
-        let f0 = {
-            let e0 = self.frozen(view, &device)?;
-            let mut ctx = ForwardCtx::eval(rng);
-            let feats = e0.features(image, &mut ctx)?;
-            feats[level_index(cfg_layer, feats.len(), "plugin.fdm.layer")?].detach()
-        };
+        let f0 = self
+            .frozen
+            .features(view, image, cfg_layer, "plugin.fdm.layer", rng)?;
         let (_, _, hf, wf) = f0.dims4()?;
-        let lab = label
+        let lab = downscale_label_grid(label, (hf, wf), ratio, view.num_classes)?
             .flatten_all()?
-            .to_dtype(DType::U32)?
             .to_vec1::<u32>()?;
         let conf = match confidence {
             Some(c) => Some(c.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
@@ -200,7 +166,6 @@ impl Fdm {
             (b, h, w),
             (hf, wf),
             &is_thing,
-            ratio,
             threshold,
         )?;
         let kept = cells.iter().filter(|&&v| v > 0.0).count();
@@ -209,7 +174,7 @@ impl Fdm {
         }
         let mut keep = Vec::with_capacity(b * h * w);
         for _ in 0..b {
-            keep.extend(random_block_mask(h, w, block, mask_ratio, rng));
+            keep.extend(random_block_mask(h, w, block, mask_ratio, rng)?);
         }
         let keep = Tensor::from_vec(keep, (b, 1, h, w), &device)?.to_dtype(image.dtype())?;
         let masked = image.broadcast_mul(&keep)?;
@@ -222,45 +187,6 @@ impl Fdm {
         let cells = Tensor::from_vec(cells, (b, hf, wf), &device)?;
         masked_feature_distance(&f, &f0, &cells)
     }
-}
-
-/// Load the variables of `vars` found in the safetensors file `path`. Every
-/// variable whose name contains `encoder` must be present with its shape.
-pub fn load_encoder(vars: &VarMap, path: &Path) -> Result<()> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::file(path, e.to_string()))?;
-    let data = vars
-        .data()
-        .lock()
-        .map_err(|_| Error::msg("VarMap lock poisoned"))?;
-    for (name, var) in data.iter() {
-        match tensors.get(name) {
-            Some(t) if t.shape() == var.shape() => {
-                var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?
-            }
-            Some(t) => {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "tensor `{name}` has shape {:?}, expected {:?}",
-                        t.shape(),
-                        var.shape()
-                    ),
-                ))
-            }
-            None if name.contains("encoder") => {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "no tensor `{name}` (expected shape {:?}) for the FDM encoder",
-                        var.shape()
-                    ),
-                ))
-            }
-            None => {}
-        }
-    }
-    Ok(())
 }
 
 impl StepHook for Fdm {

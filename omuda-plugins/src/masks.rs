@@ -1,12 +1,8 @@
 //! The plugins' mask and label maths on plain per-image buffers, so each rule
 //! can be tested on hand-made inputs with an injected generator.
 
-use omuda_core::ops::feature_distance::downscale_label_cells;
 use omuda_core::{Error, Result};
 use rand::Rng;
-
-/// The feature-distance maths shared with DAFormer's FD (`omuda-core`).
-pub use omuda_core::ops::feature_distance::{masked_feature_distance, DISTANCE_EPS, IGNORE};
 
 /// Parameters of [`cam_mask`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -147,33 +143,6 @@ pub fn cam_mask<R: Rng + ?Sized>(
     Ok((keep, st))
 }
 
-/// A random block keep-mask (1 keep, 0 masked) of an `h × w` image: blocks of
-/// `block` pixels from the top-left, each masked with probability `ratio`
-/// (MIC `BlockMaskGenerator`: keep iff a uniform draw is `> ratio`; here
-/// masked iff the draw is `< ratio`). One draw per block, row-major.
-pub fn random_block_mask<R: Rng + ?Sized>(
-    h: usize,
-    w: usize,
-    block: usize,
-    ratio: f32,
-    rng: &mut R,
-) -> Vec<f32> {
-    let b = block.max(1);
-    let mut keep = vec![1f32; h * w];
-    for by in (0..h).step_by(b) {
-        for bx in (0..w).step_by(b) {
-            if rng.gen::<f32>() < ratio {
-                for y in by..(by + b).min(h) {
-                    keep[y * w + bx..y * w + (bx + b).min(w)]
-                        .iter_mut()
-                        .for_each(|v| *v = 0.0);
-                }
-            }
-        }
-    }
-    keep
-}
-
 /// Cell size of a `(h, w)` image over an `(hf, wf)` feature grid: `(h / hf, w / wf)`.
 fn cell_size(h: usize, w: usize, hf: usize, wf: usize) -> Result<(usize, usize)> {
     if hf == 0 || wf == 0 || hf > h || wf > w {
@@ -184,39 +153,9 @@ fn cell_size(h: usize, w: usize, hf: usize, wf: usize) -> Result<(usize, usize)>
     Ok((h / hf, w / wf))
 }
 
-/// One image's label downscaled to an `hf × wf` grid (DAFormer
-/// `seg/mmseg/utils/utils.py::downscale_label_ratio`, implemented in
-/// [`omuda_core::ops::feature_distance::downscale_label_cells`]): cells of
-/// `(h/hf) × (w/wf)` pixels; ignored pixels count as an extra class; the cell
-/// gets its majority class if that class is a real class covering at least
-/// `min_ratio` of the cell, else [`IGNORE`]. Ties go to the lowest class.
-pub fn downscale_label_ratio(
-    label: &[u32],
-    h: usize,
-    w: usize,
-    hf: usize,
-    wf: usize,
-    min_ratio: f32,
-    num_classes: usize,
-) -> Result<Vec<u32>> {
-    if label.len() != h * w {
-        return Err(Error::msg(format!(
-            "downscale_label_ratio: label has {} values, expected {h}×{w}",
-            label.len()
-        )));
-    }
-    let cells = cell_size(h, w, hf, wf)?;
-    let out = downscale_label_cells(label, (h, w), cells, min_ratio, num_classes)?;
-    // When the cells do not tile the image exactly there can be more of them
-    // than the feature grid has: keep the top-left `hf × wf`.
-    let full_w = w / cells.1;
-    Ok((0..hf)
-        .flat_map(|y| out[y * full_w..y * full_w + wf].iter().copied())
-        .collect())
-}
-
-/// Mean of `values` (h·w) over each cell of an `hf × wf` grid (cells as in
-/// [`downscale_label_ratio`]).
+/// Mean of `values` (h·w) over each cell of an `hf × wf` grid (cells of
+/// `(h / hf) × (w / wf)` pixels from the top-left, as
+/// `omuda_core::ops::feature_distance::downscale_label_grid`).
 pub fn cell_mean(values: &[f32], h: usize, w: usize, hf: usize, wf: usize) -> Result<Vec<f32>> {
     if values.len() != h * w {
         return Err(Error::msg(format!(

@@ -1,15 +1,15 @@
 //! The plugins' maths on hand-made tensors and buffers.
 
 use candle_core::{DType, Device, Tensor, Var};
-use omuda_core::ops::block_mask::scaled_block;
-use omuda_core::ops::feature_distance::level_index;
+use omuda_core::ops::block_mask::{random_block_mask, scaled_block};
+use omuda_core::ops::feature_distance::{
+    downscale_label_grid, level_index, masked_feature_distance,
+};
+use omuda_core::ops::IGNORE_INDEX;
 use omuda_core::train::class_balanced_weight;
 use omuda_plugins::cdm::{class_thresholds, pixel_weight, update_class_means};
 use omuda_plugins::fdm::cell_mask;
-use omuda_plugins::masks::{
-    cam_mask, cell_mean, downscale_label_ratio, fg_fraction, masked_feature_distance,
-    random_block_mask, CamMaskParams, IGNORE,
-};
+use omuda_plugins::masks::{cam_mask, cell_mean, fg_fraction, CamMaskParams};
 use omuda_plugins::CdmMode;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -171,7 +171,7 @@ fn random_block_mask_ratio() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut masked = 0usize;
     for _ in 0..100 {
-        let m = random_block_mask(32, 32, 4, 0.5, &mut rng);
+        let m = random_block_mask(32, 32, 4, 0.5, &mut rng).unwrap();
         for by in 0..8 {
             for bx in 0..8 {
                 let v = m[by * 4 * 32 + bx * 4];
@@ -255,22 +255,34 @@ fn downscaled_labels_and_cell_means() {
     let l = vec![
         13, 13, 0, 0,
         13, 0, 13, 13,
-        IGNORE, IGNORE, 0, 0,
-        IGNORE, IGNORE, 0, 0,
+        IGNORE_INDEX, IGNORE_INDEX, 0, 0,
+        IGNORE_INDEX, IGNORE_INDEX, 0, 0,
     ];
-    let d = downscale_label_ratio(&l, 4, 4, 2, 2, 0.75, 19).unwrap();
-    assert_eq!(d, [13, IGNORE, IGNORE, 0]);
-    let d = downscale_label_ratio(&l, 4, 4, 2, 2, 0.5, 19).unwrap();
-    assert_eq!(d, [13, 0, IGNORE, 0], "ties go to the lowest class");
+    let down = |l: &[u32], (h, w): (usize, usize), grid, ratio| {
+        let t = Tensor::from_vec(l.to_vec(), (1, h, w), &Device::Cpu).unwrap();
+        downscale_label_grid(&t, grid, ratio, 19)
+            .and_then(|d| Ok(d.flatten_all()?.to_vec1::<u32>()?))
+    };
+    let d = down(&l, (4, 4), (2, 2), 0.75).unwrap();
+    assert_eq!(d, [13, IGNORE_INDEX, IGNORE_INDEX, 0]);
+    let d = down(&l, (4, 4), (2, 2), 0.5).unwrap();
+    assert_eq!(d, [13, 0, IGNORE_INDEX, 0], "ties go to the lowest class");
+    // Cells that do not tile the label: 5×5 onto 2×2 uses 2×2 cells from the
+    // top-left and drops the last row and column.
+    let l5: Vec<u32> = (0..25)
+        .map(|i| if i % 5 == 4 || i >= 20 { 7 } else { 13 })
+        .collect();
+    assert_eq!(down(&l5, (5, 5), (2, 2), 0.75).unwrap(), [13; 4]);
     let conf: Vec<f32> = (0..16).map(|i| i as f32 / 16.0).collect();
     let m = cell_mean(&conf, 4, 4, 2, 2).unwrap();
     assert!((m[0] - (0.0 + 1.0 + 4.0 + 5.0) / 64.0).abs() < 1e-6);
-    assert!(downscale_label_ratio(&l, 4, 4, 8, 2, 0.75, 19).is_err());
+    assert!(down(&l, (4, 4), (8, 2), 0.75).is_err());
     // The FDM cell mask: thing cells only, and on the target only confident ones.
-    let mask = cell_mask(&l, None, (1, 4, 4), (2, 2), &things(), 0.75, 0.968).unwrap();
+    let cells = down(&l, (4, 4), (2, 2), 0.75).unwrap();
+    let mask = cell_mask(&cells, None, (1, 4, 4), (2, 2), &things(), 0.968).unwrap();
     assert_eq!(mask, [1.0, 0.0, 0.0, 0.0]);
     let conf = vec![0.5f32; 16];
-    let mask = cell_mask(&l, Some(&conf), (1, 4, 4), (2, 2), &things(), 0.75, 0.968).unwrap();
+    let mask = cell_mask(&cells, Some(&conf), (1, 4, 4), (2, 2), &things(), 0.968).unwrap();
     assert_eq!(mask, [0.0; 4]);
     assert_eq!(level_index(-1, 4, "plugin.fdm.layer").unwrap(), 3);
     assert_eq!(level_index(1, 4, "plugin.fdm.layer").unwrap(), 1);

@@ -7,8 +7,8 @@
 /// Number of evaluation classes.
 pub const NUM_CLASSES: usize = 19;
 
-/// Label value of pixels excluded from losses and metrics.
-pub const IGNORE_INDEX: u8 = 255;
+/// [`crate::ops::IGNORE_INDEX`] as the 8-bit label maps store it.
+pub const IGNORE_INDEX: u8 = crate::ops::IGNORE_INDEX as u8;
 
 /// Class names, indexed by trainId.
 pub const CITYSCAPES_CLASSES: [&str; NUM_CLASSES] = [

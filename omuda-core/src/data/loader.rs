@@ -230,18 +230,17 @@ impl BatchSource for SynthPairLoader {
     }
 
     fn order_state(&self) -> Result<serde_json::Value> {
-        let state = crate::train::rng_state::RngState::capture(self.rng());
+        let state = crate::rng_state::RngState::capture(self.rng());
         serde_json::to_value(state)
             .map_err(|e| Error::msg(format!("data-order RNG state to JSON: {e}")))
     }
 
     fn restore_order_state(&mut self, state: &serde_json::Value) -> Result<()> {
-        let s: crate::train::rng_state::RngState =
-            serde_json::from_value(state.clone()).map_err(|e| {
-                Error::msg(format!(
-                    "data-order RNG state: {e} (expected seed, stream, word_pos)"
-                ))
-            })?;
+        let s: crate::rng_state::RngState = serde_json::from_value(state.clone()).map_err(|e| {
+            Error::msg(format!(
+                "data-order RNG state: {e} (expected seed, stream, word_pos)"
+            ))
+        })?;
         self.set_rng(s.restore()?);
         Ok(())
     }

@@ -44,6 +44,7 @@
 //! (`0`) and its own style (`1`, default), to vary the size of the gap.
 
 mod canvas;
+mod geometry;
 mod look;
 mod noise;
 mod people;

@@ -11,8 +11,8 @@ use candle_core::{bail, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::layers::{Conv2d, ConvCfg};
+use super::model::{ModelConfig, SegModel};
 use super::resnet::{ResNet, ResNetConfig};
-use super::segmentor::{ModelConfig, SegModel};
 use super::ForwardCtx;
 
 /// The DLV2 classifier: summed dilated 3x3 convolutions.

@@ -15,13 +15,16 @@ pub mod detached;
 pub mod init;
 pub mod layers;
 pub mod mit;
+pub mod model;
 pub mod resnet;
 pub mod segformer_head;
 pub mod segmentor;
+pub mod varmap_io;
 pub mod weights;
 
 pub use init::seeded_var_builder;
-pub use segmentor::{build_segmentor, ModelConfig, SegModel};
+pub use model::{ModelConfig, SegModel};
+pub use segmentor::build_segmentor;
 
 use rand_chacha::ChaCha8Rng;
 

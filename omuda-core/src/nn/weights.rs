@@ -48,7 +48,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::segmentor::{build_segmentor, ModelConfig};
+use super::model::ModelConfig;
+use super::segmentor::build_segmentor;
 
 /// The one-line command that converts a PyTorch checkpoint to safetensors.
 pub const PTH_CONVERSION: &str = "python -c \"import sys,torch; from safetensors.torch import save_file; sd=torch.load(sys.argv[1],map_location='cpu',weights_only=True); sd=sd.get('state_dict',sd); save_file({k:v.clone().contiguous() for k,v in sd.items() if torch.is_tensor(v)},sys.argv[2])\" in.pth out.safetensors";

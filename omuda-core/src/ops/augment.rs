@@ -800,6 +800,35 @@ impl StrongAugConfig {
         }
     }
 
+    /// MIC's draws for a batch of `n` images (`lhoyer/MIC
+    /// seg/mmseg/models/uda/masking_consistency_module.py::MaskingConsistencyModule.__call__`):
+    /// one jitter/blur decision, colour-jitter parameters per image (kornia
+    /// samples per batch element) and one blur σ for the whole batch (MIC
+    /// calls `gaussian_blur` once on the batch). Draw order: decision, jitter
+    /// of images 0..n, σ.
+    pub fn sample_shared_blur<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        n: usize,
+    ) -> Vec<StrongAugParams> {
+        let decision = self.decide(rng);
+        let jitter: Vec<Option<ColorJitterParams>> = (0..n)
+            .map(|_| {
+                decision
+                    .jitter
+                    .then(|| ColorJitterParams::sample(rng, self.color_jitter_strength))
+            })
+            .collect();
+        let sigma = decision.blur.then(|| sample_blur_sigma(rng));
+        jitter
+            .into_iter()
+            .map(|jitter| StrongAugParams {
+                jitter,
+                blur: sigma,
+            })
+            .collect()
+    }
+
     /// Draws the parameters of one image under `decision`.
     ///
     /// Draw order (stable): if jitter, [`ColorJitterParams::sample`] (4 uniforms,

@@ -62,9 +62,10 @@ pub fn block_mask_from_grid(
     Ok(out)
 }
 
-/// A MIC keep-mask of an `h × w` image with block size `block`: the grid's
+/// The random block keep-mask of an `h × w` image with block size `block` (the
+/// one block-mask generator of the workspace: MIC, FDM): the grid's
 /// uniforms are drawn row-major from `rng` (`gen::<f32>()`, in [0, 1)).
-pub fn mic_block_mask<R: Rng + ?Sized>(
+pub fn random_block_mask<R: Rng + ?Sized>(
     h: usize,
     w: usize,
     block: usize,

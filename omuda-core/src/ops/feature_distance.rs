@@ -23,8 +23,7 @@ pub fn level_index(layer: i64, n: usize, key: &str) -> Result<usize> {
     Ok(idx as usize)
 }
 
-/// Label value of ignored pixels.
-pub const IGNORE: u32 = 255;
+use super::IGNORE_INDEX;
 
 /// Added under the square root of the feature distance so its gradient is
 /// finite where the two features coincide (PyTorch's `norm` backward returns
@@ -35,7 +34,7 @@ pub const DISTANCE_EPS: f64 = 1e-12;
 /// pixels, giving `(h / sh) × (w / sw)` cells (`avg_pool2d` drops the
 /// remainder rows and columns). Ignored pixels (and any id ≥ `num_classes`)
 /// count as an extra class; a cell gets its majority class if that is a real
-/// class covering at least `min_ratio` of the cell, else [`IGNORE`]. Ties go
+/// class covering at least `min_ratio` of the cell, else [`IGNORE_INDEX`]. Ties go
 /// to the lowest class id (`torch.max` returns the first maximum).
 pub fn downscale_label_cells(
     label: &[u32],
@@ -56,7 +55,7 @@ pub fn downscale_label_cells(
         )));
     }
     let (hf, wf) = (h / sh, w / sw);
-    let mut out = vec![IGNORE; hf * wf];
+    let mut out = vec![IGNORE_INDEX; hf * wf];
     let mut hist = vec![0usize; num_classes + 1];
     // The reference compares the float32 average-pool value with min_ratio.
     let area = (sh * sw) as f32;
@@ -92,31 +91,75 @@ pub fn downscale_label_ratio(
     min_ratio: f32,
     num_classes: usize,
 ) -> Result<Tensor> {
-    let (b, h, w) = label.dims3().map_err(|_| {
-        Error::msg(format!(
-            "downscale_label_ratio: label must be (B, H, W), got shape {:?}",
-            label.dims()
-        ))
-    })?;
+    let (_, h, w) = label_dims(label)?;
     if scale_factor <= 1 {
         return Err(Error::msg(format!(
             "downscale_label_ratio: scale factor {scale_factor} must be > 1 (label {h}×{w})"
         )));
     }
+    downscale_batch(
+        label,
+        (scale_factor, scale_factor),
+        (h / scale_factor, w / scale_factor),
+        min_ratio,
+        num_classes,
+    )
+}
+
+/// The labels `(B, H, W)` downscaled onto a feature grid `(hf, wf)`: cells
+/// of `(H / hf) × (W / wf)` pixels as in [`downscale_label_cells`]; when the
+/// cells do not tile the image exactly, the top-left `hf × wf` cells. Output
+/// `(B, hf, wf)` u32 on the label's device.
+pub fn downscale_label_grid(
+    label: &Tensor,
+    (hf, wf): (usize, usize),
+    min_ratio: f32,
+    num_classes: usize,
+) -> Result<Tensor> {
+    let (_, h, w) = label_dims(label)?;
+    if hf == 0 || wf == 0 || hf > h || wf > w {
+        return Err(Error::msg(format!(
+            "downscale_label_ratio: feature grid {hf}×{wf} does not fit a label of {h}×{w}"
+        )));
+    }
+    downscale_batch(label, (h / hf, w / wf), (hf, wf), min_ratio, num_classes)
+}
+
+fn label_dims(label: &Tensor) -> Result<(usize, usize, usize)> {
+    label.dims3().map_err(|_| {
+        Error::msg(format!(
+            "downscale_label_ratio: label must be (B, H, W), got shape {:?}",
+            label.dims()
+        ))
+    })
+}
+
+/// Every image of `label` over cells `cell`, keeping the top-left `grid`.
+fn downscale_batch(
+    label: &Tensor,
+    cell: (usize, usize),
+    (hf, wf): (usize, usize),
+    min_ratio: f32,
+    num_classes: usize,
+) -> Result<Tensor> {
+    let (b, h, w) = label_dims(label)?;
     let lab = label
         .flatten_all()?
         .to_dtype(DType::U32)?
         .to_vec1::<u32>()?;
-    let (hf, wf) = (h / scale_factor, w / scale_factor);
+    let full_w = w / cell.1;
     let mut out = Vec::with_capacity(b * hf * wf);
     for i in 0..b {
-        out.extend(downscale_label_cells(
+        let cells = downscale_label_cells(
             &lab[i * h * w..(i + 1) * h * w],
             (h, w),
-            (scale_factor, scale_factor),
+            cell,
             min_ratio,
             num_classes,
-        )?);
+        )?;
+        for y in 0..hf {
+            out.extend_from_slice(&cells[y * full_w..y * full_w + wf]);
+        }
     }
     Ok(Tensor::from_vec(out, (b, hf, wf), label.device())?)
 }

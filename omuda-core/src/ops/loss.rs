@@ -16,8 +16,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-/// Label value that marks a pixel as ignored (mmseg / PyTorch `ignore_index=255`).
-pub const IGNORE_INDEX: u32 = 255;
+pub use super::IGNORE_INDEX;
 
 /// Pixels per parallel task in the CPU kernels: large enough to amortise the
 /// task overhead, small enough to split one image between threads.

@@ -11,6 +11,10 @@ pub mod pseudo;
 pub mod resize;
 
 pub use loss::{cross_entropy, CeReduction};
+
+/// Label value of pixels excluded from losses and metrics (mmseg / PyTorch
+/// `ignore_index=255`): the one ignore constant of the workspace.
+pub const IGNORE_INDEX: u32 = 255;
 pub use resize::resize_bilinear;
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};

@@ -38,7 +38,7 @@ use crate::nn::SegModel;
 use crate::ops::mix::MixedBatch;
 use crate::ops::pseudo::PseudoLabels;
 use crate::train::objective::SegObjective;
-use crate::train::step::SelfTrainingSpec;
+use crate::train::spec::SelfTrainingSpec;
 use crate::Result;
 
 /// How the target part of a pseudo-labelled loss is averaged.

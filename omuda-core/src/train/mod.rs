@@ -3,15 +3,17 @@
 
 pub mod checkpoint;
 pub mod ema;
+pub mod frozen_encoder;
 mod fused_update;
 pub mod hooks;
+pub mod masked_consistency;
 pub mod method;
 pub mod multires;
 pub mod objective;
 pub mod optimizer;
 pub mod pretrain;
-pub mod rng_state;
 pub mod schedule;
+pub mod spec;
 pub mod step;
 pub mod trainer;
 
@@ -19,4 +21,5 @@ pub use hooks::{
     class_balanced_weight, ChaCha8Rng, NamedLoss, StepHook, StepView, TargetAveraging,
 };
 pub use method::{StepLog, UdaMethod};
-pub use step::{SelfTraining, UdaConfig};
+pub use spec::{SelfTrainingSpec, UdaConfig};
+pub use step::SelfTraining;

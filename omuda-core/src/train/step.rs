@@ -26,91 +26,28 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::data::batch::UdaBatch;
 use crate::data::valid_region::scaled_row_crop;
 use crate::nn::autocast::AutocastModel;
 use crate::nn::weights::build_initial;
-use crate::nn::{ForwardCtx, ModelConfig, SegModel};
-use crate::ops::augment::{strong_augment, StrongAugConfig};
+use crate::nn::{ForwardCtx, SegModel};
+use crate::ops::augment::strong_augment;
 use crate::ops::mix::{class_masks, class_mix, MixedBatch};
 use crate::ops::pseudo::{pseudo_label_and_weight, zero_rows, PseudoLabels};
 use crate::train::ema::{copy_parameters, ema_alpha, ema_update};
 use crate::train::hooks::{StepHook, StepView, TargetAveraging};
-use crate::train::method::{DebugKind, StepDebug, StepLog, UdaMethod};
+use crate::train::method::{StepDebug, StepLog, UdaMethod};
 use crate::train::objective::{SegObjective, WholeImage};
-use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::rng_state::RngState;
-use crate::train::schedule::PolySchedule;
+use crate::train::optimizer::AdamW;
 use crate::{Error, Result};
 
-/// What the shared step does; each baseline is a choice of these values.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UdaConfig {
-    /// Train on the target with teacher pseudo-labels and ClassMix (false: source only).
-    pub self_training: bool,
-    /// EMA teacher momentum α (0.99 for DACS, 0.999 for DAFormer/HRDA/MIC).
-    pub ema_alpha: f64,
-    /// Confidence threshold τ of the pseudo-label weight.
-    pub pseudo_threshold: f32,
-    /// Weight of the mixed loss.
-    pub mix_loss_weight: f64,
-    /// ClassMix picks classes from each image's own labels (original DACS)
-    /// instead of the batch union (mmseg re-implementation, the default).
-    pub per_image_classes: bool,
-    /// Zero the pseudo-label weight of the top/bottom rows (DAFormer "croppl
-    /// v1": [15, 120]), given for crops `pseudo_label_crop_height` high and
-    /// scaled to the batch's crop height.
-    #[serde(default, deserialize_with = "crate::exact_len::option_array")]
-    pub pseudo_label_crop: Option<[usize; 2]>,
-    /// Crop height at which `pseudo_label_crop` is given (512, DAFormer's crop).
-    pub pseudo_label_crop_height: usize,
-    /// HRDA / MIC "croppl v2" margins `[top, bottom, left, right]` in pixels
-    /// of the original target frame ([30, 240, 30, 30] for 1024×2048
-    /// Cityscapes): the loader builds the mask at frame size and transforms
-    /// it with the target crop (`UdaBatch::target_valid`), the step multiplies
-    /// it into the pseudo-label weight (`lhoyer/HRDA
-    /// mmseg/datasets/cityscapes.py::CityscapesDataset.pre_pipeline` and
-    /// `mmseg/models/uda/dacs.py::DACS.filter_valid_pseudo_region`).
-    #[serde(
-        default,
-        deserialize_with = "crate::exact_len::option_array",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub pseudo_margins: Option<[usize; 4]>,
-    /// Colour jitter and blur applied to the mixed images.
-    pub strong_aug: StrongAugConfig,
-}
+mod debug;
+mod nonfinite;
+mod state;
 
-impl Default for UdaConfig {
-    /// DACS as re-implemented in mmseg (`lhoyer/MIC seg/configs/_base_/uda/dacs.py`).
-    fn default() -> Self {
-        Self {
-            self_training: true,
-            ema_alpha: 0.99,
-            pseudo_threshold: 0.968,
-            mix_loss_weight: 1.0,
-            per_image_classes: false,
-            pseudo_label_crop: None,
-            pseudo_label_crop_height: 512,
-            pseudo_margins: None,
-            strong_aug: StrongAugConfig::default(),
-        }
-    }
-}
-
-/// Everything a [`SelfTraining`] run is built from.
-#[derive(Debug, Clone)]
-pub struct SelfTrainingSpec {
-    pub name: String,
-    pub model: ModelConfig,
-    pub uda: UdaConfig,
-    pub optimizer: AdamWConfig,
-    pub schedule: PolySchedule,
-    pub seed: u64,
-}
+pub use crate::train::spec::{SelfTrainingSpec, UdaConfig};
+use nonfinite::first_nonfinite_grad;
 
 /// The shared self-training step and the state it trains.
 pub struct SelfTraining {
@@ -521,57 +458,6 @@ impl SelfTraining {
         Ok(log)
     }
 
-    /// The tensors a debug image shows for the step just run.
-    fn debug_tiles(
-        &self,
-        batch: &UdaBatch,
-        pseudo: Option<&PseudoLabels>,
-        mixed: Option<&MixedBatch>,
-    ) -> Result<StepDebug> {
-        let mut tiles = vec![
-            (
-                "source".to_string(),
-                DebugKind::Image,
-                batch.source_image.clone(),
-            ),
-            (
-                "source label".to_string(),
-                DebugKind::Labels,
-                batch.source_label.clone(),
-            ),
-            (
-                "target".to_string(),
-                DebugKind::Image,
-                batch.target_image.clone(),
-            ),
-        ];
-        if let Some(pl) = pseudo {
-            tiles.push(("pseudo-label".into(), DebugKind::Labels, pl.label.clone()));
-            tiles.push((
-                "teacher confidence".into(),
-                DebugKind::Gray,
-                pl.confidence.clone(),
-            ));
-            tiles.push(("pseudo-weight".into(), DebugKind::Gray, pl.weight.clone()));
-        }
-        if let Some(mb) = mixed {
-            tiles.push((
-                "mix mask".into(),
-                DebugKind::Gray,
-                Tensor::stack(&mb.masks, 0)?.to_dtype(DType::F32)?,
-            ));
-            tiles.push(("mixed image".into(), DebugKind::Image, mb.image.clone()));
-            tiles.push(("mixed label".into(), DebugKind::Labels, mb.label.clone()));
-            tiles.push(("mixed weight".into(), DebugKind::Gray, mb.weight.clone()));
-        }
-        for h in &self.hooks {
-            for (name, mask) in h.debug_masks() {
-                tiles.push((format!("{}.{}", h.name(), name), DebugKind::Gray, mask));
-            }
-        }
-        Ok(StepDebug { tiles })
-    }
-
     /// Logits at the input size with the student in evaluation mode, on
     /// detached weights: the forward records no graph, so its intermediates
     /// are freed as it goes ([`crate::nn::detached`]).
@@ -607,68 +493,6 @@ impl SelfTraining {
     pub fn iteration(&self) -> usize {
         self.iter
     }
-
-    /// Student, teacher, optimizer moments, hook state, iteration and RNG.
-    /// Written whole or not at all: into a temporary folder renamed over `dir`.
-    pub fn save_state(&self, dir: &Path) -> Result<()> {
-        crate::io::replace_dir_atomic(dir, |tmp| self.write_state(tmp))
-    }
-
-    fn write_state(&self, dir: &Path) -> Result<()> {
-        save_varmap(&self.student_vars, &dir.join("student.safetensors"))?;
-        if let Some((_, vars)) = &self.teacher {
-            save_varmap(vars, &dir.join("teacher.safetensors"))?;
-        }
-        self.optimizer.save(&dir.join("optimizer.safetensors"))?;
-        for h in &self.hooks {
-            let state = h.state()?;
-            if !state.is_empty() {
-                let path = dir.join(format!("hook_{}.safetensors", h.name()));
-                candle_core::safetensors::save(&state, &path)
-                    .map_err(|e| Error::file(&path, e.to_string()))?;
-            }
-        }
-        let state = StepState {
-            method: self.spec.name.clone(),
-            iter: self.iter,
-            optimizer_steps: self.optimizer.steps(),
-            rng: RngState::capture(&self.rng),
-            skipped_steps: self.skipped_steps,
-        };
-        let path = dir.join("state.json");
-        let json =
-            serde_json::to_string_pretty(&state).map_err(|e| Error::file(&path, e.to_string()))?;
-        std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
-        Ok(())
-    }
-
-    pub fn load_state(&mut self, dir: &Path) -> Result<()> {
-        let path = dir.join("state.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let state: StepState =
-            serde_json::from_str(&text).map_err(|e| Error::file(&path, e.to_string()))?;
-        load_varmap(&self.student_vars, &dir.join("student.safetensors"))?;
-        if let Ok(cached) = self.eval_student.get_mut() {
-            *cached = None;
-        }
-        if let Some((_, vars)) = &self.teacher {
-            load_varmap(vars, &dir.join("teacher.safetensors"))?;
-        }
-        self.optimizer
-            .load(&dir.join("optimizer.safetensors"), state.optimizer_steps)?;
-        for h in self.hooks.iter_mut() {
-            let path = dir.join(format!("hook_{}.safetensors", h.name()));
-            if path.exists() {
-                let map = candle_core::safetensors::load(&path, &self.device)
-                    .map_err(|e| Error::file(&path, e.to_string()))?;
-                h.load_state(&map)?;
-            }
-        }
-        self.iter = state.iter;
-        self.rng = state.rng.restore()?;
-        self.skipped_steps = state.skipped_steps;
-        Ok(())
-    }
 }
 
 impl UdaMethod for SelfTraining {
@@ -696,18 +520,6 @@ impl UdaMethod for SelfTraining {
     fn take_debug(&mut self) -> Option<StepDebug> {
         self.debug.take()
     }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StepState {
-    method: String,
-    iter: usize,
-    optimizer_steps: usize,
-    rng: RngState,
-    /// Steps skipped for a non-finite loss or gradient (absent in older checkpoints).
-    #[serde(default)]
-    skipped_steps: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -746,80 +558,6 @@ fn fmt_terms(losses: &[(String, f64)]) -> String {
         .join(", ")
 }
 
-/// The name of the first parameter (in name order) whose gradient holds a NaN
-/// or an infinity; one device round trip when every gradient is finite.
-fn first_nonfinite_grad(
-    vars: &VarMap,
-    grads: &candle_core::backprop::GradStore,
-) -> Result<Option<String>> {
-    let data = vars
-        .data()
-        .lock()
-        .map_err(|_| Error::msg("VarMap lock poisoned"))?;
-    let mut probes: Vec<(&String, Tensor)> = Vec::new();
-    for (name, var) in data.iter() {
-        if let Some(g) = grads.get(var.as_tensor()) {
-            // x - x is 0 for finite x and NaN for NaN and ±inf.
-            probes.push((name, g.sub(g)?.to_dtype(DType::F32)?.sum_all()?));
-        }
-    }
-    if probes.is_empty() {
-        return Ok(None);
-    }
-    let all = Tensor::stack(
-        &probes.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
-        0,
-    )?
-    .sum_all()?
-    .to_scalar::<f32>()?;
-    if all.is_finite() {
-        return Ok(None);
-    }
-    probes.sort_by(|a, b| a.0.cmp(b.0));
-    for (name, p) in probes {
-        if !p.to_scalar::<f32>()?.is_finite() {
-            return Ok(Some(name.clone()));
-        }
-    }
-    Ok(None)
-}
-
 fn mean_scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?)
-}
-
-/// Save every variable of `vars` (parameters and buffers) as safetensors.
-pub fn save_varmap(vars: &VarMap, path: &Path) -> Result<()> {
-    vars.save(path)
-        .map_err(|e| Error::file(path, e.to_string()))
-}
-
-/// Load every variable of `vars` from `path`; a missing or mis-shaped tensor is an error naming it.
-pub fn load_varmap(vars: &VarMap, path: &Path) -> Result<()> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::file(path, e.to_string()))?;
-    let data = vars
-        .data()
-        .lock()
-        .map_err(|_| Error::msg("VarMap lock poisoned"))?;
-    for (name, var) in data.iter() {
-        let t = tensors.get(name).ok_or_else(|| {
-            Error::file(
-                path,
-                format!("no tensor `{name}` (expected shape {:?})", var.shape()),
-            )
-        })?;
-        if t.shape() != var.shape() {
-            return Err(Error::file(
-                path,
-                format!(
-                    "tensor `{name}` has shape {:?}, expected {:?}",
-                    t.shape(),
-                    var.shape()
-                ),
-            ));
-        }
-        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
-    }
-    Ok(())
 }

@@ -5,8 +5,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::canvas::{Canvas, Material, Paint};
+use super::geometry::{side_sign, uniform, Geometry};
 use super::look::Look;
-use super::scene::{side_sign, uniform, Geometry};
 use super::style::DomainStyle;
 use crate::data::classes::{POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION};
 

@@ -7,9 +7,9 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::canvas::{Canvas, Material, Paint};
+use super::geometry::{poisson, side_sign, uniform, Geometry, LEFT, RIGHT};
 use super::look::Look;
 use super::people::{self, Figure, Rig};
-use super::scene::{poisson, side_sign, uniform, Geometry, LEFT, RIGHT};
 use super::street;
 use super::style::DomainStyle;
 use super::vehicles::{self, Vehicle, VehicleKind};

@@ -7,8 +7,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::canvas::{Canvas, Material, Paint};
+use super::geometry::Geometry;
 use super::look::Look;
-use super::scene::Geometry;
 use crate::data::classes::{BUS, CAR, TRAIN, TRUCK};
 
 /// Camera heights per unit of `z = 1/t`: converts vehicle lengths to depth.

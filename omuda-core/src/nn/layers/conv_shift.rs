@@ -18,7 +18,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::conv::ConvCfg;
+use super::conv_cfg::ConvCfg;
 use super::cpu::{dims4, f32_data, gemm_into};
 
 /// Geometry of one shifted-GEMM convolution.

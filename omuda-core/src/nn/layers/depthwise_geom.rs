@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use candle_core::{bail, Result};
 
-use super::conv::ConvCfg;
+use super::conv_cfg::ConvCfg;
 
 /// Geometry of a stride-1 depthwise convolution: kernel size and the tap
 /// geometry as a stride-1 [`ConvCfg`], whose index maps it shares.

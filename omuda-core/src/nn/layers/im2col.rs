@@ -6,7 +6,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::ConvCfg;
+use super::conv_cfg::ConvCfg;
 use super::cpu::{dims4, f32_data, MapOrder};
 
 /// Geometry of a dense convolution for the im2col kernels.
