@@ -10,8 +10,10 @@ pub mod config;
 pub mod plot;
 pub mod presets;
 pub mod run;
-pub mod tensorboard;
 pub mod visual;
+
+/// TensorBoard event files (written by the run recorder).
+pub use omuda_core::train::observers::tensorboard;
 
 pub use omuda_baselines as baselines;
 pub use omuda_core as core;

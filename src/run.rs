@@ -2,6 +2,7 @@
 //! of a [`RunConfig`]. The settings types belong to the crates whose code
 //! they configure; this module is where a whole run is put together.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
@@ -14,6 +15,7 @@ use omuda_core::data::synth::{Domain, Split};
 use omuda_core::data::synth_rcs::synth_rcs;
 use omuda_core::eval::dataset::{evaluate_dataset, DatasetEvalOptions};
 use omuda_core::eval::miou::MiouReport;
+use omuda_core::train::observers::RecorderSettings;
 use omuda_core::train::spec::SelfTrainingSpec;
 use omuda_core::train::SelfTraining;
 use omuda_core::{Error, Result};
@@ -84,6 +86,30 @@ pub fn attach_plugins(method: SelfTraining, cfg: &RunConfig) -> Result<SelfTrain
         return Ok(method);
     }
     omuda_plugins::attach(method, &cfg.plugins, &cfg.plugin)
+}
+
+/// What the run recorder of method `name` writing into `out` needs of the
+/// run: its length, intervals, selection split and configuration.
+/// `display` names the run in progress lines.
+pub fn recorder_settings(
+    name: &str,
+    display: &str,
+    out: &Path,
+    cfg: &RunConfig,
+) -> Result<RecorderSettings> {
+    Ok(RecorderSettings {
+        name: name.to_string(),
+        display: display.to_string(),
+        out: out.to_path_buf(),
+        iters: cfg.train.iters,
+        log_interval: cfg.train.log_interval,
+        keep_last: cfg.train.keep_last,
+        tensorboard: cfg.train.tensorboard,
+        selection: selection_split(cfg),
+        schedule: cfg.schedule.poly(cfg.train.iters),
+        config_toml: cfg.to_toml()?,
+        resume_command: format!("omuda train --resume {}", cfg.out.display()),
+    })
 }
 
 /// The training batches of method `name` (the oracle trains on labelled target data).

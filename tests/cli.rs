@@ -141,3 +141,32 @@ fn config_prints_the_resolved_defaults() {
     let parsed = omuda::RunConfig::from_toml_str(&text, "printed").unwrap();
     assert_eq!(parsed, omuda::RunConfig::default());
 }
+
+#[test]
+fn resume_refuses_other_flags_and_non_run_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = omuda()
+        .args([
+            "train",
+            "--resume",
+            dir.path().to_str().unwrap(),
+            "--iters",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && stderr.contains("--iters"),
+        "{stderr}"
+    );
+    let res = omuda()
+        .args(["train", "--resume", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && stderr.contains("no config.toml"),
+        "{stderr}"
+    );
+}

@@ -63,6 +63,29 @@ fn compare_writes_reports_and_reuses_finished_runs() {
     );
     // One folder per (set, seed).
     assert!(dacs.join("cdm").join("seed1").join("run.json").is_file());
+    // Each run leaves what `omuda train` leaves: the log, TensorBoard files,
+    // the final and best checkpoints.
+    let run = dacs.join("cam+cdm").join("seed0");
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    let steps = log
+        .lines()
+        .filter(|l| l.contains("\"type\":\"step\""))
+        .count();
+    assert_eq!(steps, 2, "{log}");
+    assert!(log.contains("\"type\":\"eval\""), "{log}");
+    assert!(!omuda::tensorboard::event_files(&run.join("tb"))
+        .unwrap()
+        .is_empty());
+    for ckpt in ["checkpoint", "best"] {
+        assert!(
+            run.join(ckpt).join("student.safetensors").is_file(),
+            "{ckpt}"
+        );
+        assert!(
+            run.join(ckpt).join("hook_cdm.safetensors").is_file(),
+            "{ckpt}"
+        );
+    }
 
     // A second call trains nothing.
     let res = omuda().args(args).output().unwrap();

@@ -3,6 +3,10 @@
 //! checkpoint) and resumed ends bit-identical to an uninterrupted one; a
 //! non-finite loss or gradient stops the run with a clear message and keeps
 //! the last good checkpoint, or is skipped and counted.
+//!
+//! The kills and non-finite values come from the binary's fault injection,
+//! built only with the `test-faults` feature (README's test command sets it).
+#![cfg(feature = "test-faults")]
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
@@ -361,34 +365,5 @@ fn non_finite_loss_or_gradient_stops_and_keeps_the_checkpoint() {
             .filter(|l| l.contains("\"type\":\"skipped\""))
             .count(),
         1
-    );
-}
-
-#[test]
-fn resume_refuses_other_flags_and_non_run_folders() {
-    let dir = tempfile::tempdir().unwrap();
-    let res = omuda()
-        .args([
-            "train",
-            "--resume",
-            dir.path().to_str().unwrap(),
-            "--iters",
-            "3",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(
-        !res.status.success() && stderr.contains("--iters"),
-        "{stderr}"
-    );
-    let res = omuda()
-        .args(["train", "--resume", dir.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(
-        !res.status.success() && stderr.contains("no config.toml"),
-        "{stderr}"
     );
 }

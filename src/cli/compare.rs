@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use omuda::core::data::batch::BatchSource;
 use omuda::core::data::config::TargetSplit;
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
-use omuda::core::train::trainer::{fit, LoopConfig, StepTiming, TrainObserver};
-use omuda::core::train::StepLog;
-use omuda::run::{evaluate_target, selection_split};
+use omuda::core::train::checkpoint::{BEST_DIR, FINAL_DIR};
+use omuda::core::train::observers::RunRecorder;
+use omuda::core::train::trainer::{fit, LoopConfig};
+use omuda::run::{evaluate_target, recorder_settings, selection_split};
 use omuda::{build_method, Error, Result, RunConfig, UdaMethod};
 use serde::{Deserialize, Serialize};
 
@@ -239,11 +239,34 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     let method = build_method(host, cfg, device)?;
     let mut method = omuda::attach_plugins(method, cfg)?;
     let mut loader = omuda::run::build_batch_source(cfg, host, device)?;
-    eprintln!(
-        "{host} [{label}] seed {}: training {} iterations",
-        cfg.seed, cfg.train.iters
-    );
-    let eval_seconds = std::cell::Cell::new(0.0);
+    let display = format!("{host} [{label}] seed {}", cfg.seed);
+    eprintln!("{display}: training {} iterations", cfg.train.iters);
+    // What an interrupted earlier run of this cell left is replaced.
+    for f in [
+        "checkpoints",
+        BEST_DIR,
+        FINAL_DIR,
+        "log.jsonl",
+        "tb",
+        "debug",
+    ] {
+        let p = dir.join(f);
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else if p.exists() {
+            std::fs::remove_file(&p)
+        } else {
+            Ok(())
+        };
+        r.map_err(|e| Error::io(&p, e))?;
+    }
+    let mut settings = recorder_settings(host, &display, &dir, cfg)?;
+    settings.resume_command = "the same `omuda compare` command (finished runs are reused)".into();
+    let mut obs = RunRecorder::new(settings)?.with_debug_images(Box::new(|path, debug| {
+        omuda::visual::debug_grid(path, debug)
+    }));
+    obs.open_logs()?;
+    let eval_seconds = obs.eval_seconds.clone();
     let selection = selection_split(cfg);
     let evaluate = |m: &dyn UdaMethod, split: TargetSplit| -> Result<MiouReport> {
         let t0 = Instant::now();
@@ -251,43 +274,39 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
         eval_seconds.set(eval_seconds.get() + t0.elapsed().as_secs_f64());
         r
     };
-    let mut obs = Lines {
-        name: format!("{host} [{label}] seed {}", cfg.seed),
-        iters: cfg.train.iters,
-        log_interval: cfg.train.log_interval.max(1),
-        start: Instant::now(),
-        curve: Vec::new(),
-    };
-    let start = Instant::now();
-    // The loop of `omuda train`: one batch per step in loader order,
-    // a dev evaluation every `eval_interval` iterations.
+    // The loop of `omuda train`: one batch per step in loader order, a dev
+    // evaluation, checkpoint and debug image at the configured intervals.
     let loop_cfg = LoopConfig {
         iters: cfg.train.iters,
         eval_interval: cfg.train.eval_interval,
-        checkpoint_interval: 0,
-        debug_interval: 0,
+        checkpoint_interval: cfg.train.checkpoint_interval,
+        debug_interval: cfg.train.debug_interval,
     };
-    fit(
+    let fitted = fit(
         &mut method,
         &mut loader,
         loop_cfg,
         &mut |m: &dyn UdaMethod| evaluate(m, selection),
         &mut obs,
-    )?;
-    let train_seconds = start.elapsed().as_secs_f64() - eval_seconds.get();
+    );
+    obs.finish();
+    if let Err(e) = fitted {
+        return Err(obs.fail(e));
+    }
+    let train_seconds = obs.train_seconds();
+    obs.save(&dir.join(FINAL_DIR), &method, &loader, false)?;
     let target = evaluate(&method, TargetSplit::Test)?;
     let dev = evaluate(&method, TargetSplit::Dev)?;
-    let mut curve = obs.curve;
-    curve.push((
-        cfg.train.iters,
-        match selection {
-            TargetSplit::Dev => dev.miou,
-            TargetSplit::Test => target.miou,
-        },
-    ));
+    let selected = match selection {
+        TargetSplit::Dev => &dev,
+        TargetSplit::Test => &target,
+    };
+    obs.curve.push((cfg.train.iters, selected.miou));
+    obs.log_eval(cfg.train.iters, selected)?;
+    obs.update_best(cfg.train.iters, selected, &method, &loader)?;
+    let curve = obs.curve.clone();
     eprintln!(
-        "{host} [{label}] seed {}: target-test mIoU {:.2}, target-dev {:.2} ({train_seconds:.0} s of training)",
-        cfg.seed,
+        "{display}: target-test mIoU {:.2}, target-dev {:.2} ({train_seconds:.0} s of training)",
         target.miou.unwrap_or(f64::NAN),
         dev.miou.unwrap_or(f64::NAN)
     );
@@ -304,51 +323,6 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     };
     write_json(&record_path, &rec)?;
     Ok(rec)
-}
-
-struct Lines {
-    name: String,
-    iters: usize,
-    log_interval: usize,
-    start: Instant,
-    curve: Vec<(usize, Option<f64>)>,
-}
-
-impl TrainObserver for Lines {
-    fn on_step(&mut self, log: &StepLog, timing: StepTiming) -> Result<()> {
-        let done = log.iter + 1;
-        if done.is_multiple_of(self.log_interval) || done == self.iters {
-            let losses: Vec<String> = log
-                .losses
-                .iter()
-                .map(|(k, v)| format!("{k} {v:.4}"))
-                .collect();
-            eprintln!(
-                "{} iter {done}/{} {} | {:.3} s/it | {:.0} s",
-                self.name,
-                self.iters,
-                losses.join(", "),
-                timing.data + timing.step,
-                self.start.elapsed().as_secs_f64()
-            );
-        }
-        Ok(())
-    }
-    fn on_eval(
-        &mut self,
-        iter: usize,
-        report: &MiouReport,
-        _method: &dyn UdaMethod,
-        _data: &dyn BatchSource,
-    ) -> Result<()> {
-        self.curve.push((iter, report.miou));
-        eprintln!(
-            "{} iter {iter}: target-dev mIoU {:.2}",
-            self.name,
-            report.miou.unwrap_or(f64::NAN)
-        );
-        Ok(())
-    }
 }
 
 fn mean(v: &[f64]) -> f64 {

@@ -3,6 +3,8 @@
 mod bench;
 mod compare;
 mod eval;
+#[cfg(feature = "test-faults")]
+mod faults;
 mod info;
 mod plot;
 mod predict;

@@ -34,6 +34,4 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-pub fn fmt_pct(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "n/a".into())
-}
+pub use omuda::core::train::observers::recorder::fmt_pct;

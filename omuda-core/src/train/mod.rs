@@ -10,6 +10,7 @@ pub mod masked_consistency;
 pub mod method;
 pub mod multires;
 pub mod objective;
+pub mod observers;
 pub mod optimizer;
 pub mod pretrain;
 pub mod schedule;

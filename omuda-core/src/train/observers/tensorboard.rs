@@ -18,7 +18,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::core::io::write_atomic;
+use crate::io::write_atomic;
 use crate::{Error, Result};
 
 const MASK_DELTA: u32 = 0xa282_ead8;
