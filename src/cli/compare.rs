@@ -17,7 +17,7 @@ use omuda::run::{evaluate_target, recorder_settings, selection_split};
 use omuda::{build_method, Error, Result, RunConfig, UdaMethod};
 use serde::{Deserialize, Serialize};
 
-use super::report::write_json;
+use super::report::{mean, std, write_json};
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
@@ -323,23 +323,6 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     };
     write_json(&record_path, &rec)?;
     Ok(rec)
-}
-
-fn mean(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    }
-}
-
-/// Sample standard deviation (n − 1); 0 for one value.
-fn std(v: &[f64]) -> f64 {
-    if v.len() < 2 {
-        return 0.0;
-    }
-    let m = mean(v);
-    (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
 }
 
 /// Two-sided 5 % critical value of Student's t with `df` degrees of freedom.

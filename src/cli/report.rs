@@ -35,3 +35,21 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 }
 
 pub use omuda::core::train::observers::recorder::fmt_pct;
+
+/// Mean of `v` (NaN when empty).
+pub fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+/// Sample standard deviation (n − 1); 0 for one value.
+pub fn std(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(v);
+    (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+}

@@ -17,7 +17,7 @@ use omuda::run::{evaluate_target, recorder_settings, selection_split};
 use omuda::{build_method, Error, Result, RunConfig, UdaMethod};
 use serde_json::json;
 
-use super::report::{fmt_pct, write_json, RunMetrics};
+use super::report::{fmt_pct, mean, std, write_json, RunMetrics};
 use super::{load_config, TrainArgs};
 
 /// Marker file of a multi-seed run folder.
@@ -211,7 +211,7 @@ fn run_seeds(cfg: &RunConfig, seeds: &[u64], resume: bool) -> Result<()> {
             }
         }
         let values: Vec<f64> = runs.iter().map(|r| r.1).collect();
-        let (mean, std) = mean_std(&values);
+        let (mean, std) = (mean(&values), std(&values));
         let mut sorted = runs.clone();
         sorted.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
         let median = &sorted[(sorted.len() - 1) / 2];
@@ -243,16 +243,6 @@ fn run_seeds(cfg: &RunConfig, seeds: &[u64], resume: bool) -> Result<()> {
 }
 
 /// Mean and sample standard deviation (0 for a single value).
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    if v.len() < 2 {
-        return (mean, 0.0);
-    }
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, var.sqrt())
-}
-
 /// Files of a previous run in a method folder, replaced by a fresh run.
 const RUN_FILES: [&str; 8] = [
     "checkpoints",
