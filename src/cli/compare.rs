@@ -10,7 +10,8 @@ use candle_core::Device;
 use omuda::core::data::config::TargetSplit;
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
-use omuda::core::train::checkpoint::{BEST_DIR, FINAL_DIR};
+use omuda::core::train::checkpoint::FINAL_DIR;
+use omuda::core::train::observers::recorder::clear_outputs;
 use omuda::core::train::observers::RunRecorder;
 use omuda::core::train::trainer::{fit, LoopConfig};
 use omuda::run::{evaluate_target, recorder_settings, selection_split};
@@ -242,24 +243,7 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     let display = format!("{host} [{label}] seed {}", cfg.seed);
     eprintln!("{display}: training {} iterations", cfg.train.iters);
     // What an interrupted earlier run of this cell left is replaced.
-    for f in [
-        "checkpoints",
-        BEST_DIR,
-        FINAL_DIR,
-        "log.jsonl",
-        "tb",
-        "debug",
-    ] {
-        let p = dir.join(f);
-        let r = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else if p.exists() {
-            std::fs::remove_file(&p)
-        } else {
-            Ok(())
-        };
-        r.map_err(|e| Error::io(&p, e))?;
-    }
+    clear_outputs(&dir, &[])?;
     let mut settings = recorder_settings(host, &display, &dir, cfg)?;
     settings.resume_command = "the same `omuda compare` command (finished runs are reused)".into();
     let mut obs = RunRecorder::new(settings)?.with_debug_images(Box::new(|path, debug| {

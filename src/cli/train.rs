@@ -9,8 +9,8 @@ use candle_core::Device;
 use omuda::core::data::config::TargetSplit;
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
-use omuda::core::train::checkpoint::{self, RunSidecar, BEST_DIR, FINAL_DIR};
-use omuda::core::train::observers::recorder::truncate_log;
+use omuda::core::train::checkpoint::{self, RunSidecar, FINAL_DIR};
+use omuda::core::train::observers::recorder::{clear_outputs, truncate_log};
 use omuda::core::train::observers::RunRecorder;
 use omuda::core::train::trainer::{fit, LoopConfig, NonFinite};
 use omuda::run::{evaluate_target, recorder_settings, selection_split};
@@ -242,19 +242,6 @@ fn run_seeds(cfg: &RunConfig, seeds: &[u64], resume: bool) -> Result<()> {
     Ok(())
 }
 
-/// Mean and sample standard deviation (0 for a single value).
-/// Files of a previous run in a method folder, replaced by a fresh run.
-const RUN_FILES: [&str; 8] = [
-    "checkpoints",
-    BEST_DIR,
-    FINAL_DIR,
-    "log.jsonl",
-    "tb",
-    "debug",
-    "metrics.json",
-    "plots",
-];
-
 fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> Result<Outcome> {
     let out = run_cfg.out.join(name);
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
@@ -299,19 +286,7 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
         None => run_cfg.clone(),
     };
     if from.is_none() {
-        let mut replaced = Vec::new();
-        for f in RUN_FILES {
-            let p = out.join(f);
-            if p.exists() {
-                let r = if p.is_dir() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                };
-                r.map_err(|e| Error::io(&p, e))?;
-                replaced.push(f);
-            }
-        }
+        let replaced = clear_outputs(&out, &["metrics.json", "plots"])?;
         if !replaced.is_empty() {
             eprintln!(
                 "{name}: starting afresh in {} (replaced {})",

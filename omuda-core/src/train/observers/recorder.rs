@@ -17,7 +17,7 @@ use crate::data::batch::BatchSource;
 use crate::data::config::TargetSplit;
 use crate::eval::miou::MiouReport;
 use crate::io::write_atomic;
-use crate::train::checkpoint::{self, Best, RunSidecar, BEST_DIR, SIDECAR_FORMAT};
+use crate::train::checkpoint::{self, Best, RunSidecar, BEST_DIR, FINAL_DIR, SIDECAR_FORMAT};
 use crate::train::method::{StepDebug, StepLog, UdaMethod};
 use crate::train::schedule::PolySchedule;
 use crate::train::trainer::{StepTiming, TrainObserver};
@@ -61,6 +61,39 @@ pub fn peak_memory_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// What a [`RunRecorder`] writes in its run folder.
+pub const RECORDER_OUTPUTS: [&str; 6] = [
+    "checkpoints",
+    BEST_DIR,
+    FINAL_DIR,
+    "log.jsonl",
+    "tb",
+    "debug",
+];
+
+/// Removes what an earlier run left in `out`: the [`RECORDER_OUTPUTS`] and
+/// `extra` names. Returns the names that were there.
+pub fn clear_outputs(out: &Path, extra: &[&'static str]) -> Result<Vec<&'static str>> {
+    let mut removed = Vec::new();
+    for f in RECORDER_OUTPUTS
+        .iter()
+        .copied()
+        .chain(extra.iter().copied())
+    {
+        let p = out.join(f);
+        if p.exists() {
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(|e| Error::io(&p, e))?;
+            removed.push(f);
+        }
+    }
+    Ok(removed)
 }
 
 /// What a [`RunRecorder`] needs to know of its run.
