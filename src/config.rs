@@ -56,6 +56,10 @@ pub struct RunConfig {
     pub plugin: PluginsConfig,
     pub train: TrainConfig,
     pub eval: EvalConfig,
+    /// The `--set KEY=VALUE` overrides this configuration was resolved with,
+    /// recorded with the run (their values are already in the tables above).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }
 
 impl Default for RunConfig {
@@ -101,13 +105,25 @@ impl Default for RunConfig {
                 ..TrainConfig::default()
             },
             eval: EvalConfig::default(),
+            overrides: Vec::new(),
         }
     }
 }
 
 impl RunConfig {
     /// Parse TOML; `origin` names the source in errors (a path or "built-in").
+    /// A `base = "PRESET_OR_FILE"` key reads the file over its base
+    /// ([`crate::layers`]).
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
+        Self::from_toml_in(text, origin, None)
+    }
+
+    /// [`Self::from_toml_str`] with relative `base` paths read from `dir`.
+    fn from_toml_in(text: &str, origin: &str, dir: Option<&Path>) -> Result<Self> {
+        let has_base = toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("base"));
+        if has_base {
+            return crate::layers::parse(text, origin, dir);
+        }
         let cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Config {
             origin: origin.into(),
             message: e.to_string(),
@@ -118,7 +134,7 @@ impl RunConfig {
 
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        Self::from_toml_in(&text, &path.display().to_string(), path.parent())
     }
 
     /// Open the configured device (see [`omuda_core::device`]).
@@ -126,8 +142,63 @@ impl RunConfig {
         omuda_core::device::device_from_str(&self.device, "device")
     }
 
+    /// The configuration as TOML. Every number that is a 32-bit float is
+    /// printed in its shortest form (`0.6`, not `0.6000000238418579`); read
+    /// back, it gives the same configuration.
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| Error::msg(format!("config to TOML: {e}")))
+        let err = |e: &dyn std::fmt::Display| Error::msg(format!("config to TOML: {e}"));
+        let mut value = toml::Value::try_from(self).map_err(|e| err(&e))?;
+        shortest_floats(&mut value);
+        toml::to_string_pretty(&value).map_err(|e| err(&e))
+    }
+
+    /// Scales the warm-up and the eval, checkpoint and debug intervals with a
+    /// new run length `iters` (from `old` iterations), except keys the user
+    /// set explicitly (`--set`). Returns what changed, for one line of output.
+    pub fn scale_to_iters(&mut self, iters: usize) -> Option<String> {
+        let old = self.train.iters;
+        self.train.iters = iters;
+        if old == iters || old == 0 {
+            return None;
+        }
+        let set: Vec<&str> = self
+            .overrides
+            .iter()
+            .filter_map(|s| s.split_once('=').map(|(k, _)| k.trim()))
+            .collect();
+        let scale = |v: usize| -> usize {
+            if v == 0 {
+                0
+            } else {
+                ((v as f64 * iters as f64 / old as f64).round() as usize).max(1)
+            }
+        };
+        let mut changed = Vec::new();
+        let fields: [(&str, &mut usize); 4] = [
+            ("schedule.warmup_iters", &mut self.schedule.warmup_iters),
+            ("train.eval_interval", &mut self.train.eval_interval),
+            (
+                "train.checkpoint_interval",
+                &mut self.train.checkpoint_interval,
+            ),
+            ("train.debug_interval", &mut self.train.debug_interval),
+        ];
+        for (key, v) in fields {
+            if set.contains(&key) {
+                continue;
+            }
+            let new = scale(*v);
+            if new != *v {
+                changed.push(format!("{key} {} -> {new}", *v));
+                *v = new;
+            }
+        }
+        (!changed.is_empty()).then(|| {
+            format!(
+                "--iters {iters} (preset: {old}): scaled {}",
+                changed.join(", ")
+            )
+        })
     }
 
     /// Checks serde cannot express; each error names the key.
@@ -283,6 +354,21 @@ impl RunConfig {
             }
         }
         p
+    }
+}
+
+/// Replaces each float that is exactly a 32-bit float by the shortest
+/// decimal of that 32-bit float.
+fn shortest_floats(v: &mut toml::Value) {
+    match v {
+        toml::Value::Float(x) if x.is_finite() && (*x as f32) as f64 == *x => {
+            if let Ok(short) = format!("{}", *x as f32).parse::<f64>() {
+                *x = short;
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().for_each(shortest_floats),
+        toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| shortest_floats(v)),
+        _ => {}
     }
 }
 

@@ -7,6 +7,7 @@
 //! ([`config`]) with its assembly ([`run`]).
 
 pub mod config;
+pub mod layers;
 pub mod plot;
 pub mod presets;
 pub mod run;

@@ -5,9 +5,7 @@
 //! Used by `omuda train --config`, `omuda compare --preset` and
 //! `omuda config show`: each accepts a preset name or a TOML file path.
 
-use std::path::Path;
-
-use crate::{Error, Result, RunConfig};
+use crate::{Result, RunConfig};
 
 /// Name → TOML text of every shipped preset: the published recipes on the
 /// real datasets (`<method>-<source>2cs`, the published configurations of
@@ -79,21 +77,9 @@ pub fn preset_text(name: &str) -> Option<&'static str> {
 }
 
 /// A preset name or a TOML file path, resolved into a configuration (a
-/// shipped preset wins over a file of the same name). `key` names the option
-/// in the error (e.g. `--config`).
+/// shipped preset wins over a file of the same name; `base` chains are
+/// followed, [`crate::layers`]). `key` names the option in the error (e.g.
+/// `--config`).
 pub fn resolve(name_or_path: &str, key: &str) -> Result<RunConfig> {
-    if let Some(text) = preset_text(name_or_path) {
-        return RunConfig::from_toml_str(text, &format!("preset {name_or_path}"));
-    }
-    let path = Path::new(name_or_path);
-    if path.is_file() {
-        return RunConfig::from_file(path);
-    }
-    Err(Error::Config {
-        origin: key.into(),
-        message: format!(
-            "{name_or_path:?} is neither a preset ({}) nor a configuration file",
-            preset_names().join(", ")
-        ),
-    })
+    crate::layers::resolve(Some(name_or_path), &[], key)
 }

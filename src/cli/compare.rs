@@ -42,7 +42,7 @@ pub struct CompareArgs {
 
 /// Resolve a preset name or a TOML path into a configuration.
 pub fn preset_config(preset: &str) -> Result<RunConfig> {
-    omuda::presets::resolve(preset, "--preset")
+    super::load_config_as(Some(preset), "--preset")
 }
 
 /// Parse `cam+fdm` into plugin names; `none` is the empty set.
@@ -131,7 +131,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
         cfg.device = d.clone();
     }
     if let Some(n) = args.iters {
-        cfg.train.iters = n;
+        if let Some(line) = cfg.scale_to_iters(n) {
+            eprintln!("{line}");
+        }
     }
     cfg.plugins.clear();
     cfg.validate("command line")?;

@@ -24,8 +24,8 @@ pub fn restore(ckpt: &Path, config: Option<&PathBuf>) -> Result<Restored> {
         return Err(Error::file(ckpt, "not a checkpoint folder (no state.json)"));
     }
     let mut cfg = match config {
-        Some(p) => RunConfig::from_file(p)?,
-        None => RunConfig::from_file(&ckpt.join("config.toml"))?,
+        Some(p) => super::load_config(Some(p))?,
+        None => super::load_config(Some(&ckpt.join("config.toml")))?,
     };
     if let Some(Some(d)) = super::DEVICE_FLAG.get() {
         cfg.device = d.clone();

@@ -31,10 +31,22 @@ struct Cli {
     /// Compute device for every command: cpu, cuda or cuda:N (overrides `device` in the config).
     #[arg(long, global = true)]
     device: Option<String>,
+    /// Override one configuration key, e.g. `--set train.iters=200` or
+    /// `--set "plugins=[\"cam\"]"` (repeatable; the value is TOML, else a string).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
 }
 
 /// The `--device` flag, applied by [`load_config`] to every configuration a command loads.
 static DEVICE_FLAG: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// The `--set` overrides, applied by [`load_config`] after the files.
+static SET_FLAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// The `--set` overrides of this command line.
+pub fn set_flags() -> &'static [String] {
+    SET_FLAGS.get().map(Vec::as_slice).unwrap_or(&[])
+}
 
 #[derive(Subcommand)]
 enum Command {
@@ -123,6 +135,10 @@ pub enum ConfigAction {
     Show {
         /// A preset name (`omuda config list`) or a TOML configuration file.
         preset: String,
+        /// Print only what differs from the preset's `base` (or from the
+        /// built-in configuration when it has none).
+        #[arg(long)]
+        diff: bool,
     },
     /// List the presets shipped with the binary.
     List,
@@ -131,10 +147,15 @@ pub enum ConfigAction {
 /// The configuration of `--config` (a preset name or a TOML file; default:
 /// the built-in one), with the global `--device` flag applied.
 pub fn load_config(path: Option<&PathBuf>) -> Result<RunConfig> {
-    let mut cfg = match path {
-        Some(p) => omuda::presets::resolve(&p.to_string_lossy(), "--config")?,
-        None => RunConfig::default(),
-    };
+    load_config_as(
+        path.map(|p| p.to_string_lossy().into_owned()).as_deref(),
+        "--config",
+    )
+}
+
+/// [`load_config`] for a preset or file named by option `key`.
+pub fn load_config_as(name_or_path: Option<&str>, key: &str) -> Result<RunConfig> {
+    let mut cfg = omuda::layers::resolve(name_or_path, set_flags(), key)?;
     if let Some(Some(d)) = DEVICE_FLAG.get() {
         omuda::core::device::DeviceSpec::parse(d, "--device")?;
         cfg.device = d.clone();
@@ -145,6 +166,7 @@ pub fn load_config(path: Option<&PathBuf>) -> Result<RunConfig> {
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     let _ = DEVICE_FLAG.set(cli.device.clone());
+    let _ = SET_FLAGS.set(cli.set.clone());
     match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
@@ -161,8 +183,21 @@ pub fn run() -> Result<()> {
                 print!("{}", load_config(args.config.as_ref())?.to_toml()?);
                 Ok(())
             }
-            Some(ConfigAction::Show { preset }) => {
+            Some(ConfigAction::Show {
+                preset,
+                diff: false,
+            }) => {
                 print!("{}", load_config(Some(&PathBuf::from(preset)))?.to_toml()?);
+                Ok(())
+            }
+            Some(ConfigAction::Show { preset, diff: true }) => {
+                let (own, base) = omuda::layers::with_base_tables(&preset)?;
+                let d = omuda::layers::diff(&own, &base);
+                print!(
+                    "{}",
+                    toml::to_string_pretty(&d)
+                        .map_err(|e| omuda::Error::msg(format!("config to TOML: {e}")))?
+                );
                 Ok(())
             }
             Some(ConfigAction::List) => {

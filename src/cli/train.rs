@@ -48,12 +48,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         return resume(dir);
     }
+    if args.seed.is_some() && args.seeds.is_some() {
+        return Err(Error::Config {
+            origin: "--seed".into(),
+            message:
+                "give either --seed S (one run) or --seeds S1,S2,… (one run per seed), not both"
+                    .into(),
+        });
+    }
     let mut cfg = load_config(args.config.as_ref())?;
     if let Some(m) = args.method {
         cfg.methods = m;
     }
     if let Some(n) = args.iters {
-        cfg.train.iters = n;
+        if let Some(line) = cfg.scale_to_iters(n) {
+            eprintln!("{line}");
+        }
     }
     if let Some(s) = args.seed {
         cfg.seed = s;
