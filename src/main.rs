@@ -40,6 +40,12 @@ fn main() -> ExitCode {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
     }
+    // Errors print their message and causes, never a backtrace: Candle
+    // captures one in its errors whenever RUST_BACKTRACE is set, which is
+    // governed by RUST_LIB_BACKTRACE first. Panics still honour RUST_BACKTRACE.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -69,14 +69,32 @@ pub fn replace_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) ->
 }
 
 /// fsync every file directly in `dir`, then `dir` itself.
+/// Flushes every file of `dir` to disk and gives each the mode a newly
+/// created file gets (0666 less the umask): some writers (the safetensors
+/// files of candle) create theirs 0600, which a team sharing a file system
+/// could not read.
 fn sync_dir_contents(dir: &Path) -> Result<()> {
+    let mode = default_file_mode(dir)?;
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
         if path.is_file() {
+            if let Some(mode) = &mode {
+                std::fs::set_permissions(&path, mode.clone()).map_err(|e| Error::io(&path, e))?;
+            }
             sync_path(&path)?;
         }
     }
     sync_path(dir)
+}
+
+/// The permissions `File::create` gives a new file in `dir` (read from a
+/// probe file, so the process umask is honoured without changing it).
+fn default_file_mode(dir: &Path) -> Result<Option<std::fs::Permissions>> {
+    let probe = dir.join(format!(".mode-probe{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| Error::io(&probe, e))?;
+    let mode = std::fs::metadata(&probe).map(|m| m.permissions()).ok();
+    std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))?;
+    Ok(mode)
 }
 
 fn sync_path(path: &Path) -> Result<()> {
@@ -117,6 +135,30 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.join("b")).unwrap(), "2");
         assert!(!dir.join("c").exists());
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn checkpoint_files_get_the_mode_of_new_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        super::replace_dir_atomic(&dir, |d| {
+            let p = d.join("weights.safetensors");
+            std::fs::write(&p, "w").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            Ok(())
+        })
+        .unwrap();
+        let fresh = root.path().join("fresh");
+        std::fs::write(&fresh, "x").unwrap();
+        let want = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        let got = std::fs::metadata(dir.join("weights.safetensors"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(got & 0o777, want & 0o777);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no probe left");
     }
 
     #[test]
