@@ -86,6 +86,31 @@ fn compare_writes_reports_and_reuses_finished_runs() {
             "{ckpt}"
         );
     }
+    // `weights inspect` takes a checkpoint folder (its student and config).
+    let res = omuda()
+        .args([
+            "weights",
+            "inspect",
+            run.join("checkpoint").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(text.contains("0 missing, 0 unexpected"), "{text}");
+    let res = omuda()
+        .args(["weights", "inspect", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && e.contains("student.safetensors"),
+        "{e}"
+    );
 
     // A second call trains nothing.
     let res = omuda().args(args).output().unwrap();

@@ -24,7 +24,9 @@ pub enum WeightsCommand {
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
-    /// A `.safetensors` file, `hf:org/name[/file][@revision]` or `builtin:NAME`.
+    /// A `.safetensors` file, a checkpoint folder of `omuda train` (its
+    /// `student.safetensors`; the model and class count come from its
+    /// `config.toml` unless given), `hf:org/name[/file][@revision]` or `builtin:NAME`.
     pub weights: String,
     /// Model to match against (default: `model.name` of --config, else the default model).
     #[arg(long)]
@@ -43,7 +45,22 @@ pub fn run(args: WeightsArgs) -> Result<()> {
     }
 }
 
-fn inspect(args: InspectArgs) -> Result<()> {
+fn inspect(mut args: InspectArgs) -> Result<()> {
+    let dir = PathBuf::from(&args.weights);
+    if dir.is_dir() {
+        let student = dir.join("student.safetensors");
+        if !student.is_file() {
+            return Err(Error::msg(format!(
+                "{}: a folder, but not a checkpoint of `omuda train` (no student.safetensors)",
+                dir.display()
+            )));
+        }
+        let config = dir.join("config.toml");
+        if args.config.is_none() && config.is_file() {
+            args.config = Some(config);
+        }
+        args.weights = student.display().to_string();
+    }
     let mut model_cfg: ModelConfig = super::load_config(args.config.as_ref())?.model;
     if let Some(m) = args.model {
         model_cfg.name = m;

@@ -213,6 +213,10 @@ impl RunRecorder {
     /// `log.jsonl` (appended to) and TensorBoard files under `out/tb`; the
     /// training clock starts here.
     pub fn open_logs(&mut self) -> Result<()> {
+        // The peak memory reported is this run's, not an earlier run's of the
+        // same process (`--seeds`): Linux resets VmHWM on writing 5 to
+        // clear_refs. Elsewhere the peak stays per process.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
         let log_path = self.out.join("log.jsonl");
         let tb_dir = self.out.join("tb");
         let (log_path, tb_dir) = (log_path.as_path(), tb_dir.as_path());
