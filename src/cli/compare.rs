@@ -38,6 +38,113 @@ pub struct CompareArgs {
     /// Output folder (default: runs/compare-<preset>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Print the grid (one run per line: index, host, plugin set, seed,
+    /// folder, state) and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Run only the runs with these indices (see --list), comma-separated.
+    #[arg(long, value_delimiter = ',', conflicts_with = "shard")]
+    pub only: Option<Vec<usize>>,
+    /// Run only shard K of N (the runs whose index is K modulo N), e.g. 0/4.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Train nothing: write the tables and charts from the finished runs and
+    /// list the missing ones.
+    #[arg(long, conflicts_with_all = ["only", "shard", "list"])]
+    pub collect: bool,
+}
+
+/// One run of a comparison grid.
+struct Cell {
+    index: usize,
+    host: String,
+    label: String,
+    seed: u64,
+    cfg: RunConfig,
+}
+
+impl Cell {
+    fn display(&self) -> String {
+        format!("{} [{}] seed {}", self.host, self.label, self.seed)
+    }
+}
+
+/// Which runs of the grid this process trains.
+fn selected(args: &CompareArgs, index: usize) -> Result<bool> {
+    if let Some(only) = &args.only {
+        return Ok(only.contains(&index));
+    }
+    if let Some(shard) = &args.shard {
+        let bad = || Error::Config {
+            origin: "--shard".into(),
+            message: format!("{shard:?}: expected K/N with 0 <= K < N, e.g. 0/4"),
+        };
+        let (k, n) = shard.split_once('/').ok_or_else(bad)?;
+        let (k, n): (usize, usize) = (
+            k.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if n == 0 || k >= n {
+            return Err(bad());
+        }
+        return Ok(index % n == k);
+    }
+    Ok(true)
+}
+
+/// An exclusive claim on a run folder, so that processes sharing one output
+/// folder never train the same run: the file `claim` is created only if
+/// absent (`O_EXCL`), and removed when the run is done. A claim left by a
+/// process of this machine that no longer exists is taken over.
+struct Claim(PathBuf);
+
+impl Claim {
+    fn take(dir: &Path) -> Result<Option<Claim>> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join("claim");
+        let me = format!("{} {}", hostname(), std::process::id());
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(me.as_bytes())
+                        .map_err(|e| Error::io(&path, e))?;
+                    return Ok(Some(Claim(path)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                    let stale = match owner.split_once(' ') {
+                        Some((host, pid)) if host == hostname() => {
+                            !Path::new(&format!("/proc/{}", pid.trim())).exists()
+                        }
+                        _ => false,
+                    };
+                    if !stale {
+                        return Ok(None);
+                    }
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Resolve a preset name or a TOML path into a configuration.
@@ -154,8 +261,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
             args.preset.replace(['/', '.'], "_")
         ))
     });
-    let device = omuda::core::device::device_from_str(&cfg.device, "device")?;
-    for host in cfg.methods.clone() {
+    // The grid: hosts × plugin sets × seeds, in that order.
+    let mut grid = Vec::new();
+    for host in &cfg.methods {
         if !omuda::METHOD_NAMES.contains(&host.as_str()) {
             return Err(Error::Config {
                 origin: "methods".into(),
@@ -165,19 +273,102 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 ),
             });
         }
-        let start = Instant::now();
-        let mut records: Vec<Vec<RunRecord>> = Vec::new();
+        if matches!(host.as_str(), "source_only" | "oracle") {
+            if let Some((label, _)) = sets.iter().find(|(_, n)| !n.is_empty()) {
+                return Err(Error::Config {
+                    origin: "--plugins".into(),
+                    message: format!(
+                        "plugin set {label:?} cannot attach to {host:?}: the plugins act on the \
+                         target side of self-training, which {host} does not have"
+                    ),
+                });
+            }
+        }
         for (label, names) in &sets {
-            let mut per_seed = Vec::new();
             for &seed in &args.seeds {
                 let mut run_cfg = cfg.clone();
                 run_cfg.seed = seed;
                 run_cfg.methods = vec![host.clone()];
                 run_cfg.plugins = names.clone();
-                run_cfg.out = out.join(&host).join(label).join(format!("seed{seed}"));
-                per_seed.push(run_one(&host, label, &run_cfg, &device)?);
+                run_cfg.out = out.join(host).join(label).join(format!("seed_{seed}"));
+                grid.push(Cell {
+                    index: grid.len(),
+                    host: host.clone(),
+                    label: label.clone(),
+                    seed,
+                    cfg: run_cfg,
+                });
+            }
+        }
+    }
+    if args.list {
+        for c in &grid {
+            let state = if finished_record(&c.cfg)?.is_some() {
+                "done"
+            } else if c.cfg.out.join("claim").exists() {
+                "claimed"
+            } else {
+                "to do"
+            };
+            println!(
+                "{}\t{}\t{}\t{}\t{}\t{state}",
+                c.index,
+                c.host,
+                c.label,
+                c.seed,
+                c.cfg.out.display()
+            );
+        }
+        return Ok(());
+    }
+    let device = omuda::core::device::device_from_str(&cfg.device, "device")?;
+    if !args.collect {
+        for c in &grid {
+            if !selected(&args, c.index)? {
+                continue;
+            }
+            if finished_record(&c.cfg)?.is_some() {
+                eprintln!(
+                    "{}: reusing {}",
+                    c.display(),
+                    c.cfg.out.join("run.json").display()
+                );
+                continue;
+            }
+            let Some(_claim) = Claim::take(&c.cfg.out)? else {
+                eprintln!("{}: claimed by another process, skipped", c.display());
+                continue;
+            };
+            // Another process may have finished it between the check and the claim.
+            if finished_record(&c.cfg)?.is_some() {
+                continue;
+            }
+            run_one(&c.host, &c.label, &c.cfg, &device)?;
+        }
+    }
+    for host in cfg.methods.clone() {
+        let start = Instant::now();
+        let cells: Vec<&Cell> = grid.iter().filter(|c| c.host == host).collect();
+        let mut missing = Vec::new();
+        let mut records: Vec<Vec<RunRecord>> = Vec::new();
+        for (label, _) in &sets {
+            let mut per_seed = Vec::new();
+            for c in cells.iter().filter(|c| &c.label == label) {
+                match finished_record(&c.cfg)? {
+                    Some(r) => per_seed.push(r),
+                    None => missing.push(format!("{} ({})", c.index, c.display())),
+                }
             }
             records.push(per_seed);
+        }
+        if !missing.is_empty() {
+            println!(
+                "{host}: {} of {} runs finished; missing: {}. Tables are written when all have finished (`--collect`).",
+                cells.len() - missing.len(),
+                cells.len(),
+                missing.join(", ")
+            );
+            continue;
         }
         let rows = summarise(&sets, &records, &args.seeds)?;
         let class_names = records[0][0].target_test.class_names.clone();
@@ -214,30 +405,31 @@ pub fn run(args: CompareArgs) -> Result<()> {
     Ok(())
 }
 
-/// Train and evaluate one (plugin set, seed), or reuse its `run.json` when it
-/// was written with the same configuration.
+/// The record of a finished run in `cfg.out`, if it was written with the
+/// same configuration.
+fn finished_record(cfg: &RunConfig) -> Result<Option<RunRecord>> {
+    let record_path = cfg.out.join("run.json");
+    if !record_path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&record_path).map_err(|e| Error::io(&record_path, e))?;
+    let rec: RunRecord =
+        serde_json::from_str(&text).map_err(|e| Error::file(&record_path, e.to_string()))?;
+    if rec.config == cfg.to_toml()? {
+        return Ok(Some(rec));
+    }
+    eprintln!(
+        "{} has another configuration; the run is trained again",
+        record_path.display()
+    );
+    Ok(None)
+}
+
+/// Train and evaluate one (plugin set, seed) into `cfg.out`.
 fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<RunRecord> {
     let dir = cfg.out.clone();
     let record_path = dir.join("run.json");
     let config = cfg.to_toml()?;
-    if record_path.is_file() {
-        let text = std::fs::read_to_string(&record_path).map_err(|e| Error::io(&record_path, e))?;
-        let rec: RunRecord =
-            serde_json::from_str(&text).map_err(|e| Error::file(&record_path, e.to_string()))?;
-        if rec.config == config {
-            eprintln!(
-                "{host} [{label}] seed {}: reusing {}",
-                cfg.seed,
-                record_path.display()
-            );
-            return Ok(rec);
-        }
-        eprintln!(
-            "{host} [{label}] seed {}: {} has another configuration; training again",
-            cfg.seed,
-            record_path.display()
-        );
-    }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let method = build_method(host, cfg, device)?;
     let mut method = omuda::attach_plugins(method, cfg)?;
@@ -332,9 +524,24 @@ pub fn paired_gain(row: &[f64], base: &[f64]) -> PairedGain {
     let (m, s) = (mean(&diffs), std(&diffs));
     let wins = diffs.iter().filter(|&&d| d > 0.0).count();
     let t = (n >= 2 && s > 0.0).then(|| m / (s / (n as f64).sqrt()));
+    let signs: String = diffs
+        .iter()
+        .map(|d| {
+            if *d > 0.0 {
+                "+"
+            } else if *d < 0.0 {
+                "−"
+            } else {
+                "0"
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     let note = match t {
-        None if n < 2 => "1 seed: no significance test".to_string(),
-        None => "identical differences on every seed".to_string(),
+        None if n < 2 => "n/a (1 seed)".to_string(),
+        None => {
+            format!("paired t-test undefined: the same difference on every seed; signs {signs}")
+        }
         Some(t) => {
             let crit = t_critical_05(n - 1);
             let verdict = if t.abs() > crit {
@@ -342,7 +549,15 @@ pub fn paired_gain(row: &[f64], base: &[f64]) -> PairedGain {
             } else {
                 "not significant"
             };
-            format!("{verdict} at 5 % (paired t = {t:.2}, df = {}, critical {crit:.2}); better on {wins}/{n} seeds", n - 1)
+            let per_seed = if n >= 3 {
+                format!("; signs {signs}")
+            } else {
+                String::new()
+            };
+            format!(
+                "{verdict} at 5 % (paired t-test: t = {t:.2}, df = {}, critical {crit:.2}); better on {wins}/{n} seeds{per_seed}",
+                n - 1
+            )
         }
     };
     PairedGain {
@@ -426,18 +641,29 @@ fn markdown(
         seed_cols.join(" | ")
     );
     s += &format!("|---|{}---|---|---|---:|\n", "---:|".repeat(seeds.len()));
+    // A spread of one seed is not measured.
+    let spread = |v: f64| {
+        if seeds.len() < 2 {
+            "n/a".to_string()
+        } else {
+            format!("{v:.2}")
+        }
+    };
     for r in rows {
         let per: Vec<String> = r.miou.iter().map(|v| format!("{v:.2}")).collect();
         let (gain, note) = match &r.gain {
-            Some(g) => (format!("{:+.2} ± {:.2}", g.mean, g.std), g.note.clone()),
+            Some(g) => (
+                format!("{:+.2} ± {}", g.mean, spread(g.std)),
+                g.note.clone(),
+            ),
             None => ("baseline".into(), String::new()),
         };
         s += &format!(
-            "| {} | {} | {:.2} ± {:.2} | {gain} | {note} | {:.0} |\n",
+            "| {} | {} | {:.2} ± {} | {gain} | {note} | {:.0} |\n",
             r.plugins,
             per.join(" | "),
             r.mean,
-            r.std,
+            spread(r.std),
             r.train_seconds_mean
         );
     }
