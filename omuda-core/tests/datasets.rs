@@ -432,6 +432,41 @@ fn cat_max_ratio_acceptance_with_injected_boxes() {
 }
 
 #[test]
+fn a_crop_larger_than_the_frame_is_an_error_unless_padding_is_asked_for() {
+    let src = omuda_core::data::synth::Sample {
+        image: vec![0; 32 * 64 * 3],
+        label: vec![0; 32 * 64],
+        height: 32,
+        width: 64,
+    };
+    let mut cfg = PipelineConfig {
+        scale: None,
+        crop: Some([4096, 4096]),
+        cat_max_ratio: 1.0,
+        flip_prob: 0.0,
+        pad_to_crop: false,
+    };
+    let p = Prepared::new(src.clone(), &cfg);
+    let e = p
+        .check_fits(&cfg, "data.source", "a.png")
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "data.source.crop = [4096, 4096]",
+        "32×64",
+        "a.png",
+        "pad_to_crop",
+    ] {
+        assert!(e.contains(want), "{want:?} missing in {e}");
+    }
+    cfg.crop = Some([32, 64]);
+    assert!(p.check_fits(&cfg, "data.source", "a.png").is_ok());
+    cfg.crop = Some([4096, 4096]);
+    cfg.pad_to_crop = true;
+    assert!(p.check_fits(&cfg, "data.source", "a.png").is_ok());
+}
+
+#[test]
 fn crop_pads_small_images_and_flip_mirrors() {
     let src = omuda_core::data::synth::Sample {
         image: (0..4 * 3 * 3).map(|i| i as u8).collect(),
@@ -444,6 +479,7 @@ fn crop_pads_small_images_and_flip_mirrors() {
         crop: Some([5, 6]),
         cat_max_ratio: 1.0,
         flip_prob: 0.0,
+        pad_to_crop: true,
     };
     let p = Prepared::new(src.clone(), &cfg);
     let full = CropBox {
@@ -715,12 +751,14 @@ fn uda_producer(root: &Path, seed: u64, rcs: bool) -> Producer {
         crop: Some([16, 16]),
         cat_max_ratio: 0.75,
         flip_prob: 0.5,
+        pad_to_crop: false,
     };
     let tp = PipelineConfig {
         scale: Some([32, 16]),
         crop: Some([16, 16]),
         cat_max_ratio: 1.0,
         flip_prob: 0.5,
+        pad_to_crop: false,
     };
     let sampler = rcs.then(|| {
         let cfg = RcsConfig {

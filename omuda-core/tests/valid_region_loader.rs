@@ -52,6 +52,7 @@ fn producer(root: &Path, margins: Option<[usize; 4]>) -> Producer {
         crop: Some([16, 24]),
         cat_max_ratio: 1.0,
         flip_prob: 0.5,
+        pad_to_crop: false,
     };
     Producer::new(
         DomainData {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
+use omuda::core::data::batch::BatchSource;
 use omuda::core::data::config::TargetSplit;
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
@@ -150,7 +151,8 @@ fn preflight(cfg: &RunConfig, device: &Device) -> Result<()> {
     omuda::run::check_eval_data(cfg)?;
     for name in &cfg.methods {
         omuda::attach_plugins(build_method(name, cfg, device)?, cfg)?;
-        omuda::run::build_batch_source(cfg, name, device)?;
+        // One batch: its frames decode and fit the configured crops.
+        omuda::run::build_batch_source(cfg, name, device)?.next_batch()?;
     }
     Ok(())
 }

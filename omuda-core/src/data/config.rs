@@ -159,6 +159,9 @@ pub struct DatasetConfig {
     pub cat_max_ratio: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flip_prob: Option<f64>,
+    /// Pad frames smaller than the crop (default: such a frame is an error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_to_crop: Option<bool>,
     /// Folder holding the RCS statistics (default: the dataset root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats_dir: Option<PathBuf>,
@@ -195,6 +198,9 @@ impl DatasetConfig {
         }
         if let Some(f) = self.flip_prob {
             p.flip_prob = f;
+        }
+        if let Some(pad) = self.pad_to_crop {
+            p.pad_to_crop = pad;
         }
         Ok(p)
     }
@@ -317,6 +323,7 @@ mod tests {
             crop: None,
             cat_max_ratio: None,
             flip_prob: None,
+            pad_to_crop: None,
             stats_dir: None,
         }
     }

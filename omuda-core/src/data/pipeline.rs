@@ -217,6 +217,10 @@ pub struct PipelineConfig {
     pub cat_max_ratio: f64,
     /// Probability of a horizontal flip.
     pub flip_prob: f64,
+    /// Pad a resized frame smaller than `crop` up to it (mmseg's `Pad`:
+    /// image 0, label ignore). Off: such a frame is an error, since it
+    /// usually means a wrong `scale` or `crop`.
+    pub pad_to_crop: bool,
 }
 
 impl Default for PipelineConfig {
@@ -235,6 +239,7 @@ impl PipelineConfig {
             crop: Some([512, 512]),
             cat_max_ratio: 0.75,
             flip_prob: 0.5,
+            pad_to_crop: false,
         }
     }
     /// DAFormer SYNTHIA source: (1280, 760) (identity for SYNTHIA frames).
@@ -251,6 +256,7 @@ impl PipelineConfig {
             crop: Some([512, 512]),
             cat_max_ratio: 1.0,
             flip_prob: 0.5,
+            pad_to_crop: false,
         }
     }
     /// HRDA/MIC source: GTA → (2560, 1440) → crop 1024² with cat_max_ratio 0.75.
@@ -260,6 +266,7 @@ impl PipelineConfig {
             crop: Some([1024, 1024]),
             cat_max_ratio: 0.75,
             flip_prob: 0.5,
+            pad_to_crop: false,
         }
     }
     /// HRDA/MIC target: Cityscapes at (2048, 1024) → crop 1024².
@@ -269,6 +276,7 @@ impl PipelineConfig {
             crop: Some([1024, 1024]),
             cat_max_ratio: 1.0,
             flip_prob: 0.5,
+            pad_to_crop: false,
         }
     }
 
@@ -350,6 +358,26 @@ impl Prepared {
             rw,
             rh,
             label: vec![IGNORE_INDEX; rw * rh],
+        }
+    }
+
+    /// An error when the resized frame is smaller than the crop and padding
+    /// was not asked for; `key` names the dataset table (`data.source`),
+    /// `frame` the file.
+    pub fn check_fits(&self, cfg: &PipelineConfig, key: &str, frame: &str) -> crate::Result<()> {
+        match cfg.crop {
+            Some(c) if !cfg.pad_to_crop && (c[0] > self.rh || c[1] > self.rw) => {
+                Err(crate::Error::Config {
+                    origin: key.into(),
+                    message: format!(
+                        "{key}.crop = {c:?} (h, w) is larger than the resized frame {}×{} of {frame} \
+                         (file {}×{}, scale {:?}); lower the crop or the scale, or set \
+                         {key}.pad_to_crop = true to pad it (image 0, label ignore)",
+                        self.rh, self.rw, self.src.height, self.src.width, cfg.scale
+                    ),
+                })
+            }
+            _ => Ok(()),
         }
     }
 

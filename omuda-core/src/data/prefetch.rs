@@ -191,6 +191,7 @@ impl Producer {
             None => (None, rng.gen_range(0..ds.len())),
         };
         let prep = Prepared::new(ds.load(frame)?, p);
+        prep.check_fits(p, "data.source", &frame_name(ds, frame))?;
         let mut b = prep.draw_box(p, &mut rng);
         if let (Some(c), Some(r)) = (class, &self.rcs) {
             if r.cfg.min_crop_ratio > 0.0 {
@@ -227,6 +228,7 @@ impl Producer {
         let (w, h, image) = ds.load_image(frame)?;
         // Target labels are never used for training: an all-ignore map.
         let prep = Prepared::image_only(image, w, h, p);
+        prep.check_fits(p, "data.target", &frame_name(ds, frame))?;
         // The draws of `Prepared::sample`, in its order.
         let b = prep.draw_box(p, &mut rng);
         let flip = rng.gen_bool(p.flip_prob);
@@ -514,4 +516,11 @@ impl crate::data::batch::BatchSource for UdaLoader {
     fn restore_order_state(&mut self, state: &serde_json::Value) -> Result<()> {
         UdaLoader::restore_order_state(self, state)
     }
+}
+/// The image file of frame `i`, for error messages.
+fn frame_name(ds: &Dataset, i: usize) -> String {
+    ds.frames
+        .get(i)
+        .map(|f| f.image.display().to_string())
+        .unwrap_or_else(|| format!("frame {i}"))
 }

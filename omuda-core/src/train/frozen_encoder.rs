@@ -3,16 +3,17 @@
 //! [`SelfTraining::new`](crate::train::SelfTraining::new) builds the student
 //! (seeded initialisation, then the pretrained `model.weights` if set), or
 //! with the encoder of a weights file of its own. It is never trained; its
-//! features are computed in evaluation mode and detached (`lhoyer/MIC
+//! features are computed in evaluation mode (`lhoyer/MIC
 //! seg/mmseg/models/uda/dacs.py::DACS.calc_feat_dist`: `.eval()` under
-//! `no_grad`).
+//! `no_grad`) on weights that record no graph ([`crate::nn::detached`]), so
+//! its forward frees its intermediates as it goes.
 
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use candle_nn::VarMap;
 use rand_chacha::ChaCha8Rng;
 
+use crate::nn::detached::detached_model;
 use crate::nn::varmap_io::load_varmap_where;
 use crate::nn::weights::build_initial;
 use crate::nn::{ForwardCtx, SegModel};
@@ -27,7 +28,7 @@ pub struct FrozenEncoder {
     /// the run's seed); every variable whose name contains `encoder` must be
     /// in the file.
     weights: Option<PathBuf>,
-    built: Option<(Box<dyn SegModel>, VarMap)>,
+    built: Option<Box<dyn SegModel>>,
 }
 
 impl FrozenEncoder {
@@ -50,11 +51,12 @@ impl FrozenEncoder {
                 );
                 load_varmap_where(&vars, &path, &|name| name.contains("encoder"))?;
             }
-            self.built = Some((model, vars));
+            drop(model);
+            self.built = Some(detached_model(&view.spec.model, &vars, device)?);
         }
         self.built
             .as_ref()
-            .map(|(model, _)| model.as_ref())
+            .map(|model| model.as_ref())
             .ok_or_else(|| Error::msg("frozen encoder missing"))
     }
 
