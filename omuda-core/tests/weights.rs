@@ -45,7 +45,7 @@ fn fixture_model_with(scale_attention: bool) -> (VarMap, DaFormer) {
         sr_ratios: [8, 4, 2, 1],
         patch_sizes: [7, 3, 3, 3],
         strides: [4, 2, 2, 2],
-        mlp_ratio: 4,
+        mlp_ratios: [4; 4],
         decoder_hidden_size: 16,
         block_ln_eps: 1e-6,
         embed_ln_eps: 1e-5,

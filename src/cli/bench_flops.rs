@@ -63,7 +63,7 @@ fn mit_flops(cfg: &MitConfig, h: usize, w: usize) -> (f64, Vec<(usize, usize)>) 
         } else {
             h * w
         } as f64;
-        let hidden = cf * cfg.mlp_ratio as f64;
+        let hidden = cf * cfg.mlp_ratios[i] as f64;
         let mut block = n * cf * cf; // query
         if r > 1 {
             block += nr * cf * cf * (r * r) as f64; // spatial-reduction conv

@@ -25,7 +25,9 @@ pub struct MitConfig {
     pub sr_ratios: [usize; 4],
     pub patch_sizes: [usize; 4],
     pub strides: [usize; 4],
-    pub mlp_ratio: usize,
+    /// Hidden width of each stage's Mix-FFN over its channels (Hugging Face
+    /// `mlp_ratios`; 4 in every published MiT).
+    pub mlp_ratios: [usize; 4],
     /// Channels of the all-MLP decode head that goes with this encoder.
     pub decoder_hidden_size: usize,
     /// eps of the block and stage LayerNorms (mmseg MiT: 1e-6; HF modules default to 1e-5).
@@ -47,7 +49,7 @@ impl MitConfig {
             sr_ratios: [8, 4, 2, 1],
             patch_sizes: [7, 3, 3, 3],
             strides: [4, 2, 2, 2],
-            mlp_ratio: 4,
+            mlp_ratios: [4; 4],
             decoder_hidden_size,
             block_ln_eps: 1e-6,
             embed_ln_eps: 1e-5,
@@ -84,6 +86,52 @@ impl MitConfig {
 
     pub fn b5() -> Self {
         Self::base([64, 128, 320, 512], [3, 6, 40, 3], 768)
+    }
+
+    /// The encoder of a Hugging Face `SegformerConfig` (`config.json`):
+    /// every per-stage list (`hidden_sizes`, `depths`, `num_attention_heads`,
+    /// `sr_ratios`, `patch_sizes`, `strides`, `mlp_ratios`) with four entries,
+    /// `num_channels`, `decoder_hidden_size` and `layer_norm_eps` (the block
+    /// and stage norms; the embedding norms keep 1e-5, as in `transformers`).
+    /// A missing or malformed key is an error naming it.
+    pub fn from_hf_config(json: &serde_json::Value) -> Result<Self> {
+        fn stages(json: &serde_json::Value, key: &str) -> Result<[usize; 4]> {
+            let v: Vec<usize> = json
+                .get(key)
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_u64().map(|x| x as usize))
+                        .collect()
+                })
+                .unwrap_or_default();
+            match <[usize; 4]>::try_from(v.as_slice()) {
+                Ok(a) => Ok(a),
+                Err(_) => bail!(
+                    "Segformer config: `{key}` must be a list of 4 positive integers, got {:?}",
+                    json.get(key)
+                ),
+            }
+        }
+        let num = |key: &str| json.get(key).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let cfg = Self {
+            in_channels: num("num_channels").unwrap_or(3),
+            hidden_sizes: stages(json, "hidden_sizes")?,
+            depths: stages(json, "depths")?,
+            num_heads: stages(json, "num_attention_heads")?,
+            sr_ratios: stages(json, "sr_ratios")?,
+            patch_sizes: stages(json, "patch_sizes")?,
+            strides: stages(json, "strides")?,
+            mlp_ratios: stages(json, "mlp_ratios")?,
+            decoder_hidden_size: num("decoder_hidden_size").unwrap_or(256),
+            block_ln_eps: json
+                .get("layer_norm_eps")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(1e-6),
+            embed_ln_eps: 1e-5,
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// `"tiny"`, `"b0"` … `"b5"` (also accepted with a `mit_`/`mit` prefix).
@@ -314,7 +362,7 @@ impl Block {
                 vb.pp("attention"),
             )?,
             layer_norm_2: LayerNorm::new(dim, cfg.block_ln_eps, vb.pp("layer_norm_2"))?,
-            mlp: MixFfn::new(dim, dim * cfg.mlp_ratio, vb.pp("mlp"))?,
+            mlp: MixFfn::new(dim, dim * cfg.mlp_ratios[stage], vb.pp("mlp"))?,
             drop_path: DropPath::new(drop_path)?,
         })
     }
@@ -455,7 +503,7 @@ mod tests {
         assert_eq!(b5.num_heads, [1, 2, 5, 8]);
         assert_eq!(b5.sr_ratios, [8, 4, 2, 1]);
         assert_eq!((b5.patch_sizes, b5.strides), ([7, 3, 3, 3], [4, 2, 2, 2]));
-        assert_eq!(b5.mlp_ratio, 4);
+        assert_eq!(b5.mlp_ratios, [4; 4]);
         assert_eq!((b5.block_ln_eps, b5.embed_ln_eps), (1e-6, 1e-5));
         let depths: Vec<_> = ["b0", "b1", "b2", "b3", "b4"]
             .iter()
@@ -547,5 +595,49 @@ mod tests {
             .map(|f| (f.dim(2).unwrap(), f.dim(3).unwrap()))
             .collect();
         assert_eq!(hw, vec![(18, 13), (9, 7), (5, 4), (3, 2)]);
+    }
+
+    #[test]
+    fn a_hugging_face_config_with_per_stage_mlp_ratios_builds() {
+        let json = serde_json::json!({
+            "num_channels": 3,
+            "hidden_sizes": [8, 16, 24, 32],
+            "depths": [1, 1, 2, 1],
+            "num_attention_heads": [1, 2, 3, 4],
+            "sr_ratios": [8, 4, 2, 1],
+            "patch_sizes": [7, 3, 3, 3],
+            "strides": [4, 2, 2, 2],
+            "mlp_ratios": [4, 2, 3, 1],
+            "decoder_hidden_size": 32,
+            "layer_norm_eps": 1e-6
+        });
+        let cfg = MitConfig::from_hf_config(&json).unwrap();
+        assert_eq!(cfg.mlp_ratios, [4, 2, 3, 1]);
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(
+            &vm,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        );
+        MixTransformer::new(&cfg, vb, 0.0).unwrap();
+        let shapes: std::collections::HashMap<String, Vec<usize>> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+            .collect();
+        for (stage, (dim, ratio)) in [(8, 4), (16, 2), (24, 3), (32, 1)].into_iter().enumerate() {
+            let key = format!("block.{stage}.0.mlp.dense1.weight");
+            let found = shapes
+                .iter()
+                .find(|(k, _)| k.ends_with(&key))
+                .map(|(_, s)| s.clone());
+            assert_eq!(found, Some(vec![dim * ratio, dim]), "{key}");
+        }
+        let mut bad = json.clone();
+        bad["mlp_ratios"] = serde_json::json!([4, 4, 4]);
+        let e = MitConfig::from_hf_config(&bad).unwrap_err().to_string();
+        assert!(e.contains("mlp_ratios"), "{e}");
     }
 }
