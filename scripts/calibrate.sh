@@ -38,10 +38,21 @@ row dacs_fd 'methods = ["daformer"]'
 # The feature-distance weight searched on the dev split (published: 0.005).
 row dacs_fd_lambda_0.02 'methods = ["daformer"]' '[fd]' 'lambda = 0.02'
 row dacs_fd_lambda_0.05 'methods = ["daformer"]' '[fd]' 'lambda = 0.05'
+row dacs_fd_lambda_0.1 'methods = ["daformer"]' '[fd]' 'lambda = 0.1'
+row dacs_fd_lambda_0.2 'methods = ["daformer"]' '[fd]' 'lambda = 0.2'
+# DAFormer and MIC(DAFormer) with the published FD weight, then with the one
+# dev chose (0.05); MIC's mask ratio, weight and block size searched on dev.
+FD='[fd]
+lambda = 0.05'
 row daformer 'methods = ["daformer"]' "$PL_CROP" "$RCS"
 row mic_daformer 'methods = ["mic_daformer"]' "$PL_CROP" "$RCS"
+row daformer_lambda_0.05 'methods = ["daformer"]' "$PL_CROP" "$RCS" "$FD"
+row mic_daformer_lambda_0.05 'methods = ["mic_daformer"]' "$PL_CROP" "$RCS" "$FD"
+row mic_daformer_ratio_0.5 'methods = ["mic_daformer"]' "$PL_CROP" "$RCS" "$FD" '[mic]' 'mask_ratio = 0.5'
+row mic_daformer_mic_lambda_0.5 'methods = ["mic_daformer"]' "$PL_CROP" "$RCS" "$FD" '[mic]' 'lambda = 0.5'
+row mic_daformer_block_16 'methods = ["mic_daformer"]' "$PL_CROP" "$RCS" "$FD" '[mic]' 'block_size = 16' 'reference_height = 0'
 
-ROWS="source_only_scratch source_only dacs dacs_rcs dacs_fd dacs_fd_lambda_0.02 dacs_fd_lambda_0.05 daformer mic_daformer oracle"
+ROWS="source_only_scratch source_only dacs dacs_rcs dacs_fd dacs_fd_lambda_0.02 dacs_fd_lambda_0.05 dacs_fd_lambda_0.1 dacs_fd_lambda_0.2 daformer mic_daformer daformer_lambda_0.05 mic_daformer_lambda_0.05 mic_daformer_ratio_0.5 mic_daformer_mic_lambda_0.5 mic_daformer_block_16 oracle"
 start=$(date +%s)
 for r in $ROWS; do
   if [ -f "$OUT/$r/summary.json" ]; then echo "calibrate: $r done earlier"; continue; fi
@@ -51,3 +62,4 @@ for r in $ROWS; do
 done
 echo "calibrate: all rows in $(( $(date +%s) - start )) s"
 python3 "$(dirname "$0")/calibration_table.py" "$OUT" | tee "$OUT/table.md"
+python3 "$(dirname "$0")/calibration_table.py" "$OUT" dev > "$OUT/table-dev.md"

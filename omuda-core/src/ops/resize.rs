@@ -12,11 +12,17 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, T
 use rayon::prelude::*;
 
 /// Source index and weights for one output coordinate, PyTorch
-/// `upsample_bilinear2d(align_corners=False)` without `scale_factor`
-/// (`area_pixel_compute_source_index`): `src = (dst + 0.5) * in/out - 0.5`,
-/// clamped at 0. Returns `(i0, i1, l1)`: the output is `(1-l1)·x[i0] + l1·x[i1]`.
-pub(crate) fn source_taps(out_len: usize, in_len: usize) -> Vec<(usize, usize, f64)> {
-    let scale = in_len as f64 / out_len as f64;
+/// `upsample_bilinear2d(align_corners=False)` (`area_pixel_compute_source_index`):
+/// `src = (dst + 0.5) · map − 0.5`, clamped at 0, where `map` is `in/out`
+/// (`None`: a resize to a size) or `1/scale_factor` (a resize by a scale
+/// factor, ATen `area_pixel_compute_scale`). Returns `(i0, i1, l1)`: the
+/// output is `(1-l1)·x[i0] + l1·x[i1]`.
+pub(crate) fn source_taps(
+    out_len: usize,
+    in_len: usize,
+    map: Option<f64>,
+) -> Vec<(usize, usize, f64)> {
+    let scale = map.unwrap_or(in_len as f64 / out_len as f64);
     (0..out_len)
         .map(|d| {
             let src = ((d as f64 + 0.5) * scale - 0.5).max(0.0);
@@ -26,6 +32,30 @@ pub(crate) fn source_taps(out_len: usize, in_len: usize) -> Vec<(usize, usize, f
             (i0, i1, src - i0 as f64)
         })
         .collect()
+}
+
+/// `F.interpolate(x, scale_factor=s, mode='bilinear', align_corners=False)`
+/// as PyTorch computes it: output `floor(H·s) × floor(W·s)`, and source
+/// coordinates mapped with `1/s` (not with `in/out`, which differs when
+/// `H·s` is not whole, e.g. 17 × 0.5). Differentiable with respect to `x`.
+pub fn resize_bilinear_scale_factor(x: &Tensor, s: f64) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (out_h, out_w) = (
+        (h as f64 * s).floor() as usize,
+        (w as f64 * s).floor() as usize,
+    );
+    check_args(x, out_h, out_w)?;
+    if !(s.is_finite() && s > 0.0) {
+        candle_core::bail!("resize_bilinear_scale_factor: scale factor {s} must be finite and > 0");
+    }
+    let map = Some((1.0 / s, 1.0 / s));
+    match (x.device(), x.dtype()) {
+        (Device::Cpu, DType::F32 | DType::F64) => {
+            x.contiguous()?
+                .apply_op1(ResizeBilinear { out_h, out_w, map })
+        }
+        _ => resize_mapped_composed(x, out_h, out_w, map),
+    }
 }
 
 /// Resize `x` (B, C, H, W) to (B, C, out_h, out_w), bilinear, `align_corners=False`
@@ -41,9 +71,11 @@ pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor>
         return Ok(x.clone());
     }
     match (x.device(), x.dtype()) {
-        (Device::Cpu, DType::F32 | DType::F64) => {
-            x.contiguous()?.apply_op1(ResizeBilinear { out_h, out_w })
-        }
+        (Device::Cpu, DType::F32 | DType::F64) => x.contiguous()?.apply_op1(ResizeBilinear {
+            out_h,
+            out_w,
+            map: None,
+        }),
         _ => resize_bilinear_composed(x, out_h, out_w),
     }
 }
@@ -52,12 +84,21 @@ pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor>
 /// interpolation matrices, differentiated by Candle. Same semantics, slower on
 /// the CPU than the custom kernel. Public so tests can compare both paths.
 pub fn resize_bilinear_composed(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    resize_mapped_composed(x, out_h, out_w, None)
+}
+
+fn resize_mapped_composed(
+    x: &Tensor,
+    out_h: usize,
+    out_w: usize,
+    map: Option<(f64, f64)>,
+) -> Result<Tensor> {
     let (b, c, h, w) = check_args(x, out_h, out_w)?;
     let n = b * c;
     let dtype = x.dtype();
     // wh: (out_h, h), ww: (out_w, w).
-    let wh = interp_matrix(out_h, h, dtype, x.device())?;
-    let ww = interp_matrix(out_w, w, dtype, x.device())?;
+    let wh = interp_matrix(out_h, h, map.map(|m| m.0), dtype, x.device())?;
+    let ww = interp_matrix(out_w, w, map.map(|m| m.1), dtype, x.device())?;
     // Width first, as one (N·h, w) x (w, out_w) product.
     let ww_t = ww.t()?.contiguous()?;
     let y = x.contiguous()?.reshape((n * h, w))?.matmul(&ww_t)?;
@@ -86,9 +127,15 @@ fn check_args(x: &Tensor, out_h: usize, out_w: usize) -> Result<(usize, usize, u
 /// Interpolation matrix (out_len, in_len): row d holds the two tap weights.
 /// Built in f64 on the host so that the f64 path is exact, then cast to `dtype`
 /// before moving to `device` (some devices have no f64).
-fn interp_matrix(out_len: usize, in_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+fn interp_matrix(
+    out_len: usize,
+    in_len: usize,
+    map: Option<f64>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
     let mut m = vec![0f64; out_len * in_len];
-    for (d, (i0, i1, l1)) in source_taps(out_len, in_len).into_iter().enumerate() {
+    for (d, (i0, i1, l1)) in source_taps(out_len, in_len, map).into_iter().enumerate() {
         m[d * in_len + i0] += 1.0 - l1;
         m[d * in_len + i1] += l1;
     }
@@ -106,8 +153,8 @@ struct Taps<T> {
 }
 
 impl<T: WithDType> Taps<T> {
-    fn new(out_len: usize, in_len: usize) -> Self {
-        let taps = source_taps(out_len, in_len);
+    fn new(out_len: usize, in_len: usize, map: Option<f64>) -> Self {
+        let taps = source_taps(out_len, in_len, map);
         Self {
             i0: taps.iter().map(|t| t.0).collect(),
             i1: taps.iter().map(|t| t.1).collect(),
@@ -121,6 +168,8 @@ impl<T: WithDType> Taps<T> {
 struct ResizeBilinear {
     out_h: usize,
     out_w: usize,
+    /// Per-axis coordinate maps (h, w); `None`: in/out.
+    map: Option<(f64, f64)>,
 }
 
 impl ResizeBilinear {
@@ -130,8 +179,8 @@ impl ResizeBilinear {
     fn run<T: WithDType>(&self, x: &[T], dims: &[usize]) -> Vec<T> {
         let (h, w) = (dims[2], dims[3]);
         let (oh, ow) = (self.out_h, self.out_w);
-        let ty = Taps::<T>::new(oh, h);
-        let tx = Taps::<T>::new(ow, w);
+        let ty = Taps::<T>::new(oh, h, self.map.map(|m| m.0));
+        let tx = Taps::<T>::new(ow, w, self.map.map(|m| m.1));
         let mut used = vec![false; h];
         for oy in 0..oh {
             used[ty.i0[oy]] = true;
@@ -188,9 +237,11 @@ impl CustomOp1 for ResizeBilinear {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, h, w) = arg.dims4()?;
-        let grad = grad_res
-            .contiguous()?
-            .apply_op1(ResizeBilinearBwd { in_h: h, in_w: w })?;
+        let grad = grad_res.contiguous()?.apply_op1(ResizeBilinearBwd {
+            in_h: h,
+            in_w: w,
+            map: self.map,
+        })?;
         Ok(Some(grad))
     }
 }
@@ -201,6 +252,7 @@ impl CustomOp1 for ResizeBilinear {
 struct ResizeBilinearBwd {
     in_h: usize,
     in_w: usize,
+    map: Option<(f64, f64)>,
 }
 
 impl ResizeBilinearBwd {
@@ -210,8 +262,8 @@ impl ResizeBilinearBwd {
     fn run<T: WithDType>(&self, g: &[T], dims: &[usize]) -> Vec<T> {
         let (oh, ow) = (dims[2], dims[3]);
         let (h, w) = (self.in_h, self.in_w);
-        let ty = Taps::<T>::new(oh, h);
-        let tx = Taps::<T>::new(ow, w);
+        let ty = Taps::<T>::new(oh, h, self.map.map(|m| m.0));
+        let tx = Taps::<T>::new(ow, w, self.map.map(|m| m.1));
         let mut used = vec![false; h];
         for oy in 0..oh {
             used[ty.i0[oy]] = true;
@@ -277,6 +329,7 @@ impl CustomOp1 for ResizeBilinearBwd {
         let grad = grad_res.contiguous()?.apply_op1(ResizeBilinear {
             out_h: oh,
             out_w: ow,
+            map: self.map,
         })?;
         Ok(Some(grad))
     }
@@ -286,10 +339,71 @@ impl CustomOp1 for ResizeBilinearBwd {
 mod tests {
     use super::*;
 
+    /// PyTorch maps a `scale_factor` resize with `1/s`: on a linear ramp
+    /// `x[i][j] = 100 i + j` (which bilinear interpolation reproduces
+    /// exactly) output (d, e) of a 17×17 → 8×8 resize at s = 0.5 reads
+    /// `src = (d + 0.5) · 2 − 0.5 = 2d + 0.5`, so it is
+    /// `100 (2d + 0.5) + 2e + 0.5`; the in/out map (17/8) would give other
+    /// values. The gradient is checked against the composed form.
+    #[test]
+    fn scale_factor_resize_maps_coordinates_with_one_over_s() {
+        let ramp: Vec<f64> = (0..17 * 17)
+            .map(|k| (100 * (k / 17) + k % 17) as f64)
+            .collect();
+        let x = Tensor::from_vec(ramp, (1, 1, 17, 17), &Device::Cpu).unwrap();
+        let y = resize_bilinear_scale_factor(&x, 0.5).unwrap();
+        assert_eq!(y.dims(), [1, 1, 8, 8]);
+        let y = y.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for d in 0..8 {
+            for e in 0..8 {
+                let want = 100.0 * (2.0 * d as f64 + 0.5) + 2.0 * e as f64 + 0.5;
+                assert!(
+                    (y[d * 8 + e] - want).abs() < 1e-9,
+                    "({d}, {e}): {}",
+                    y[d * 8 + e]
+                );
+            }
+        }
+        let composed = resize_mapped_composed(&x, 8, 8, Some((2.0, 2.0)))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        assert_eq!(y, composed);
+        // Where H·s is whole the two maps agree.
+        let x16 = x.narrow(2, 0, 16).unwrap().narrow(3, 0, 16).unwrap();
+        let a = resize_bilinear_scale_factor(&x16, 0.5).unwrap();
+        let b = resize_bilinear(&x16, 8, 8).unwrap();
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+        );
+        // The backward is the adjoint of the same map.
+        let v = candle_core::Var::from_tensor(&x).unwrap();
+        let g = resize_bilinear_scale_factor(v.as_tensor(), 0.5)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = g
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let total: f64 = g.iter().sum();
+        assert!((total - 64.0).abs() < 1e-9, "{total}");
+        // Rows 16 and columns 16 are never read at s = 0.5 on 17 rows.
+        assert!((0..17).all(|j| g[16 * 17 + j] == 0.0 && g[j * 17 + 16] == 0.0));
+    }
+
     #[test]
     fn taps_match_pytorch_formula() {
         // 2 -> 4 upscale: src = (d + 0.5) / 2 - 0.5 = -0.25 (clamped 0), 0.25, 0.75, 1.25.
-        let t = source_taps(4, 2);
+        let t = source_taps(4, 2, None);
         assert_eq!(t[0], (0, 1, 0.0));
         assert_eq!(t[1], (0, 1, 0.25));
         assert_eq!(t[2], (0, 1, 0.75));

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::inference::{slide_inference, window_starts};
 use crate::nn::{ForwardCtx, SegModel};
-use crate::ops::{cross_entropy, resize_bilinear, CeReduction};
+use crate::ops::{cross_entropy, resize_bilinear, resize_bilinear_scale_factor, CeReduction};
 use crate::train::objective::SegObjective;
 
 /// The `[hrda]` table: settings of multi-resolution training and inference.
@@ -414,8 +414,12 @@ impl MultiResolution {
         })
     }
 
-    /// The context image: the input downscaled by `context_scale` (bilinear,
-    /// `align_corners = False`; size `floor(H·s)` as PyTorch's `interpolate`).
+    /// The context image: the input downscaled by `context_scale` as the
+    /// reference's `resize(img, scale_factor=s, mode='bilinear',
+    /// align_corners=False)` does (`lhoyer/HRDA
+    /// mmseg/models/segmentors/hrda_encoder_decoder.py::HRDAEncoderDecoder.resize`,
+    /// which calls `mmseg/ops/wrappers.py::resize`): size `floor(H·s)`, coordinates
+    /// mapped with `1/s` ([`resize_bilinear_scale_factor`]).
     pub fn context_image(&self, image: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = image.dims4()?;
         let s = self.cfg.context_scale;
@@ -426,7 +430,7 @@ impl MultiResolution {
         if lh == 0 || lw == 0 {
             bail!("HRDA: a {h}×{w} image is too small for context scale {s}");
         }
-        resize_bilinear(image, lh, lw)
+        resize_bilinear_scale_factor(image, s)
     }
 
     fn attention(
