@@ -120,16 +120,48 @@ impl RunConfig {
 
     /// [`Self::from_toml_str`] with relative `base` paths read from `dir`.
     fn from_toml_in(text: &str, origin: &str, dir: Option<&Path>) -> Result<Self> {
-        let has_base = toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("base"));
-        if has_base {
+        let table = toml::from_str::<toml::Table>(text).ok();
+        if table.as_ref().is_some_and(|t| t.contains_key("base")) {
             return crate::layers::parse(text, origin, dir);
         }
-        let cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Config {
+        let mut cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Config {
             origin: origin.into(),
             message: e.to_string(),
         })?;
+        if !table.as_ref().is_some_and(num_classes_given) {
+            cfg.classes_from_data();
+        }
         cfg.validate(origin)?;
         Ok(cfg)
+    }
+
+    /// The class count of the run's labelled folder dataset (`kind =
+    /// "folder"` under `[data.source]`, else `[data.val]`) and its spec file;
+    /// `None` for every other dataset.
+    pub fn data_classes(&self) -> Option<(usize, PathBuf)> {
+        if self.data.dataset != DataSource::Files {
+            return None;
+        }
+        [&self.data.source, &self.data.val]
+            .into_iter()
+            .flatten()
+            .find(|d| d.kind == "folder")
+            .and_then(|d| {
+                let spec = omuda_core::data::datasets::FolderSpec::from_file(&d.root).ok()?;
+                let n = spec
+                    .classes
+                    .map(|c| c.len())
+                    .unwrap_or(omuda_core::data::classes::NUM_CLASSES);
+                Some((n, d.root.clone()))
+            })
+    }
+
+    /// `model.num_classes` from the folder dataset's spec, for a
+    /// configuration that does not set it.
+    pub fn classes_from_data(&mut self) {
+        if let Some((n, _)) = self.data_classes() {
+            self.model.num_classes = n;
+        }
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -242,6 +274,15 @@ impl RunConfig {
                 if let Err(e) = validate_files(&self.data) {
                     p.push(e);
                 }
+                if let Some((n, spec)) = self.data_classes() {
+                    if n != self.model.num_classes {
+                        p.push(format!(
+                            "model.num_classes = {}: the folder dataset {} has {n} classes (leave model.num_classes out to take it from the spec)",
+                            self.model.num_classes,
+                            spec.display()
+                        ));
+                    }
+                }
             }
         }
         let mut positive = |key: &str, v: usize| {
@@ -343,9 +384,19 @@ impl RunConfig {
                 PLUGIN_NAMES.join(", ")
             ));
         }
+        // Thing-class lists are checked against the classes only where a part
+        // of the run uses them: the feature distance (DAFormer, HRDA and
+        // their MIC versions) and the CAM and FDM plugins.
+        let uses_fd = self
+            .methods
+            .iter()
+            .any(|m| m.contains("daformer") || m.contains("hrda"));
+        let uses_things = self.plugins.iter().any(|n| n == "cam" || n == "fdm");
+        let classes = self.model.num_classes;
         for r in [
-            self.plugin.validate(self.model.num_classes),
-            self.fd.validate(self.model.num_classes),
+            self.plugin
+                .validate(if uses_things { classes } else { usize::MAX }),
+            self.fd.validate(if uses_fd { classes } else { usize::MAX }),
             self.mic.validate(),
             self.hrda.validate(),
         ] {
@@ -355,6 +406,14 @@ impl RunConfig {
         }
         p
     }
+}
+
+/// Whether a configuration table sets `model.num_classes` itself.
+pub fn num_classes_given(table: &toml::Table) -> bool {
+    table
+        .get("model")
+        .and_then(|m| m.as_table())
+        .is_some_and(|m| m.contains_key("num_classes"))
 }
 
 /// Replaces each float that is exactly a 32-bit float by the shortest

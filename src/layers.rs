@@ -136,12 +136,16 @@ fn default_table() -> Result<Table> {
 }
 
 fn from_table(table: Table, origin: &str) -> Result<RunConfig> {
-    let cfg: RunConfig = Value::Table(table)
+    let given = crate::config::num_classes_given(&table);
+    let mut cfg: RunConfig = Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| Error::Config {
             origin: origin.into(),
             message: e.to_string().trim_end().to_string(),
         })?;
+    if !given {
+        cfg.classes_from_data();
+    }
     cfg.validate(origin)?;
     Ok(cfg)
 }
