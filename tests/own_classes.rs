@@ -180,8 +180,10 @@ fn a_three_class_folder_dataset_runs_with_every_method_and_plugin() {
 #[test]
 fn thing_classes_are_checked_only_where_they_are_used() {
     // DACS alone with 3 classes and the default (Cityscapes) thing lists: fine.
-    let mut cfg = omuda::RunConfig::default();
-    cfg.methods = vec!["dacs".into()];
+    let mut cfg = omuda::RunConfig {
+        methods: vec!["dacs".into()],
+        ..Default::default()
+    };
     cfg.model.num_classes = 3;
     cfg.data.dataset = omuda::core::data::config::DataSource::Files;
     let problems = cfg.problems().join("\n");
