@@ -109,6 +109,7 @@ pub fn recorder_settings(
         schedule: cfg.schedule.poly(cfg.train.iters),
         config_toml: cfg.to_toml()?,
         resume_command: format!("omuda train --resume {}", cfg.out.display()),
+        log_format: Default::default(),
     })
 }
 

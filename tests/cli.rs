@@ -170,3 +170,54 @@ fn resume_refuses_other_flags_and_non_run_folders() {
         "{stderr}"
     );
 }
+
+/// A tiny training run's command line with extra flags.
+fn tiny_train(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "methods = [\"dacs\"]\n[train]\niters = 2\nlog_interval = 1\n[data.synth]\nheight = 32\nwidth = 64\nval_size = 2\ndev_size = 2\ntest_size = 2\n",
+    )
+    .unwrap();
+    omuda()
+        .args(["train", "--config", cfg.to_str().unwrap(), "--out"])
+        .arg(dir.join("out"))
+        .args(extra)
+        .env("TERM", "dumb")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn quiet_prints_only_results_and_json_logs_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = tiny_train(dir.path(), &["--quiet"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr),
+    );
+    assert!(res.status.success(), "{err}");
+    assert!(err.trim().is_empty(), "--quiet printed: {err}");
+    assert!(out.contains("mIoU") && out.contains("summary"), "{out}");
+
+    let res = tiny_train(dir.path(), &["--log-format", "json"]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{err}");
+    let objects: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps = objects.iter().filter(|o| o["type"] == "step").count();
+    assert_eq!(steps, 2, "{err}");
+    assert!(objects.iter().all(|o| o["run"] == "dacs"), "{err}");
+
+    let res = tiny_train(dir.path(), &["--log-format", "plain"]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{err}");
+    assert_eq!(err.matches("dacs iter ").count(), 2, "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "escape codes with TERM=dumb: {err}"
+    );
+}

@@ -131,6 +131,29 @@ fn a_three_class_folder_dataset_runs_with_every_method_and_plugin() {
         String::from_utf8_lossy(&res.stderr)
     );
     assert!(std::fs::read_dir(&preds).unwrap().count() >= 2);
+    // A folder of PNG and JPEG images, outputs keeping its subfolders.
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir_all(imgs.join("sub")).unwrap();
+    std::fs::copy(dir.path().join("val/images/f1.png"), imgs.join("b.png")).unwrap();
+    let rgb = image::open(dir.path().join("val/images/f2.png"))
+        .unwrap()
+        .to_rgb8();
+    rgb.save(imgs.join("sub/a.jpg")).unwrap();
+    let preds = dir.path().join("preds2");
+    let res = omuda()
+        .args(["predict", "--checkpoint", ckpt.to_str().unwrap(), "--out"])
+        .arg(&preds)
+        .arg(&imgs)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(preds.join("b_color.png").is_file());
+    assert!(preds.join("sub/a_color.png").is_file());
+    assert!(preds.join("sub/a_trainid.png").is_file());
 
     // compare with a plugin set.
     let res = omuda()

@@ -284,7 +284,10 @@ fn plugins_from_the_configuration() {
             "plugin.cam.fg_mask_ratio",
         ),
         ("[plugin.fdm]\nmask_ratoi = 0.5\n", "mask_ratoi"),
-        ("[plugin]\nthing_classes = [30]\n", "plugin.thing_classes"),
+        (
+            "plugins = [\"cam\"]\n[plugin]\nthing_classes = [30]\n",
+            "plugin.thing_classes",
+        ),
         ("[plugin.cdm]\nmode = \"medium\"\n", "medium"),
     ] {
         let e = RunConfig::from_toml_str(bad, "bad.toml")

@@ -86,6 +86,17 @@ fn compare_writes_reports_and_reuses_finished_runs() {
             "{ckpt}"
         );
     }
+    // `omuda plot` reads compare runs like train runs.
+    let res = omuda()
+        .args(["plot", dacs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(dacs.join("plots/total_loss.png").is_file());
     // `weights inspect` takes a checkpoint folder (its student and config).
     let res = omuda()
         .args([

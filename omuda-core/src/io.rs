@@ -103,6 +103,19 @@ fn sync_path(path: &Path) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Quiet mode (`--quiet`): progress and notes are not printed, only results
+/// and errors.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether progress and notes are silenced.
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::Error;

@@ -239,7 +239,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     }
     if let Some(n) = args.iters {
         if let Some(line) = cfg.scale_to_iters(n) {
-            eprintln!("{line}");
+            super::note!("{line}");
         }
     }
     cfg.plugins.clear();
@@ -328,7 +328,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 continue;
             }
             if finished_record(&c.cfg)?.is_some() {
-                eprintln!(
+                super::note!(
                     "{}: reusing {}",
                     c.display(),
                     c.cfg.out.join("run.json").display()
@@ -336,7 +336,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 continue;
             }
             let Some(_claim) = Claim::take(&c.cfg.out)? else {
-                eprintln!("{}: claimed by another process, skipped", c.display());
+                super::note!("{}: claimed by another process, skipped", c.display());
                 continue;
             };
             // Another process may have finished it between the check and the claim.
@@ -418,7 +418,7 @@ fn finished_record(cfg: &RunConfig) -> Result<Option<RunRecord>> {
     if rec.config == cfg.to_toml()? {
         return Ok(Some(rec));
     }
-    eprintln!(
+    super::note!(
         "{} has another configuration; the run is trained again",
         record_path.display()
     );
@@ -435,10 +435,11 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     let mut method = omuda::attach_plugins(method, cfg)?;
     let mut loader = omuda::run::build_batch_source(cfg, host, device)?;
     let display = format!("{host} [{label}] seed {}", cfg.seed);
-    eprintln!("{display}: training {} iterations", cfg.train.iters);
+    super::note!("{display}: training {} iterations", cfg.train.iters);
     // What an interrupted earlier run of this cell left is replaced.
     clear_outputs(&dir, &[])?;
     let mut settings = recorder_settings(host, &display, &dir, cfg)?;
+    settings.log_format = super::log_format();
     settings.resume_command = "the same `omuda compare` command (finished runs are reused)".into();
     let mut obs = RunRecorder::new(settings)?.with_debug_images(Box::new(|path, debug| {
         omuda::visual::debug_grid(path, debug)
@@ -483,7 +484,7 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     obs.log_eval(cfg.train.iters, selected)?;
     obs.update_best(cfg.train.iters, selected, &method, &loader)?;
     let curve = obs.curve.clone();
-    eprintln!(
+    super::note!(
         "{display}: target-test mIoU {:.2}, target-dev {:.2} ({train_seconds:.0} s of training)",
         target.miou.unwrap_or(f64::NAN),
         dev.miou.unwrap_or(f64::NAN)

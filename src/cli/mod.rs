@@ -35,7 +35,40 @@ struct Cli {
     /// `--set "plugins=[\"cam\"]"` (repeatable; the value is TOML, else a string).
     #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     set: Vec<String>,
+    /// Print only results and errors (no progress, no notes).
+    #[arg(long, global = true)]
+    quiet: bool,
+    /// Progress output: `auto` (a bar on a terminal, lines elsewhere or with
+    /// TERM=dumb), `plain` (one line per log interval) or `json` (one JSON
+    /// object per line).
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    log_format: LogFormatArg,
 }
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Auto,
+    Plain,
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<omuda::core::train::observers::LogFormat> =
+    std::sync::OnceLock::new();
+
+/// The `--log-format` of this command line.
+pub fn log_format() -> omuda::core::train::observers::LogFormat {
+    LOG_FORMAT.get().copied().unwrap_or_default()
+}
+
+/// `eprintln!` unless `--quiet`: progress notes, never results or errors.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        if !omuda::core::io::quiet() {
+            eprintln!($($arg)*);
+        }
+    };
+}
+pub(crate) use note;
 
 /// The `--device` flag, applied by [`load_config`] to every configuration a command loads.
 static DEVICE_FLAG: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
@@ -167,6 +200,12 @@ pub fn run() -> Result<()> {
     let cli = Cli::parse();
     let _ = DEVICE_FLAG.set(cli.device.clone());
     let _ = SET_FLAGS.set(cli.set.clone());
+    omuda::core::io::set_quiet(cli.quiet);
+    let _ = LOG_FORMAT.set(match cli.log_format {
+        LogFormatArg::Auto => omuda::core::train::observers::LogFormat::Auto,
+        LogFormatArg::Plain => omuda::core::train::observers::LogFormat::Plain,
+        LogFormatArg::Json => omuda::core::train::observers::LogFormat::Json,
+    });
     match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),

@@ -2,8 +2,8 @@
 //! image, a colourised PNG (Cityscapes palette), a raw trainId PNG (8-bit
 //! grey, one class index per pixel) and optionally an overlay on the image.
 
-use std::collections::HashSet;
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use omuda::core::data::classes::colorize;
@@ -29,9 +29,85 @@ pub struct PredictArgs {
     /// Also write `<name>_overlay.png`: the prediction colours over the image at this opacity (0–1).
     #[arg(long)]
     pub opacity: Option<f32>,
-    /// PNG images to segment.
+    /// PNG or JPEG images to segment, or folders: every `.png`, `.jpg` and
+    /// `.jpeg` below a folder, whose outputs keep its subfolders.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+}
+
+/// One input image and the name of its outputs (relative to `--out`,
+/// without the `_color.png` suffix).
+struct Input {
+    path: PathBuf,
+    stem: PathBuf,
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| matches!(e.as_str(), "png" | "jpg" | "jpeg"))
+}
+
+/// Every image below `dir`, sorted, with its path below `dir`.
+fn images_below(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
+        .collect::<Result<_>>()?;
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            images_below(&p, found)?;
+        } else if is_image(&p) {
+            found.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The inputs of the command line, folders expanded; two inputs whose
+/// outputs would have the same name are an error naming both.
+fn inputs(args: &[PathBuf]) -> Result<Vec<Input>> {
+    let mut out: Vec<Input> = Vec::new();
+    for a in args {
+        if a.is_dir() {
+            let mut found = Vec::new();
+            images_below(a, &mut found)?;
+            if found.is_empty() {
+                return Err(Error::file(
+                    a,
+                    "a folder without .png, .jpg or .jpeg images",
+                ));
+            }
+            for p in found {
+                let rel = p.strip_prefix(a).unwrap_or(&p).with_extension("");
+                out.push(Input { stem: rel, path: p });
+            }
+        } else {
+            let stem = a
+                .file_stem()
+                .map(PathBuf::from)
+                .ok_or_else(|| Error::file(a, "no file name"))?;
+            out.push(Input {
+                path: a.clone(),
+                stem,
+            });
+        }
+    }
+    let mut seen: HashMap<PathBuf, PathBuf> = HashMap::new();
+    for i in &out {
+        if let Some(other) = seen.insert(i.stem.clone(), i.path.clone()) {
+            return Err(Error::file(
+                &i.path,
+                format!(
+                    "{} has the same output name {:?}; outputs would collide",
+                    other.display(),
+                    i.stem
+                ),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
@@ -44,19 +120,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         }
     }
     // Distinct output names before any work.
-    let mut stems = HashSet::new();
-    for p in &args.images {
-        let stem = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .ok_or_else(|| Error::file(p, "no file name"))?;
-        if !stems.insert(stem.clone()) {
-            return Err(Error::file(
-                p,
-                format!("another input has the same name {stem:?}; outputs would collide"),
-            ));
-        }
-    }
+    let inputs = inputs(&args.images)?;
     let Restored {
         name,
         cfg,
@@ -64,12 +128,16 @@ pub fn run(args: PredictArgs) -> Result<()> {
         device,
     } = restore(&args.checkpoint, args.config.as_ref())?;
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
-    eprintln!(
+    super::note!(
         "{name} (iteration {}) from {}",
         method.iteration(),
         args.checkpoint.display()
     );
-    for path in &args.images {
+    for Input { path, stem } in &inputs {
+        let stem = stem.display().to_string();
+        if let Some(parent) = args.out.join(&stem).parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
         let img = image::open(path)
             .map_err(|e| Error::file(path, format!("cannot read image: {e}")))?
             .to_rgb8();
@@ -90,10 +158,6 @@ pub fn run(args: PredictArgs) -> Result<()> {
             .iter()
             .map(|&c| c.min(255) as u8)
             .collect();
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let colour = colorize(&ids);
         write_rgb_png(
             &args.out.join(format!("{stem}_color.png")),

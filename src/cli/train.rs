@@ -12,7 +12,7 @@ use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
 use omuda::core::train::checkpoint::{self, RunSidecar, FINAL_DIR};
 use omuda::core::train::observers::recorder::{clear_outputs, truncate_log};
-use omuda::core::train::observers::RunRecorder;
+use omuda::core::train::observers::{RecorderSettings, RunRecorder};
 use omuda::core::train::trainer::{fit, LoopConfig, NonFinite};
 use omuda::run::{evaluate_target, recorder_settings, selection_split};
 use omuda::{build_method, Error, Result, RunConfig, UdaMethod};
@@ -63,7 +63,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     if let Some(n) = args.iters {
         if let Some(line) = cfg.scale_to_iters(n) {
-            eprintln!("{line}");
+            super::note!("{line}");
         }
     }
     if let Some(s) = args.seed {
@@ -269,7 +269,7 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
             serde_json::from_value(v[key].clone())
                 .map_err(|e| Error::file(&metrics_path, format!("key `{key}`: {e}")))
         };
-        eprintln!("{name}: finished earlier ({})", metrics_path.display());
+        super::note!("{name}: finished earlier ({})", metrics_path.display());
         return Ok(Outcome {
             name: name.into(),
             target: report("target_test")?,
@@ -300,7 +300,7 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
     if from.is_none() {
         let replaced = clear_outputs(&out, &["metrics.json", "plots"])?;
         if !replaced.is_empty() {
-            eprintln!(
+            super::note!(
                 "{name}: starting afresh in {} (replaced {})",
                 out.display(),
                 replaced.join(", ")
@@ -318,8 +318,11 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
 
     let log_path = out.join("log.jsonl");
     let tb_dir = out.join("tb");
-    let observer = RunRecorder::new(recorder_settings(name, name, &out, &cfg)?)?
-        .with_debug_images(Box::new(omuda::visual::debug_grid));
+    let observer = RunRecorder::new(RecorderSettings {
+        log_format: super::log_format(),
+        ..recorder_settings(name, name, &out, &cfg)?
+    })?
+    .with_debug_images(Box::new(omuda::visual::debug_grid));
     #[cfg(feature = "test-faults")]
     let observer = observer.with_interruption(super::faults::interruption()?);
     let mut observer = observer;
@@ -331,7 +334,7 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
                 &tb_dir,
                 sidecar.iteration as i64,
             )?;
-            eprintln!(
+            super::note!(
                 "{name}: resuming from {} (iteration {}/{})",
                 dir.display(),
                 sidecar.iteration,
@@ -343,9 +346,11 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
             observer.last_good = Some((sidecar.iteration, dir.clone()));
             observer.start_iter = sidecar.iteration;
         }
-        None => eprintln!(
+        None => super::note!(
             "training {name}: {} iterations, seed {}, model {}",
-            cfg.train.iters, cfg.seed, cfg.model.name
+            cfg.train.iters,
+            cfg.seed,
+            cfg.model.name
         ),
     }
     observer.open_logs()?;

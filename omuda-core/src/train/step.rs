@@ -84,7 +84,9 @@ impl SelfTraining {
         // Pretrained weights (`model.weights`), strict unless `model.strict = false`.
         let (student, student_vars, report) = build_initial(&spec.model, spec.seed, device)?;
         if let Some(report) = report {
-            eprintln!("{}: {}", spec.name, report.summary());
+            if !crate::io::quiet() {
+                eprintln!("{}: {}", spec.name, report.summary());
+            }
         }
         let teacher = if spec.uda.self_training {
             let (model, vars, _) = build_initial(&spec.model, spec.seed, device)?;

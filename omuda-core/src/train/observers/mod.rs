@@ -5,4 +5,4 @@
 pub mod recorder;
 pub mod tensorboard;
 
-pub use recorder::{Interruption, RecorderSettings, RunRecorder};
+pub use recorder::{Interruption, LogFormat, RecorderSettings, RunRecorder};

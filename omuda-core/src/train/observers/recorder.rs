@@ -96,6 +96,20 @@ pub fn clear_outputs(out: &Path, extra: &[&'static str]) -> Result<Vec<&'static 
     Ok(removed)
 }
 
+/// How progress is shown on the terminal (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// A progress bar on an interactive terminal (not with `TERM=dumb`),
+    /// plain lines otherwise.
+    #[default]
+    Auto,
+    /// One text line per log interval.
+    Plain,
+    /// One JSON object per log interval (the `log.jsonl` record, with
+    /// `run`), and the recorder's other lines as `{"type": "message"}`.
+    Json,
+}
+
 /// What a [`RunRecorder`] needs to know of its run.
 #[derive(Clone)]
 pub struct RecorderSettings {
@@ -120,6 +134,8 @@ pub struct RecorderSettings {
     pub config_toml: String,
     /// What a user runs to continue from the last good checkpoint.
     pub resume_command: String,
+    /// How progress is shown ([`crate::io::quiet`] silences it).
+    pub log_format: LogFormat,
 }
 
 /// Test-only interruptions of a run, for the suite's kill-and-resume checks.
@@ -167,10 +183,14 @@ impl RunRecorder {
     pub fn new(settings: RecorderSettings) -> Result<Self> {
         let iters = settings.iters;
         let name = settings.display.as_str();
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let interactive =
+            std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
+        let show_bar = settings.log_format == LogFormat::Auto && interactive && !crate::io::quiet();
+        // The bar has a line of its own: iterations, lr, s/it and the ETA
+        // measured from where this run (re)started; losses are printed above.
+        let bar = show_bar.then(|| {
             let b = ProgressBar::new(iters as u64);
-            if let Ok(style) =
-                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
             {
                 b.set_style(style.progress_chars("=> "));
             }
@@ -245,9 +265,18 @@ impl RunRecorder {
     }
 
     fn println(&self, line: String) {
-        match &self.bar {
-            Some(b) => b.println(line),
-            None => eprintln!("{line}"),
+        if crate::io::quiet() {
+            return;
+        }
+        match (&self.bar, self.settings.log_format) {
+            (Some(b), _) => b.println(line),
+            (None, LogFormat::Json) => {
+                eprintln!(
+                    "{}",
+                    json!({ "type": "message", "run": self.name, "text": line })
+                )
+            }
+            (None, _) => eprintln!("{line}"),
         }
     }
 
@@ -405,7 +434,7 @@ impl TrainObserver for RunRecorder {
                 .iter()
                 .map(|(k, v)| (k.clone(), json!(v)))
                 .collect();
-            self.log_json(json!({
+            let record = json!({
                 "type": "step",
                 "iter": done,
                 "lr": log.lr,
@@ -416,7 +445,13 @@ impl TrainObserver for RunRecorder {
                 "data_time": timing.data,
                 "eta_s": eta,
                 "peak_mem_mib": mem,
-            }))?;
+            });
+            if self.settings.log_format == LogFormat::Json && !crate::io::quiet() {
+                let mut line = record.clone();
+                line["run"] = json!(self.name);
+                eprintln!("{line}");
+            }
+            self.log_json(record)?;
             if let Some(tb) = &mut self.tb {
                 let mut s: Vec<(String, f64)> = vec![
                     ("train/lr".into(), log.lr),
@@ -434,9 +469,22 @@ impl TrainObserver for RunRecorder {
             let mem_text = mem
                 .map(|m| format!(" | mem {m:.0} MiB"))
                 .unwrap_or_default();
-            match &self.bar {
-                Some(b) => b.set_message(loss_summary(log)),
-                None => eprintln!(
+            match (&self.bar, self.settings.log_format) {
+                (_, _) if crate::io::quiet() => {}
+                (Some(b), _) => {
+                    b.println(format!(
+                        "{} iter {done}/{} {}",
+                        self.name,
+                        self.iters,
+                        loss_summary(log)
+                    ));
+                    b.set_message(format!(
+                        "lr {:.2e} | {:.3} s/it | ETA {:.0} s{mem_text}",
+                        log.lr, per_iter, eta
+                    ));
+                }
+                (None, LogFormat::Json) => {}
+                (None, _) => eprintln!(
                     "{} iter {done}/{} lr {:.3e} {} | {:.3} s/it (data {:.3}) | ETA {:.0} s{mem_text}",
                     self.name,
                     self.iters,
