@@ -343,6 +343,13 @@ pub fn run(args: CompareArgs) -> Result<()> {
             if finished_record(&c.cfg)?.is_some() {
                 continue;
             }
+            if c.cfg.out.join("run.json").is_file() {
+                super::note!(
+                    "{}: {} has another configuration; the run is trained again",
+                    c.display(),
+                    c.cfg.out.join("run.json").display()
+                );
+            }
             run_one(&c.host, &c.label, &c.cfg, &device)?;
         }
     }
@@ -406,7 +413,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
 }
 
 /// The record of a finished run in `cfg.out`, if it was written with the
-/// same configuration.
+/// same configuration (silent: `--list` and the collect step call it too).
 fn finished_record(cfg: &RunConfig) -> Result<Option<RunRecord>> {
     let record_path = cfg.out.join("run.json");
     if !record_path.is_file() {
@@ -415,14 +422,7 @@ fn finished_record(cfg: &RunConfig) -> Result<Option<RunRecord>> {
     let text = std::fs::read_to_string(&record_path).map_err(|e| Error::io(&record_path, e))?;
     let rec: RunRecord =
         serde_json::from_str(&text).map_err(|e| Error::file(&record_path, e.to_string()))?;
-    if rec.config == cfg.to_toml()? {
-        return Ok(Some(rec));
-    }
-    super::note!(
-        "{} has another configuration; the run is trained again",
-        record_path.display()
-    );
-    Ok(None)
+    Ok((rec.config == cfg.to_toml()?).then_some(rec))
 }
 
 /// Train and evaluate one (plugin set, seed) into `cfg.out`.
