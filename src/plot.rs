@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::core::io::write_atomic;
 use crate::{Error, Result};
@@ -58,13 +59,59 @@ pub fn line_chart_scaled(
     series: &[Series],
     log_y: bool,
 ) -> Result<()> {
+    draw_lines(path, title, x_label, y_label, series, &[], log_y)
+}
+
+/// One named line with a band: (x, mean, spread) points in x order; the band
+/// covers mean ± spread.
+pub type BandSeries = (String, Vec<(f64, f64, f64)>);
+
+/// [`line_chart`] with a shaded band of ± spread around each line (e.g. the
+/// standard deviation over seeds).
+pub fn line_chart_band(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[BandSeries],
+) -> Result<()> {
+    let lines: Vec<Series> = series
+        .iter()
+        .map(|(n, p)| (n.clone(), p.iter().map(|&(x, m, _)| (x, m)).collect()))
+        .collect();
+    let bands: Vec<Vec<(f64, f64, f64)>> = series
+        .iter()
+        .map(|(_, p)| {
+            p.iter()
+                .copied()
+                .filter(|&(x, m, s)| x.is_finite() && m.is_finite() && s.is_finite())
+                .collect()
+        })
+        .collect();
+    draw_lines(path, title, x_label, y_label, &lines, &bands, false)
+}
+
+fn draw_lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    bands: &[Vec<(f64, f64, f64)>],
+    log_y: bool,
+) -> Result<()> {
     register_font()?;
     let keep = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!log_y || y > 0.0);
     let clean: Vec<(String, Vec<(f64, f64)>)> = series
         .iter()
         .map(|(n, pts)| (n.clone(), pts.iter().copied().filter(keep).collect()))
         .collect();
-    let all: Vec<(f64, f64)> = clean.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    let mut all: Vec<(f64, f64)> = clean.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    if !all.is_empty() {
+        for &(x, m, s) in bands.iter().flatten() {
+            all.extend([(x, m - s.abs()), (x, m + s.abs())]);
+        }
+    }
     if all.is_empty() {
         return Err(Error::file(
             path,
@@ -98,6 +145,20 @@ pub fn line_chart_scaled(
                     .axis_desc_style((FONT, 16))
                     .draw()
                     .map_err(|e| err(e.to_string()))?;
+                for (i, band) in bands.iter().enumerate() {
+                    if band.len() < 2 {
+                        continue;
+                    }
+                    let upper = band.iter().map(|&(x, m, s)| (x, m + s.abs()));
+                    let lower = band.iter().rev().map(|&(x, m, s)| (x, m - s.abs()));
+                    let colour = Palette99::pick(i).to_rgba().mix(0.18);
+                    chart
+                        .draw_series(std::iter::once(Polygon::new(
+                            upper.chain(lower).collect::<Vec<_>>(),
+                            colour.filled(),
+                        )))
+                        .map_err(|e| err(e.to_string()))?;
+                }
                 for (i, (name, pts)) in clean.iter().enumerate() {
                     if pts.is_empty() {
                         continue;
@@ -219,6 +280,119 @@ pub fn bar_chart(path: &Path, title: &str, labels: &[String], values: &[f64]) ->
     write_rgb_png(path, &buf, WIDTH, HEIGHT)
 }
 
+/// Horizontal bars sorted by value (largest at the top), one per label, each
+/// value printed beside its bar inside the frame: green for gains, red for
+/// losses. Lengths must match; a non-finite value is an error naming its label.
+pub fn sorted_hbar_chart(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    labels: &[String],
+    values: &[f64],
+) -> Result<()> {
+    register_font()?;
+    if labels.len() != values.len() {
+        return Err(Error::file(
+            path,
+            format!(
+                "bar chart {title:?}: {} labels for {} values",
+                labels.len(),
+                values.len()
+            ),
+        ));
+    }
+    if labels.is_empty() {
+        return Err(Error::file(path, format!("bar chart {title:?}: no bars")));
+    }
+    if let Some((l, v)) = labels.iter().zip(values).find(|(_, v)| !v.is_finite()) {
+        return Err(Error::file(
+            path,
+            format!("bar chart {title:?}: value of {l:?} is {v}"),
+        ));
+    }
+    let mut bars: Vec<(String, f64)> = labels.iter().cloned().zip(values.iter().copied()).collect();
+    // Ascending, so that the largest value is drawn at the top (y grows upwards).
+    bars.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let err = |e: String| Error::file(path, format!("drawing chart {title:?}: {e}"));
+    let lo = bars.iter().map(|b| b.1).fold(0.0f64, f64::min);
+    let hi = bars.iter().map(|b| b.1).fold(0.0f64, f64::max);
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    // Room beside the longest bars for their printed values.
+    let (x0, x1) = (lo - 0.16 * span, hi + 0.16 * span);
+    let n = bars.len();
+    let height = (HEIGHT).max(120 + 26 * n as u32);
+    let mut buf = vec![0u8; (WIDTH * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT, 22))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(130)
+            .build_cartesian_2d(x0..x1, (0..n.saturating_sub(1).max(1)).into_segmented())
+            .map_err(|e| err(e.to_string()))?;
+        let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&|seg| match seg {
+                SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .x_desc(x_desc)
+            .x_label_formatter(&|v| fmt_tick(*v))
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        let zero = [(0.0, SegmentValue::Exact(0)), (0.0, SegmentValue::Exact(n))];
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                zero,
+                BLACK.stroke_width(1),
+            )))
+            .map_err(|e| err(e.to_string()))?;
+        for (i, (_, v)) in bars.iter().enumerate() {
+            let colour = if *v >= 0.0 {
+                RGBColor(46, 139, 87)
+            } else {
+                RGBColor(200, 60, 50)
+            };
+            chart
+                .draw_series(std::iter::once({
+                    let mut bar = Rectangle::new(
+                        [
+                            (0.0, SegmentValue::Exact(i)),
+                            (*v, SegmentValue::Exact(i + 1)),
+                        ],
+                        colour.filled(),
+                    );
+                    bar.set_margin(3, 3, 0, 0);
+                    bar
+                }))
+                .map_err(|e| err(e.to_string()))?;
+            let text = format!("{v:+.2}");
+            let style = (FONT, 13).into_font().color(&BLACK);
+            let (x, anchor) = if *v >= 0.0 {
+                (v + 0.01 * span, Pos::new(HPos::Left, VPos::Center))
+            } else {
+                (v - 0.01 * span, Pos::new(HPos::Right, VPos::Center))
+            };
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    text,
+                    (x, SegmentValue::CenterOf(i)),
+                    style.pos(anchor),
+                )))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    write_rgb_png(path, &buf, WIDTH, height)
+}
+
 /// Encode an RGB8 buffer as PNG and write it atomically.
 pub fn write_rgb_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()> {
     let img = image::RgbImage::from_raw(width, height, rgb.to_vec()).ok_or_else(|| {
@@ -313,6 +487,58 @@ mod tests {
         let b = dir.path().join("bars.png");
         bar_chart(&b, "mIoU", &["x".into(), "y".into()], &[30.0, 42.5]).unwrap();
         assert!(std::fs::metadata(&b).unwrap().len() > 1000);
+    }
+
+    /// The sorted chart puts the largest gain at the top: its green bar is
+    /// drawn above the red one of the loss, and the canvas grows with the
+    /// number of bars. The band chart shades around its line.
+    #[test]
+    fn sorted_bars_and_bands() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = dir.path().join("gains.png");
+        sorted_hbar_chart(
+            &b,
+            "gains",
+            "points",
+            &["loss".into(), "gain".into()],
+            &[-3.0, 5.0],
+        )
+        .unwrap();
+        let img = image::open(&b).unwrap().to_rgb8();
+        let rows_of = |rgb: [u8; 3]| -> Vec<u32> {
+            img.enumerate_pixels()
+                .filter(|(_, _, p)| p.0 == rgb)
+                .map(|(_, y, _)| y)
+                .collect()
+        };
+        let green = rows_of([46, 139, 87]);
+        let red = rows_of([200, 60, 50]);
+        assert!(!green.is_empty() && !red.is_empty());
+        assert!(green.iter().max() < red.iter().min());
+        let many: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        let vals: Vec<f64> = (0..40).map(|i| i as f64 - 20.0).collect();
+        let tall = dir.path().join("tall.png");
+        sorted_hbar_chart(&tall, "t", "x", &many, &vals).unwrap();
+        assert!(image::open(&tall).unwrap().height() > HEIGHT);
+        let e = sorted_hbar_chart(&tall, "t", "x", &["a".into()], &[f64::NAN])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"a\"") && e.contains("NaN"), "{e}");
+        let c = dir.path().join("band.png");
+        let with_band = vec![("m".to_string(), vec![(0.0, 1.0, 0.5), (1.0, 2.0, 0.5)])];
+        line_chart_band(&c, "b", "x", "y", &with_band).unwrap();
+        let no_band = dir.path().join("no_band.png");
+        let flat = vec![("m".to_string(), vec![(0.0, 1.0, 0.0), (1.0, 2.0, 0.0)])];
+        line_chart_band(&no_band, "b", "x", "y", &flat).unwrap();
+        let non_white = |p: &Path| {
+            image::open(p)
+                .unwrap()
+                .to_rgb8()
+                .pixels()
+                .filter(|px| px.0 != [255, 255, 255])
+                .count()
+        };
+        assert!(non_white(&c) > non_white(&no_band) + 1000);
     }
 
     #[test]

@@ -260,6 +260,34 @@ fn cam_replaces_mic_and_fdm_replaces_fd() {
     );
 }
 
+/// On the real hosts: CAM takes the place of MIC's masked term on
+/// MIC(DAFormer), FDM the place of DAFormer's feature distance.
+#[test]
+fn on_the_real_hosts_cam_replaces_mic_and_fdm_replaces_fd() {
+    let mut cfg = tiny();
+    let host = |name: &str, cfg: &RunConfig| build_method(name, cfg, &Device::Cpu).unwrap();
+    assert!(host("mic_daformer", &cfg)
+        .hook_names()
+        .contains(&"mic".to_string()));
+    assert!(host("daformer", &cfg)
+        .hook_names()
+        .contains(&"fd".to_string()));
+    cfg.plugins = vec!["cam".into(), "fdm".into(), "cdm".into()];
+    let m = attach_plugins(host("mic_daformer", &cfg), &cfg).unwrap();
+    let names = m.hook_names();
+    assert!(!names.contains(&"mic".to_string()) && !names.contains(&"fd".to_string()));
+    assert!(
+        names.ends_with(&["cam".into(), "fdm".into(), "cdm".into()]),
+        "{names:?}"
+    );
+    let m = attach_plugins(host("daformer", &cfg), &cfg).unwrap();
+    assert!(!m.hook_names().contains(&"fd".to_string()));
+    assert_eq!(
+        m.replaced_hooks().to_vec(),
+        [("fd".to_string(), "fdm".to_string())]
+    );
+}
+
 #[test]
 fn plugins_from_the_configuration() {
     let text = "methods = [\"dacs\"]\nplugins = [\"cdm\", \"cam\"]\n[plugin.cam]\nbg_mask_ratio = 0.5\n[plugin.cdm]\nmode = \"soft\"\n";

@@ -709,16 +709,27 @@ fn charts(
                     "{host}: per-class IoU gain of {} over {} (points)",
                     last.plugins, rows[0].plugins
                 );
-                omuda::plot::bar_chart(&dir.join("compare_gains.png"), &title, &labels, &values)?;
+                omuda::plot::sorted_hbar_chart(
+                    &dir.join("compare_gains.png"),
+                    &title,
+                    &format!(
+                        "IoU gain (points, mean over {} seed{})",
+                        g.diffs.len(),
+                        if g.diffs.len() == 1 { "" } else { "s" }
+                    ),
+                    &labels,
+                    &values,
+                )?;
             }
         }
     }
-    // Target mIoU over iterations, mean over seeds at each evaluated iteration.
-    let series: Vec<omuda::plot::Series> = rows
+    // Target-dev mIoU over iterations: mean over seeds at each evaluated
+    // iteration, with a band of ± one standard deviation (with 2+ seeds).
+    let series: Vec<omuda::plot::BandSeries> = rows
         .iter()
         .zip(records)
         .map(|(r, recs)| {
-            let pts: Vec<(f64, f64)> = recs[0]
+            let pts: Vec<(f64, f64, f64)> = recs[0]
                 .target_curve
                 .iter()
                 .filter_map(|&(it, _)| {
@@ -731,15 +742,22 @@ fn charts(
                                 .and_then(|p| p.1)
                         })
                         .collect();
-                    (v.len() == recs.len()).then(|| (it as f64, mean(&v)))
+                    let spread = std(&v);
+                    (v.len() == recs.len()).then(|| (it as f64, mean(&v), spread))
                 })
                 .collect();
             (r.plugins.clone(), pts)
         })
         .collect();
-    omuda::plot::line_chart(
+    let seeds = records.first().map_or(0, Vec::len);
+    let band = if seeds > 1 {
+        format!(", band ± std over {seeds} seeds")
+    } else {
+        String::new()
+    };
+    omuda::plot::line_chart_band(
         &dir.join("compare_curves.png"),
-        &format!("{host}: target-dev mIoU over training"),
+        &format!("{host}: target-dev mIoU over training{band}"),
         "iteration",
         "mIoU (%)",
         &series,

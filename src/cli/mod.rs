@@ -11,6 +11,7 @@ mod predict;
 mod prepare;
 mod pretrain;
 mod report;
+mod synth;
 mod train;
 mod weights;
 
@@ -109,6 +110,9 @@ enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Pretrained weights: `inspect` lists a checkpoint's tensors and which ones a model uses.
     Weights(weights::WeightsArgs),
+    /// The built-in synthetic pair: `export` writes it in the GTA5, SYNTHIA or
+    /// Cityscapes layout, for `omuda prepare` and the files loader.
+    Synth(synth::SynthArgs),
 }
 
 #[derive(clap::Args)]
@@ -217,6 +221,7 @@ pub fn run() -> Result<()> {
         Command::Weights(args) => weights::run(args),
         Command::Pretrain(args) => pretrain::run(args),
         Command::Prepare(args) => prepare::run(args),
+        Command::Synth(args) => synth::run(args),
         Command::Config(args) => match args.action {
             None => {
                 print!("{}", load_config(args.config.as_ref())?.to_toml()?);

@@ -18,6 +18,7 @@ pub mod rcs;
 pub mod run_batches;
 pub mod stats;
 pub mod synth;
+pub mod synth_export;
 pub mod synth_pretrain;
 pub mod synth_rcs;
 pub mod valid_region;
