@@ -281,6 +281,81 @@ fn dacs_with_all_plugins_killed_and_resumed_matches_uninterrupted_run() {
     exact_resume("plugins = [\"cam\", \"fdm\", \"cdm\"]");
 }
 
+/// A comparison grid killed in the middle of a run and started again with
+/// the same command: the finished run is reused, the interrupted one resumes
+/// from its checkpoint and ends bit-identical to an uninterrupted grid.
+#[test]
+fn compare_killed_and_restarted_resumes_the_interrupted_run_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "methods = [\"dacs\"]");
+    let compare = |out: &Path| {
+        let mut c = omuda();
+        c.args(["compare", "--preset", cfg.to_str().unwrap()])
+            .args(["--plugins", "none,cdm", "--seeds", "0", "--out"])
+            .arg(out);
+        c
+    };
+    let reference = dir.path().join("reference");
+    let res = compare(&reference).output().unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    // The first run of the grid finishes; the second (cdm) is killed after
+    // iteration 5 (the finished run is reused, so it never reaches the hook).
+    let out = dir.path().join("killed");
+    let res = compare(&out).args(["--only", "0"]).output().unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let mut child = compare(&out)
+        .env("OMUDA_TEST_PAUSE_AT_ITER", "5")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("test hook: paused after iteration 5") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        seen.contains("[cdm]") && !seen.contains("[none] seed 0: training"),
+        "{seen}"
+    );
+    let res = compare(&out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming from"), "{stderr}");
+    for set in ["none", "cdm"] {
+        let a = json(&reference.join("dacs").join(set).join("seed_0/run.json"));
+        let b = json(&out.join("dacs").join(set).join("seed_0/run.json"));
+        assert_eq!(a["target_test"], b["target_test"], "{set}");
+        assert_eq!(a["target_curve"], b["target_curve"], "{set}");
+        let weights = |o: &Path| {
+            std::fs::read(
+                o.join("dacs")
+                    .join(set)
+                    .join("seed_0/checkpoint/student.safetensors"),
+            )
+            .unwrap()
+        };
+        assert!(
+            weights(&reference) == weights(&out),
+            "{set}: final weights differ"
+        );
+    }
+}
+
 #[test]
 fn non_finite_loss_or_gradient_stops_and_keeps_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,10 +10,10 @@ use candle_core::Device;
 use omuda::core::data::config::TargetSplit;
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
-use omuda::core::train::checkpoint::FINAL_DIR;
-use omuda::core::train::observers::recorder::clear_outputs;
+use omuda::core::train::checkpoint::{self, RunSidecar, FINAL_DIR};
+use omuda::core::train::observers::recorder::{clear_outputs, truncate_log};
 use omuda::core::train::observers::RunRecorder;
-use omuda::core::train::trainer::{fit, LoopConfig};
+use omuda::core::train::trainer::{fit, LoopConfig, NonFinite};
 use omuda::run::{evaluate_target, recorder_settings, selection_split};
 use omuda::{build_method, Error, Result, RunConfig, UdaMethod};
 use serde::{Deserialize, Serialize};
@@ -432,18 +432,58 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     let config = cfg.to_toml()?;
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let method = build_method(host, cfg, device)?;
+    #[allow(unused_mut)]
     let mut method = omuda::attach_plugins(method, cfg)?;
+    #[cfg(feature = "test-faults")]
+    super::faults::attach_nan_hooks(&mut method)?;
+    method.set_skip_nonfinite(cfg.train.nonfinite == NonFinite::Skip);
     let mut loader = omuda::run::build_batch_source(cfg, host, device)?;
     let display = format!("{host} [{label}] seed {}", cfg.seed);
-    super::note!("{display}: training {} iterations", cfg.train.iters);
-    // What an interrupted earlier run of this cell left is replaced.
-    clear_outputs(&dir, &[])?;
+    // An interrupted earlier run of this cell continues from its latest
+    // checkpoint when that was written with this configuration (exactly, as
+    // `omuda train --resume`); otherwise what it left is replaced.
+    checkpoint::clean_temporaries(&dir)?;
+    let from = match checkpoint::latest(&dir)? {
+        Some((_, ck)) => {
+            let sidecar = RunSidecar::read(&ck)?;
+            (sidecar.config == config).then_some(ck)
+        }
+        None => None,
+    };
+    if from.is_none() {
+        clear_outputs(&dir, &[])?;
+    }
     let mut settings = recorder_settings(host, &display, &dir, cfg)?;
     settings.log_format = super::log_format();
     settings.resume_command = "the same `omuda compare` command (finished runs are reused)".into();
-    let mut obs = RunRecorder::new(settings)?.with_debug_images(Box::new(|path, debug| {
+    let obs = RunRecorder::new(settings)?.with_debug_images(Box::new(|path, debug| {
         omuda::visual::debug_grid(path, debug)
     }));
+    #[cfg(feature = "test-faults")]
+    let obs = obs.with_interruption(super::faults::interruption()?);
+    let mut obs = obs;
+    match &from {
+        Some(ck) => {
+            let sidecar = checkpoint::load_checkpoint(ck, &mut method, &mut loader)?;
+            truncate_log(&dir.join("log.jsonl"), sidecar.iteration)?;
+            omuda::core::train::observers::tensorboard::truncate_after(
+                &dir.join("tb"),
+                sidecar.iteration as i64,
+            )?;
+            super::note!(
+                "{display}: resuming from {} (iteration {}/{})",
+                ck.display(),
+                sidecar.iteration,
+                cfg.train.iters
+            );
+            obs.curve = sidecar.target_curve.clone();
+            obs.best = sidecar.best;
+            obs.train_seconds_before = sidecar.train_seconds;
+            obs.last_good = Some((sidecar.iteration, ck.clone()));
+            obs.start_iter = sidecar.iteration;
+        }
+        None => super::note!("{display}: training {} iterations", cfg.train.iters),
+    }
     obs.open_logs()?;
     let eval_seconds = obs.eval_seconds.clone();
     let selection = selection_split(cfg);
@@ -480,6 +520,8 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
         TargetSplit::Dev => &dev,
         TargetSplit::Test => &target,
     };
+    // A resume from a checkpoint written after the final evaluation already holds it.
+    obs.curve.retain(|(i, _)| *i != cfg.train.iters);
     obs.curve.push((cfg.train.iters, selected.miou));
     obs.log_eval(cfg.train.iters, selected)?;
     obs.update_best(cfg.train.iters, selected, &method, &loader)?;
