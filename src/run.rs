@@ -162,12 +162,25 @@ pub fn evaluate_target(
     device: &Device,
     predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> Result<MiouReport> {
+    evaluate_target_to(cfg, split, device, predict, None)
+}
+
+/// [`evaluate_target`], also writing every prediction into `colour_dir`
+/// (when given) as a PNG in the dataset's colours: `<key>.png` on disk,
+/// `<split>_<index>.png` on the built-in pair.
+pub fn evaluate_target_to(
+    cfg: &RunConfig,
+    split: TargetSplit,
+    device: &Device,
+    predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    colour_dir: Option<&std::path::Path>,
+) -> Result<MiouReport> {
     if cfg.data.dataset == DataSource::Synth {
         let split = match split {
             TargetSplit::Dev => Split::Dev,
             TargetSplit::Test => Split::Test,
         };
-        return omuda_core::eval::evaluate_synth(
+        return omuda_core::eval::evaluate_synth_to(
             &cfg.data.synth,
             cfg.data.dataset_seed,
             Domain::Target,
@@ -175,6 +188,7 @@ pub fn evaluate_target(
             &cfg.eval,
             device,
             predict,
+            colour_dir,
         );
     }
     let vc = match split {
@@ -200,7 +214,7 @@ pub fn evaluate_target(
         &ds,
         &DatasetEvalOptions {
             scale,
-            colour_dir: None,
+            colour_dir: colour_dir.map(std::path::Path::to_path_buf),
             limit: None,
         },
         &cfg.eval,

@@ -89,6 +89,39 @@ fn train_then_eval_writes_metrics() {
     )
     .unwrap();
     assert_eq!(trained["target_test"], evaluated["target_test"]);
+
+    // --save-predictions: one colourised PNG per target-test image, in the
+    // Cityscapes colours, and the same scores.
+    let shown = dir.path().join("shown");
+    let res = omuda()
+        .args(["eval", "--checkpoint"])
+        .arg(out.join("dacs/checkpoint"))
+        .arg("--save-predictions")
+        .arg(&shown)
+        .arg("--out")
+        .arg(dir.path().join("eval2.json"))
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let n = evaluated["target_test"]["num_images"].as_u64().unwrap() as usize;
+    let mut files: Vec<_> = std::fs::read_dir(&shown)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), n, "{files:?}");
+    assert_eq!(files[0], "test_0000.png");
+    let palette = omuda::core::data::classes::CITYSCAPES_PALETTE;
+    let img = image::open(shown.join(&files[0])).unwrap().to_rgb8();
+    assert!(img.pixels().all(|p| palette.contains(&p.0)));
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval2.json")).unwrap())
+            .unwrap();
+    assert_eq!(again["target_test"], evaluated["target_test"]);
 }
 
 #[test]

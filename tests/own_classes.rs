@@ -109,8 +109,11 @@ fn a_three_class_folder_dataset_runs_with_every_method_and_plugin() {
 
     // eval and predict on a checkpoint.
     let ckpt = out.join("dacs/checkpoint");
+    let shown = dir.path().join("shown");
     let res = omuda()
         .args(["eval", "--checkpoint", ckpt.to_str().unwrap()])
+        .arg("--save-predictions")
+        .arg(&shown)
         .output()
         .unwrap();
     assert!(
@@ -118,6 +121,15 @@ fn a_three_class_folder_dataset_runs_with_every_method_and_plugin() {
         "{}",
         String::from_utf8_lossy(&res.stderr)
     );
+    // The val frames' predictions, named by frame, in the spec's colours.
+    let shown_files: Vec<_> = std::fs::read_dir(&shown).unwrap().collect();
+    assert!(!shown_files.is_empty());
+    for f in shown_files {
+        let img = image::open(f.unwrap().path()).unwrap().to_rgb8();
+        assert!(img
+            .pixels()
+            .all(|p| [[128, 64, 128], [0, 0, 142], [70, 130, 180]].contains(&p.0)));
+    }
     let preds = dir.path().join("preds");
     let res = omuda()
         .args(["predict", "--checkpoint", ckpt.to_str().unwrap(), "--out"])

@@ -61,8 +61,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     } = restore(ckpt, args.config.as_ref())?;
     let predict = |x: &candle_core::Tensor| Ok(method.predict(x)?);
     use omuda::core::data::config::TargetSplit;
-    use omuda::run::{evaluate_source_val, evaluate_target};
-    let target = evaluate_target(&cfg, TargetSplit::Test, &device, &predict)?;
+    use omuda::run::{evaluate_source_val, evaluate_target, evaluate_target_to};
+    let target = evaluate_target_to(
+        &cfg,
+        TargetSplit::Test,
+        &device,
+        &predict,
+        args.save_predictions.as_deref(),
+    )?;
     let dev = evaluate_target(&cfg, TargetSplit::Dev, &device, &predict)?;
     let source = evaluate_source_val(&cfg, &device, &predict)?;
     println!("{name} (iteration {}): target-test", method.iteration());
@@ -75,5 +81,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         &serde_json::json!({ "method": name, "iteration": method.iteration(), "target_test": target, "target_dev": dev, "source_val": source }),
     )?;
     println!("wrote {}", out.display());
+    if let Some(d) = &args.save_predictions {
+        println!(
+            "wrote {} colourised target-test predictions to {}",
+            target.num_images,
+            d.display()
+        );
+    }
     Ok(())
 }

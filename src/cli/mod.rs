@@ -155,6 +155,11 @@ pub struct EvalArgs {
     /// Where to write the scores as JSON (default: `eval.json` in the checkpoint folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also write the target-test predictions here, one PNG per image in the
+    /// dataset's colours (`<frame>.png` on disk, `test_<index>.png` on the
+    /// built-in pair), like mmseg's `--show-dir`.
+    #[arg(long, value_name = "DIR")]
+    pub save_predictions: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

@@ -84,6 +84,40 @@ pub fn evaluate_synth(
     device: &Device,
     predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> Result<MiouReport> {
+    evaluate_synth_to(
+        synth,
+        dataset_seed,
+        domain,
+        split,
+        cfg,
+        device,
+        predict,
+        None,
+    )
+}
+
+/// [`evaluate_synth`], also writing each prediction into `colour_dir`
+/// (when given) as `<split>_<index>.png` in the Cityscapes colours.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_synth_to(
+    synth: &SynthConfig,
+    dataset_seed: u64,
+    domain: Domain,
+    split: Split,
+    cfg: &EvalConfig,
+    device: &Device,
+    predict: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    colour_dir: Option<&std::path::Path>,
+) -> Result<MiouReport> {
+    if let Some(d) = colour_dir {
+        std::fs::create_dir_all(d).map_err(|e| crate::Error::io(d, e))?;
+    }
+    let split_name = match split {
+        Split::Train => "train",
+        Split::Val => "val",
+        Split::Dev => "dev",
+        Split::Test => "test",
+    };
     let mut cm = ConfusionMatrix::new(CITYSCAPES_CLASSES.len());
     let mut n = 0;
     for item in crate::data::loader::eval_batches(
@@ -99,6 +133,18 @@ pub fn evaluate_synth(
             .flatten_all()?
             .to_vec1::<u32>()?;
         cm.add(&labels, &pred, IGNORE_INDEX)?;
+        if let Some(d) = colour_dir {
+            let (b, _, h, w) = images.dims4()?;
+            for (i, map) in pred.chunks(h * w).take(b).enumerate() {
+                let path = d.join(format!("{split_name}_{:04}.png", n + i));
+                crate::data::png_io::write_rgb8(
+                    &path,
+                    w,
+                    h,
+                    &dataset::colorize_with(map, &crate::data::classes::CITYSCAPES_PALETTE),
+                )?;
+            }
+        }
         n += images.dim(0)?;
     }
     Ok(MiouReport::from_confusion(&cm, &CITYSCAPES_CLASSES, n))
