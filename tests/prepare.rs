@@ -107,6 +107,89 @@ fn prepare_lists_all_problems_and_fails() {
     );
 }
 
+/// `--skip-bad`: the frames with a problem are listed and left out, the
+/// statistics cover the others, opening the dataset skips the listed frames
+/// and says so; a clean `prepare` removes the list; problems with the
+/// dataset as a whole still fail.
+#[test]
+fn prepare_skip_bad_lists_and_leaves_out_the_bad_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("gta");
+    gta_tree(&root, 5);
+    std::fs::write(root.join("images/00000.png"), b"not a png").unwrap();
+    write_gray8(&root.join("labels/00001.png"), W, H, &vec![99u8; W * H]).unwrap();
+    write_gray8(&root.join("labels/00009.png"), W, H, &ids(23, 7, 26, 20)).unwrap();
+    let prepare = |extra: &[&str]| {
+        omuda()
+            .arg("prepare")
+            .arg(&root)
+            .args(["--kind", "gta"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let res = prepare(&["--skip-bad"]);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    assert!(stderr.contains("images/00000.png: corrupt PNG"), "{stderr}");
+    assert!(
+        stderr.contains("labels/00009.png: orphan label"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("3 problem(s); 2 frame(s) left out")
+            && stderr.contains("excluded_frames.json"),
+        "{stderr}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("excluded_frames.json")).unwrap())
+            .unwrap();
+    let files: Vec<&str> = list["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(files.contains(&"images/00000.png") && files.contains(&"labels/00001.png"));
+    let stats: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("sample_class_stats.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stats.as_array().unwrap().len(), 3);
+    // Opening the dataset leaves the listed frames out.
+    let ds = omuda::core::data::datasets::Dataset::open(
+        omuda::core::data::datasets::DatasetKind::Gta,
+        &root,
+        "",
+    )
+    .unwrap();
+    let keys: Vec<&str> = ds.frames.iter().map(|f| f.key.as_str()).collect();
+    assert_eq!(keys, ["00002", "00003", "00004"]);
+    // Fixed data: a clean prepare removes the list.
+    std::fs::remove_file(root.join("images/00000.png")).unwrap();
+    std::fs::remove_file(root.join("labels/00000.png")).unwrap();
+    std::fs::remove_file(root.join("labels/00009.png")).unwrap();
+    write_gray8(&root.join("labels/00001.png"), W, H, &ids(23, 7, 26, 20)).unwrap();
+    let res = prepare(&[]);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("removed") && !root.join("excluded_frames.json").exists(),
+        "{stderr}"
+    );
+    // A problem with the dataset as a whole is not skipped.
+    std::fs::remove_dir_all(root.join("images")).unwrap();
+    std::fs::create_dir(root.join("images")).unwrap();
+    let res = prepare(&["--skip-bad"]);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no PNG images found") && stderr.contains("as a whole"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn prepare_synthia_writes_the_three_stats_files() {
     let dir = tempfile::tempdir().unwrap();

@@ -58,6 +58,15 @@ pub struct BenchArgs {
     /// step): for profiling it, e.g. under `perf record`.
     #[arg(long, conflicts_with_all = ["no_uda", "compare_pytorch"])]
     pub uda_only: bool,
+    /// Measure the peak resident memory of each phase instead of timing:
+    /// the forward on graph-free weights, `predict`, the forward on
+    /// trainable weights (with a graph), a supervised step and one
+    /// iteration of `--method` (Linux).
+    #[arg(long, conflicts_with_all = ["uda_only", "no_uda", "compare_pytorch"])]
+    pub memory: bool,
+    /// One phase of `--memory`, in a process of its own (internal).
+    #[arg(long, hide = true, requires = "memory")]
+    pub memory_phase: Option<String>,
     /// The UDA method of the third measurement (dacs, daformer, hrda,
     /// mic_hrda, …) with its default settings; the crop is its training crop
     /// (HRDA: context at half size plus a detail crop of `hrda.hr_crop`).
@@ -221,6 +230,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let device = cfg.open_device()?;
     let batch = random_batch(args.batch, h, w, cfg.model.num_classes, &device)?;
 
+    if let Some(phase) = &args.memory_phase {
+        return super::bench_memory::run_phase(phase, &cfg, &args.method, &batch, &device);
+    }
+    if args.memory {
+        let report = super::bench_memory::run(&cfg, &args.method, [h, w], args.batch)?;
+        super::bench_memory::print(&report);
+        if let Some(path) = &args.json {
+            super::report::write_json(path, &report)?;
+        }
+        return Ok(());
+    }
     let threads = candle_core::utils::get_num_threads();
     let announce = |parameters: usize| {
         eprintln!(

@@ -1,6 +1,7 @@
 //! Command-line parsing and the commands.
 
 mod bench;
+mod bench_memory;
 mod compare;
 mod eval;
 #[cfg(feature = "test-faults")]

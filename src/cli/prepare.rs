@@ -29,6 +29,11 @@ pub struct PrepareArgs {
     /// Folder for the statistics files (default: the dataset root).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Leave the frames with a problem out instead of failing: list them in
+    /// `excluded_frames.json` in the dataset root (training and evaluation
+    /// then skip them, and say so) and write the statistics of the others.
+    #[arg(long)]
+    pub skip_bad: bool,
 }
 
 pub fn run(args: PrepareArgs) -> Result<()> {
@@ -38,6 +43,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
         check_images: !args.quick,
         splits: args.splits,
         out_dir: args.out,
+        skip_bad: args.skip_bad,
     };
     let bar = ProgressBar::hidden();
     if std::io::stderr().is_terminal() {
@@ -67,9 +73,31 @@ pub fn run(args: PrepareArgs) -> Result<()> {
             String::new()
         }
     );
-    if !report.problems.is_empty() {
-        for (path, problem) in &report.problems {
-            eprintln!("{}: {problem}", path.display());
+    if let Some(old) = &report.removed_exclusions {
+        eprintln!(
+            "no problem found: removed {}, written by an earlier --skip-bad",
+            old.display()
+        );
+    }
+    for (path, problem) in &report.problems {
+        eprintln!("{}: {problem}", path.display());
+    }
+    if let Some((list, frames)) = &report.excluded {
+        eprintln!(
+            "--skip-bad: {} problem(s); {frames} frame(s) left out, listed in {}",
+            report.problems.len(),
+            list.display()
+        );
+    } else if !report.problems.is_empty() {
+        let whole = report
+            .problems
+            .iter()
+            .filter(|(p, _)| !omuda::core::data::prepare::is_frame_problem(p))
+            .count();
+        if args.skip_bad && whole > 0 {
+            eprintln!(
+                "--skip-bad leaves out frames only; {whole} problem(s) above concern the dataset as a whole"
+            );
         }
         return Err(Error::msg(format!(
             "{} problem(s) found in the {} dataset at {}; statistics not written",

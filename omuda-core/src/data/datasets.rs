@@ -126,8 +126,25 @@ impl Dataset {
     }
 
     /// Like [`Dataset::scan`], but any problem is an error listing them all.
+    /// Frames listed by `omuda prepare --skip-bad` in the dataset root
+    /// ([`super::exclusions`]) are left out, and their problems with them;
+    /// a note says how many.
     pub fn open(kind: DatasetKind, root: &Path, split: &str) -> Result<Self> {
-        let scan = Self::scan(kind, root, split)?;
+        let mut scan = Self::scan(kind, root, split)?;
+        if let Some(list) = super::exclusions::read(&scan.dataset.root)? {
+            let dropped = super::exclusions::apply(&mut scan, &list);
+            if dropped > 0 && !crate::io::quiet() {
+                eprintln!(
+                    "{} dataset at {}: {dropped} frame(s) left out, as listed in {}",
+                    kind.name(),
+                    root.display(),
+                    scan.dataset
+                        .root
+                        .join(super::exclusions::EXCLUDED_FILE)
+                        .display()
+                );
+            }
+        }
         if scan.problems.is_empty() {
             return Ok(scan.dataset);
         }

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod classes;
 pub mod config;
 pub mod datasets;
+pub mod exclusions;
 pub mod glob;
 pub mod labels;
 pub mod loader;

@@ -30,6 +30,11 @@ pub struct PrepareOptions {
     pub splits: Vec<String>,
     /// Where to write the statistics (default: the dataset root).
     pub out_dir: Option<PathBuf>,
+    /// Leave the frames with a problem out instead of failing: list them in
+    /// the dataset root ([`super::exclusions`]) and write the statistics of
+    /// the others. Problems that are not about one frame's file (a missing
+    /// folder, no images at all) still fail.
+    pub skip_bad: bool,
 }
 
 impl Default for PrepareOptions {
@@ -39,6 +44,7 @@ impl Default for PrepareOptions {
             check_images: true,
             splits: vec!["train".into(), "val".into()],
             out_dir: None,
+            skip_bad: false,
         }
     }
 }
@@ -53,6 +59,19 @@ pub struct PrepareReport {
     pub stats: Vec<FrameStats>,
     /// Folder the statistics were written to (none when there were problems).
     pub stats_dir: Option<PathBuf>,
+    /// With `skip_bad`: the list of excluded files written, and how many
+    /// frames it leaves out.
+    pub excluded: Option<(PathBuf, usize)>,
+    /// A list of an earlier `--skip-bad` run that was removed (nothing is wrong now).
+    pub removed_exclusions: Option<PathBuf>,
+}
+
+/// Whether a problem concerns one frame's file (an image or label), which
+/// `--skip-bad` may leave out, rather than the dataset as a whole.
+pub fn is_frame_problem(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Path of the converted trainId label of a raw label file.
@@ -121,7 +140,30 @@ pub fn prepare(
             }
         }
     }
+    let data_root = datasets
+        .first()
+        .map(|(_, d)| d.root.clone())
+        .unwrap_or_else(|| root.to_path_buf());
+    let skippable = report.problems.iter().all(|(p, _)| is_frame_problem(p));
     if report.problems.is_empty() {
+        if super::exclusions::remove(&data_root)? {
+            report.removed_exclusions = Some(data_root.join(super::exclusions::EXCLUDED_FILE));
+        }
+    } else if opts.skip_bad && skippable {
+        let path = super::exclusions::write(&data_root, &report.problems)?;
+        let list = super::exclusions::read(&data_root)?
+            .ok_or_else(|| Error::file(&path, "the list just written cannot be read"))?;
+        let mut left_out = 0;
+        for (_, ds) in &datasets {
+            let mut scan = super::datasets::Scan {
+                dataset: ds.clone(),
+                problems: Vec::new(),
+            };
+            left_out += super::exclusions::apply(&mut scan, &list);
+        }
+        report.excluded = Some((path, left_out));
+    }
+    if report.problems.is_empty() || report.excluded.is_some() {
         let dir = match &opts.out_dir {
             Some(d) => d.clone(),
             None => match kind {
