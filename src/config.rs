@@ -114,6 +114,29 @@ impl RunConfig {
     /// Parse TOML; `origin` names the source in errors (a path or "built-in").
     /// A `base = "PRESET_OR_FILE"` key reads the file over its base
     /// ([`crate::layers`]).
+    /// This configuration with the settings of the plugins it does not
+    /// attach reset to their defaults (and the shared thing classes too when
+    /// it attaches none): two runs that differ only there train identically,
+    /// so `omuda compare` reuses one for the other.
+    pub fn without_unused_plugin_settings(&self) -> RunConfig {
+        let mut c = self.clone();
+        let d = PluginsConfig::default();
+        let uses = |name: &str| c.plugins.iter().any(|p| p == name);
+        if !uses("cam") {
+            c.plugin.cam = d.cam.clone();
+        }
+        if !uses("fdm") {
+            c.plugin.fdm = d.fdm.clone();
+        }
+        if !uses("cdm") {
+            c.plugin.cdm = d.cdm.clone();
+        }
+        if c.plugins.is_empty() {
+            c.plugin.thing_classes = d.thing_classes;
+        }
+        c
+    }
+
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
         Self::from_toml_in(text, origin, None)
     }

@@ -129,6 +129,22 @@ fn compare_writes_reports_and_reuses_finished_runs() {
     assert!(res.status.success(), "{stderr}");
     assert_eq!(stderr.matches("reusing").count(), 6, "{stderr}");
     assert!(!stderr.contains("training 2 iterations"), "{stderr}");
+    // A setting of CAM changes the runs that attach CAM only: the others are
+    // reused.
+    let res = omuda()
+        .args(args)
+        .args(["--set", "plugin.cam.weight=0.5"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("reusing").count(), 4, "{stderr}");
+    assert_eq!(
+        stderr.matches("training 2 iterations").count(),
+        2,
+        "{stderr}"
+    );
+    assert!(stderr.matches("[cam+cdm]").count() >= 2, "{stderr}");
 
     let res = omuda()
         .args([

@@ -422,7 +422,24 @@ fn finished_record(cfg: &RunConfig) -> Result<Option<RunRecord>> {
     let text = std::fs::read_to_string(&record_path).map_err(|e| Error::io(&record_path, e))?;
     let rec: RunRecord =
         serde_json::from_str(&text).map_err(|e| Error::file(&record_path, e.to_string()))?;
-    Ok((rec.config == cfg.to_toml()?).then_some(rec))
+    Ok(same_run(&rec.config, cfg)?.then_some(rec))
+}
+
+/// Whether a run stored with configuration `stored` (TOML) is the run `cfg`
+/// asks for: the same configuration once the settings of plugins the run
+/// does not attach ([`RunConfig::without_unused_plugin_settings`]) and the
+/// record of `--set` overrides (how the values were given, not what they
+/// are) are set aside.
+fn same_run(stored: &str, cfg: &RunConfig) -> Result<bool> {
+    let Ok(stored) = RunConfig::from_toml_str(stored, "run.json") else {
+        return Ok(false);
+    };
+    let identity = |c: &RunConfig| -> Result<String> {
+        let mut c = c.without_unused_plugin_settings();
+        c.overrides.clear();
+        c.to_toml()
+    };
+    Ok(identity(&stored)? == identity(cfg)?)
 }
 
 /// Train and evaluate one (plugin set, seed) into `cfg.out`.
@@ -446,7 +463,7 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     let from = match checkpoint::latest(&dir)? {
         Some((_, ck)) => {
             let sidecar = RunSidecar::read(&ck)?;
-            (sidecar.config == config).then_some(ck)
+            same_run(&sidecar.config, cfg)?.then_some(ck)
         }
         None => None,
     };
