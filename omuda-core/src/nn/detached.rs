@@ -1,9 +1,12 @@
 //! A network built on detached views of trainable weights, for forwards that
-//! never backpropagate (evaluation, prediction). Candle records the graph of
-//! every op whose input is a variable, and keeps each intermediate alive until
-//! the result is dropped; a view built on [`Tensor::detach`] shares the
-//! weights' storage (so it always sees their current values, also after
-//! in-place optimizer updates) but records nothing.
+//! never backpropagate (evaluation, prediction, the EMA teacher, frozen
+//! encoders). Candle records the graph of every op whose input is a
+//! variable, and keeps each intermediate alive until the result is dropped;
+//! a view built on [`Tensor::detach`] shares the weights' storage (so it
+//! always sees their current values, also after in-place optimizer and EMA
+//! updates) but records nothing. Batch-norm running statistics stay the
+//! variables themselves, so a forward in training mode (the teacher's)
+//! updates them in place as the trainable network would.
 
 use std::collections::HashMap;
 
@@ -26,7 +29,18 @@ pub fn detached_model(
             .lock()
             .map_err(|_| Error::msg("VarMap lock poisoned"))?;
         data.iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .map(|(n, v)| {
+                // Batch-norm statistics stay the variables themselves: a
+                // forward in training mode (the EMA teacher's, as in the
+                // reference) updates them in place, and they are only ever
+                // read detached, so they record no graph either.
+                let t = if super::is_buffer(n) {
+                    v.as_tensor().clone()
+                } else {
+                    v.as_tensor().detach()
+                };
+                (n.clone(), t)
+            })
             .collect()
     };
     Ok(build_segmentor(
@@ -40,6 +54,38 @@ mod tests {
     use super::*;
     use crate::nn::{seeded_var_builder, ForwardCtx};
     use rand::SeedableRng;
+
+    /// A teacher-mode forward (batch statistics, running statistics
+    /// updated) on the view updates the statistics stored in the VarMap.
+    #[test]
+    fn teacher_forward_updates_the_stored_norm_statistics() {
+        let dev = Device::Cpu;
+        let cfg = ModelConfig {
+            weights: None,
+            ..ModelConfig::default()
+        };
+        let vars = VarMap::new();
+        let _model = build_segmentor(&cfg, seeded_var_builder(&vars, 3, DType::F32, &dev)).unwrap();
+        let stat = |name: &str| -> Vec<f32> {
+            let data = vars.data().lock().unwrap();
+            let (_, v) = data
+                .iter()
+                .find(|(n, _)| n.ends_with(name))
+                .unwrap_or_else(|| panic!("no {name}"));
+            v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let before = stat("running_mean");
+        let view = detached_model(&cfg, &vars, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 64), &dev).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        view.forward(&x, &mut ForwardCtx::teacher(&mut rng))
+            .unwrap();
+        assert_ne!(stat("running_mean"), before);
+        // Evaluation mode leaves them alone.
+        let after = stat("running_mean");
+        view.forward(&x, &mut ForwardCtx::eval(&mut rng)).unwrap();
+        assert_eq!(stat("running_mean"), after);
+    }
 
     #[test]
     fn same_logits_as_the_trainable_model_and_no_graph() {

@@ -90,6 +90,11 @@ impl SelfTraining {
         }
         let teacher = if spec.uda.self_training {
             let (model, vars, _) = build_initial(&spec.model, spec.seed, device)?;
+            drop(model);
+            // The teacher never backpropagates: its network runs on detached
+            // views of its weights (which the EMA updates in place), so its
+            // forward records no graph and frees intermediates as it goes.
+            let model = crate::nn::detached::detached_model(&spec.model, &vars, device)?;
             Some((model, vars))
         } else {
             None
