@@ -254,3 +254,60 @@ fn quiet_prints_only_results_and_json_logs_one_object_per_line() {
         "escape codes with TERM=dumb: {err}"
     );
 }
+
+/// `omuda bench` times any network of the zoo (from its seeded
+/// initialisation: the built-in pretrained weights fit only the benchmark's
+/// network), and `--memory` reports one row per phase.
+#[test]
+fn bench_runs_another_network_and_measures_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let res = omuda()
+        .args([
+            "bench",
+            "--model",
+            "segformer_mitb0",
+            "--crop",
+            "32",
+            "--batch",
+            "1",
+        ])
+        .args(["--iters", "1", "--warmup", "0", "--no-uda", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(json.is_file());
+    let mem = dir.path().join("memory.json");
+    let res = omuda()
+        .args([
+            "bench",
+            "--memory",
+            "--model",
+            "segformer_tiny",
+            "--crop",
+            "128x256",
+        ])
+        .args(["--batch", "2", "--json"])
+        .arg(&mem)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mem).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    for r in rows {
+        assert!(r["peak_mib"].as_f64().unwrap() >= r["before_mib"].as_f64().unwrap());
+    }
+    // The graph-recording forward holds more than the graph-free one.
+    assert!(report["ratio_graph_to_graph_free"].as_f64().unwrap() > 1.0);
+}

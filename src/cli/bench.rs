@@ -209,6 +209,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let mut cfg = load_config(None)?;
     cfg.model.name = args.model.clone();
+    // Times and memory do not depend on the weights' values: every network
+    // starts from its seeded initialisation (the built-in configuration's
+    // pretrained weights fit only its own network).
+    cfg.model.weights = None;
     cfg.model.autocast = match args.autocast.as_str() {
         "f32" => Autocast::F32,
         "bf16" => Autocast::Bf16,
