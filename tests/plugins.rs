@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use omuda::core::data::loader::SynthPairLoader;
 use omuda::core::data::synth::Domain;
 use omuda::core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
-use omuda::plugins::{Cam, Cdm, Fdm};
+use omuda::plugins::{Cam, CamConfig, Cdm, Fdm, PluginsConfig};
 use omuda::{attach_plugins, base_spec, build_method, with_omuda, Dacs, RunConfig, SelfTraining};
 
 fn tiny() -> RunConfig {
@@ -83,11 +83,26 @@ fn wrapping_with_a_no_op_plugin_leaves_dacs_unchanged_bit_for_bit() {
 fn each_plugin_and_all_three_train_dacs() {
     let cfg = tiny();
     let cases: Vec<(&str, SelfTraining, Vec<&str>)> = vec![
+        // The default CAM (chosen on dev): the context-aware mix alone, the
+        // masked-consistency term at weight 0 is not computed.
         (
             "cam",
             Dacs::new(base_spec("dacs", &cfg), &Device::Cpu)
                 .unwrap()
                 .with(Cam::default()),
+            vec![],
+        ),
+        (
+            "cam masked term",
+            Dacs::new(base_spec("dacs", &cfg), &Device::Cpu)
+                .unwrap()
+                .with(Cam::new(
+                    CamConfig {
+                        weight: 1.0,
+                        ..CamConfig::default()
+                    },
+                    PluginsConfig::default().thing_classes,
+                )),
             vec!["cam.loss_cam"],
         ),
         (
@@ -107,7 +122,7 @@ fn each_plugin_and_all_three_train_dacs() {
         (
             "all",
             with_omuda(Dacs::new(base_spec("dacs", &cfg), &Device::Cpu).unwrap()),
-            vec!["cam.loss_cam", "fdm.loss_fdm_src", "fdm.loss_fdm_tgt"],
+            vec!["fdm.loss_fdm_src", "fdm.loss_fdm_tgt"],
         ),
     ];
     for (label, mut m, extra) in cases {
@@ -126,7 +141,10 @@ fn each_plugin_and_all_three_train_dacs() {
             log.losses
         );
         let has = |k: &str| log.metrics.iter().any(|(n, _)| n == k);
-        if label == "cam" || label == "all" {
+        if label == "cam" {
+            assert!(!has("cam.masked_share"), "weight 0: no mask drawn");
+        }
+        if label == "cam masked term" {
             let share = log
                 .metrics
                 .iter()
@@ -146,6 +164,20 @@ fn each_plugin_and_all_three_train_dacs() {
             assert!(has("fdm.no_cells_src"), "{label}");
         }
     }
+    // The default CAM changes what ClassMix pastes: the mixed loss differs
+    // from DACS alone on the same batch.
+    let mut plain = Dacs::new(base_spec("dacs", &cfg), &Device::Cpu).unwrap();
+    let mut cam = Dacs::new(base_spec("dacs", &cfg), &Device::Cpu)
+        .unwrap()
+        .with(Cam::default());
+    let batch = loader(&cfg).next_batch().unwrap();
+    let mix = |log: &omuda::core::train::StepLog| {
+        log.losses.iter().find(|(n, _)| n == "loss_mix").unwrap().1
+    };
+    assert_ne!(
+        mix(&plain.step(&batch).unwrap()),
+        mix(&cam.step(&batch).unwrap())
+    );
 }
 
 #[test]

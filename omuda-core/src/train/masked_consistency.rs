@@ -73,6 +73,11 @@ impl<R: MaskRule> MaskedConsistency<R> {
         let Some(pseudo) = view.pseudo else {
             return Ok(Vec::new());
         };
+        // A weight of 0 contributes nothing (unless a detail term keeps its
+        // own weight): no augmentation, mask or forward is spent on it.
+        if self.lambda == 0.0 && view.objective.main_weight_scales_everything() {
+            return Ok(Vec::new());
+        }
         let target = &view.batch.target_image;
         let aug = self.aug.sample_shared_blur(rng, target.dim(0)?);
         let image = strong_augment(target, &aug)?;

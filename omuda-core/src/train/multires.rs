@@ -504,6 +504,11 @@ impl MultiResolution {
 }
 
 impl SegObjective for MultiResolution {
+    /// The detail term keeps its weight when the main term is scaled.
+    fn main_weight_scales_everything(&self) -> bool {
+        false
+    }
+
     fn loss(
         &self,
         model: &dyn SegModel,

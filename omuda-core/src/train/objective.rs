@@ -40,6 +40,13 @@ pub trait SegObjective: Send + Sync {
         Ok(((loss * main_weight)?, features))
     }
 
+    /// Whether [`Self::loss_with_main_weight`] with a main weight of 0 is
+    /// the zero loss (no term keeps its own weight), so that a caller may
+    /// skip the forward altogether.
+    fn main_weight_scales_everything(&self) -> bool {
+        true
+    }
+
     /// Logits at the input resolution (B,K,H,W).
     fn logits(&self, model: &dyn SegModel, image: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor>;
 
