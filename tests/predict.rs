@@ -202,7 +202,11 @@ fn multi_seed_training_writes_mean_std_and_median_checkpoint() {
 fn debug_grid_shows_the_cam_mask() {
     let dir = tempfile::tempdir().unwrap();
     let mut widths = Vec::new();
-    for (name, plugins) in [("plain", "[]"), ("cam", "[\"cam\"]")] {
+    // CAM's masked term (weight 1; the default 0 draws no mask).
+    for (name, plugins) in [
+        ("plain", "[]"),
+        ("cam", "[\"cam\"]\n[plugin.cam]\nweight = 1.0"),
+    ] {
         let cfg = dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &cfg,

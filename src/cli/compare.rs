@@ -745,6 +745,37 @@ fn markdown(
                 .join(" | ")
         );
     }
+    // Per-class paired gains, one column per plugin set: which classes each
+    // set helps or hurts.
+    let gained: Vec<&Row> = rows.iter().filter(|r| r.gain.is_some()).collect();
+    if !gained.is_empty() {
+        s += &format!(
+            "\nPer-class IoU gain over `{}` (points, mean over seeds of the paired differences):\n\n",
+            rows[0].plugins
+        );
+        s += &format!(
+            "| class | {} |\n|---|{}\n",
+            gained
+                .iter()
+                .map(|r| r.plugins.as_str())
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---:|".repeat(gained.len())
+        );
+        for (c, name) in class_names.iter().enumerate() {
+            let cells: Vec<String> = gained
+                .iter()
+                .map(|r| {
+                    r.gain
+                        .as_ref()
+                        .and_then(|g| g.per_class.get(c).copied().flatten())
+                        .map(|v| format!("{v:+.1}"))
+                        .unwrap_or_else(|| "n/a".into())
+                })
+                .collect();
+            s += &format!("| {name} | {} |\n", cells.join(" | "));
+        }
+    }
     s
 }
 
