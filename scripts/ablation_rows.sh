@@ -12,18 +12,8 @@ SEEDS=${2:-0,1,2}
 CAL=${3:-runs/calibration}
 BIN=${OMUDA_BIN:-target/release/omuda}
 HERE=$(dirname "$0")
-mkdir -p "$OUT/configs"
-HOST='[uda]
-pseudo_label_crop = [15, 120]
-[data.rcs]
-class_temp = 0.01
-min_pixels = 50
-min_crop_ratio = 0.5
-[fd]
-lambda = 0.05'
-printf '%s\n' 'methods = ["dacs"]' > "$OUT/configs/dacs.toml"
-printf '%s\n' 'methods = ["daformer"]' "$HOST" > "$OUT/configs/daformer.toml"
-printf '%s\n' 'methods = ["mic_daformer"]' "$HOST" > "$OUT/configs/mic_daformer.toml"
+. "$(dirname "$0")/host_configs.sh"
+write_host_configs "$OUT/configs"
 for host in dacs daformer mic_daformer; do
   for p in cam fdm cdm all; do
     row=${host}_$p

@@ -32,7 +32,25 @@ fn exec_with_malloc_tunables() {
     eprintln!("note: cannot restart with GLIBC_TUNABLES ({err}); running with malloc defaults");
 }
 
+/// A closed pipe (`omuda compare --list | head`) ends the process quietly, as
+/// it ends any Unix tool, instead of a panic at the next print: the Rust
+/// runtime ignores SIGPIPE, and this restores the default action.
+#[cfg(unix)]
+fn restore_default_sigpipe() {
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: signal(2) with the default action, before any thread starts.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    restore_default_sigpipe();
     #[cfg(target_os = "linux")]
     exec_with_malloc_tunables();
     // Candle's element-wise pool spins between ops by default; on few cores the

@@ -204,25 +204,7 @@ fn draw_lines(
 /// each bar. Lengths must match; a non-finite value is an error naming its label.
 pub fn bar_chart(path: &Path, title: &str, labels: &[String], values: &[f64]) -> Result<()> {
     register_font()?;
-    if labels.len() != values.len() {
-        return Err(Error::file(
-            path,
-            format!(
-                "bar chart {title:?}: {} labels for {} values",
-                labels.len(),
-                values.len()
-            ),
-        ));
-    }
-    if labels.is_empty() {
-        return Err(Error::file(path, format!("bar chart {title:?}: no bars")));
-    }
-    if let Some((l, v)) = labels.iter().zip(values).find(|(_, v)| !v.is_finite()) {
-        return Err(Error::file(
-            path,
-            format!("bar chart {title:?}: value of {l:?} is {v}"),
-        ));
-    }
+    check_bars(path, title, labels, values)?;
     let err = |e: String| Error::file(path, format!("drawing chart {title:?}: {e}"));
     let lo = values.iter().copied().fold(0.0f64, f64::min);
     let hi = values.iter().copied().fold(0.0f64, f64::max);
@@ -291,25 +273,7 @@ pub fn sorted_hbar_chart(
     values: &[f64],
 ) -> Result<()> {
     register_font()?;
-    if labels.len() != values.len() {
-        return Err(Error::file(
-            path,
-            format!(
-                "bar chart {title:?}: {} labels for {} values",
-                labels.len(),
-                values.len()
-            ),
-        ));
-    }
-    if labels.is_empty() {
-        return Err(Error::file(path, format!("bar chart {title:?}: no bars")));
-    }
-    if let Some((l, v)) = labels.iter().zip(values).find(|(_, v)| !v.is_finite()) {
-        return Err(Error::file(
-            path,
-            format!("bar chart {title:?}: value of {l:?} is {v}"),
-        ));
-    }
+    check_bars(path, title, labels, values)?;
     let mut bars: Vec<(String, f64)> = labels.iter().cloned().zip(values.iter().copied()).collect();
     // Ascending, so that the largest value is drawn at the top (y grows upwards).
     bars.sort_by(|a, b| a.1.total_cmp(&b.1));
@@ -391,6 +355,30 @@ pub fn sorted_hbar_chart(
         root.present().map_err(|e| err(e.to_string()))?;
     }
     write_rgb_png(path, &buf, WIDTH, height)
+}
+
+/// One finite value per label and at least one bar; errors name `path`.
+fn check_bars(path: &Path, title: &str, labels: &[String], values: &[f64]) -> Result<()> {
+    if labels.len() != values.len() {
+        return Err(Error::file(
+            path,
+            format!(
+                "bar chart {title:?}: {} labels for {} values",
+                labels.len(),
+                values.len()
+            ),
+        ));
+    }
+    if labels.is_empty() {
+        return Err(Error::file(path, format!("bar chart {title:?}: no bars")));
+    }
+    if let Some((l, v)) = labels.iter().zip(values).find(|(_, v)| !v.is_finite()) {
+        return Err(Error::file(
+            path,
+            format!("bar chart {title:?}: value of {l:?} is {v}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Encode an RGB8 buffer as PNG and write it atomically.

@@ -311,3 +311,24 @@ fn bench_runs_another_network_and_measures_memory() {
     // The graph-recording forward holds more than the graph-free one.
     assert!(report["ratio_graph_to_graph_free"].as_f64().unwrap() > 1.0);
 }
+
+/// Output into a pipe that closes early (`| head -1`) ends omuda quietly,
+/// without a panic.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let bin = env!("CARGO_BIN_EXE_omuda");
+    let res = Command::new("sh")
+        .arg("-c")
+        // 5000 lines, far more than a pipe buffers.
+        .arg(format!(
+            "'{bin}' compare --preset synth-dacs --plugins none,cam,fdm,cdm,cam+fdm+cdm \
+             --seeds $(seq -s, 0 999) --out '{}' --list | head -1",
+            std::env::temp_dir().join("omuda-closed-pipe").display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&res.stdout).lines().count(), 1);
+}
