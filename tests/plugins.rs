@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use omuda::core::data::loader::SynthPairLoader;
 use omuda::core::data::synth::Domain;
 use omuda::core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
-use omuda::plugins::{Cam, CamConfig, Cdm, Fdm, PluginsConfig};
+use omuda::plugins::{Cam, CamConfig, Cdm, CdmConfig, Fdm, PluginsConfig};
 use omuda::{attach_plugins, base_spec, build_method, with_omuda, Dacs, RunConfig, SelfTraining};
 
 fn tiny() -> RunConfig {
@@ -383,4 +383,36 @@ fn fdm_encoder_file_is_checked() {
         .with(Fdm::new(fdm_cfg, cfg.plugin.thing_classes.clone()));
     let log = m.step(&loader(&cfg).next_batch().unwrap()).unwrap();
     assert!(log.losses.iter().all(|(_, v)| v.is_finite()));
+}
+
+/// CDM keeps the host's pseudo-label crop, scaled to the frame as the step
+/// scales it: DAFormer's rows 15 / 120 of a 512-high crop leave the middle
+/// of a 32-high frame (an unscaled crop would zero every row).
+#[test]
+fn cdm_keeps_the_hosts_pseudo_label_crop_scaled_to_the_frame() {
+    let mut cfg = tiny();
+    cfg.uda.pseudo_label_crop = Some([15, 120]);
+    let mut spec = base_spec("dacs", &cfg);
+    spec.uda.pseudo_label_crop = Some([15, 120]);
+    let cdm = Cdm::new(CdmConfig {
+        threshold: Some(0.0),
+        ..CdmConfig::default()
+    });
+    let mut m = Dacs::new(spec.clone(), &Device::Cpu).unwrap().with(cdm);
+    let log = m.step(&loader(&cfg).next_batch().unwrap()).unwrap();
+    let mean = log
+        .metrics
+        .iter()
+        .find(|(n, _)| n == "cdm.weight_mean")
+        .unwrap()
+        .1;
+    // Every pixel passes a threshold of 0; only the scaled crop zeroes rows.
+    let [top, bottom] = omuda::core::data::valid_region::scaled_row_crop(
+        [15, 120],
+        spec.uda.pseudo_label_crop_height,
+        32,
+    );
+    let kept = (32 - top - bottom) as f64 / 32.0;
+    assert!((mean - kept).abs() < 1e-6, "weight mean {mean}, kept rows {kept}");
+    assert!(mean > 0.5);
 }

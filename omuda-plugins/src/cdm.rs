@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
 use omuda_core::data::classes::class_name;
-use omuda_core::ops::pseudo::{zero_rows, PseudoLabels};
+use omuda_core::ops::pseudo::PseudoLabels;
 use omuda_core::train::{ChaCha8Rng, StepHook, StepView, TargetAveraging};
 use omuda_core::{Error, Result};
 
@@ -186,11 +186,10 @@ impl StepHook for Cdm {
     ) -> Result<()> {
         self.ensure_init(view.num_classes);
         let tau = self.cfg.threshold.unwrap_or(view.spec.uda.pseudo_threshold);
-        let mut w = self.weights(pseudo, tau)?;
-        // The host's border margins still apply.
-        if let Some([top, bottom]) = view.spec.uda.pseudo_label_crop {
-            w = zero_rows(&w, top, bottom)?;
-        }
+        let w = self.weights(pseudo, tau)?;
+        // The host's pseudo-label crop still applies, scaled to the frame as
+        // the step scales it.
+        let w = view.spec.uda.crop_pseudo_weight(&w)?;
         pseudo.weight = w.to_dtype(pseudo.weight.dtype())?;
         Ok(())
     }

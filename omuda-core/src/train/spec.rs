@@ -48,6 +48,25 @@ pub struct UdaConfig {
     pub strong_aug: StrongAugConfig,
 }
 
+impl UdaConfig {
+    /// `weight` (B, H, W) with the rows of `pseudo_label_crop` zeroed, the
+    /// rows scaled from `pseudo_label_crop_height` to the weight's height
+    /// (`lhoyer/MIC seg/mmseg/models/uda/dacs.py::DACS.filter_valid_pseudo_region`);
+    /// unchanged without a crop.
+    pub fn crop_pseudo_weight(
+        &self,
+        weight: &candle_core::Tensor,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        let Some(rows) = self.pseudo_label_crop else {
+            return Ok(weight.clone());
+        };
+        let h = weight.dim(1)?;
+        let [top, bottom] =
+            crate::data::valid_region::scaled_row_crop(rows, self.pseudo_label_crop_height, h);
+        crate::ops::pseudo::zero_rows(weight, top, bottom)
+    }
+}
+
 impl Default for UdaConfig {
     /// DACS as re-implemented in mmseg (`lhoyer/MIC seg/configs/_base_/uda/dacs.py`).
     fn default() -> Self {

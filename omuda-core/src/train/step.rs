@@ -28,13 +28,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::batch::UdaBatch;
-use crate::data::valid_region::scaled_row_crop;
 use crate::nn::autocast::AutocastModel;
 use crate::nn::weights::build_initial;
 use crate::nn::{ForwardCtx, SegModel};
 use crate::ops::augment::strong_augment;
 use crate::ops::mix::{class_masks, class_mix, MixedBatch};
-use crate::ops::pseudo::{pseudo_label_and_weight, zero_rows, PseudoLabels};
+use crate::ops::pseudo::{pseudo_label_and_weight, PseudoLabels};
 use crate::train::ema::{copy_parameters, ema_alpha, ema_update};
 use crate::train::hooks::{StepHook, StepView, TargetAveraging};
 use crate::train::method::{StepDebug, StepLog, UdaMethod};
@@ -284,11 +283,7 @@ impl SelfTraining {
             log.metrics
                 .push(("pseudo_confident_share".into(), mean_scalar(&pl.weight)?));
             // `DACS.filter_valid_pseudo_region`, after `q` was taken over all pixels.
-            if let Some(rows) = spec.uda.pseudo_label_crop {
-                let h = pl.weight.dim(1)?;
-                let [top, bottom] = scaled_row_crop(rows, spec.uda.pseudo_label_crop_height, h);
-                pl.weight = zero_rows(&pl.weight, top, bottom)?;
-            }
+            pl.weight = spec.uda.crop_pseudo_weight(&pl.weight)?;
             if spec.uda.pseudo_margins.is_some() {
                 let valid = batch.target_valid.as_ref().ok_or_else(|| {
                     Error::msg("uda.pseudo_margins is set but the batch has no target valid mask (UdaBatch::target_valid)")
