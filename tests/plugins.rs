@@ -413,6 +413,9 @@ fn cdm_keeps_the_hosts_pseudo_label_crop_scaled_to_the_frame() {
         32,
     );
     let kept = (32 - top - bottom) as f64 / 32.0;
-    assert!((mean - kept).abs() < 1e-6, "weight mean {mean}, kept rows {kept}");
+    assert!(
+        (mean - kept).abs() < 1e-6,
+        "weight mean {mean}, kept rows {kept}"
+    );
     assert!(mean > 0.5);
 }

@@ -98,6 +98,29 @@ pub struct Scan {
     pub problems: Vec<(PathBuf, String)>,
 }
 
+impl Scan {
+    /// Drops the frames whose image or label is on `list` (paths relative to
+    /// the dataset root), and the listed problems. Returns how many frames
+    /// were dropped.
+    pub fn exclude(&mut self, list: &super::exclusions::Exclusions) -> usize {
+        use super::exclusions::relative;
+        let root = self.dataset.root.clone();
+        let listed = list.listed();
+        let before = self.dataset.frames.len();
+        self.dataset.frames.retain(|f| {
+            let image_listed = listed.contains(relative(&f.image, &root).as_str());
+            let label_listed = f
+                .label
+                .as_ref()
+                .is_some_and(|l| listed.contains(relative(&l.path, &root).as_str()));
+            !(image_listed || label_listed)
+        });
+        self.problems
+            .retain(|(p, _)| !listed.contains(relative(p, &root).as_str()));
+        before - self.dataset.frames.len()
+    }
+}
+
 /// Frames of a dataset after decoding: RGB bytes and trainIds at the file's
 /// resolution.
 pub type Decoded = Sample;
@@ -132,7 +155,7 @@ impl Dataset {
     pub fn open(kind: DatasetKind, root: &Path, split: &str) -> Result<Self> {
         let mut scan = Self::scan(kind, root, split)?;
         if let Some(list) = super::exclusions::read(&scan.dataset.root)? {
-            let dropped = super::exclusions::apply(&mut scan, &list);
+            let dropped = scan.exclude(&list);
             if dropped > 0 && !crate::io::quiet() {
                 eprintln!(
                     "{} dataset at {}: {dropped} frame(s) left out, as listed in {}",

@@ -1,7 +1,7 @@
 //! Frames left out of a dataset by `omuda prepare --skip-bad`: the list
 //! `excluded_frames.json` in the dataset root names every file that had a
 //! problem (relative to the root) and the problem. Opening the dataset
-//! ([`Dataset::open`](super::datasets::Dataset::open)) then drops each frame
+//! ([`Dataset::open`](super::datasets::Dataset::open), [`Scan::exclude`](super::datasets::Scan::exclude)) then drops each frame
 //! whose image or label is listed, ignores the listed scan problems, and says
 //! how many frames it left out. `prepare` without problems removes the list.
 
@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::datasets::Scan;
 use crate::io::write_atomic;
 use crate::{Error, Result};
 
@@ -34,7 +33,7 @@ pub struct ExcludedFile {
 }
 
 /// `path` relative to `root` when it lies under it, else as given.
-fn relative(path: &Path, root: &Path) -> String {
+pub fn relative(path: &Path, root: &Path) -> String {
     path.strip_prefix(root)
         .unwrap_or(path)
         .to_string_lossy()
@@ -85,21 +84,9 @@ pub fn read(root: &Path) -> Result<Option<Exclusions>> {
         .map_err(|e| Error::file(&path, format!("not a list of excluded frames: {e}")))
 }
 
-/// Drops the frames of `scan` whose image or label is listed, and the listed
-/// problems. Returns how many frames were dropped.
-pub fn apply(scan: &mut Scan, list: &Exclusions) -> usize {
-    let root = scan.dataset.root.clone();
-    let listed: HashSet<&str> = list.files.iter().map(|f| f.file.as_str()).collect();
-    let before = scan.dataset.frames.len();
-    scan.dataset.frames.retain(|f| {
-        let image_listed = listed.contains(relative(&f.image, &root).as_str());
-        let label_listed = f
-            .label
-            .as_ref()
-            .is_some_and(|l| listed.contains(relative(&l.path, &root).as_str()));
-        !(image_listed || label_listed)
-    });
-    scan.problems
-        .retain(|(p, _)| !listed.contains(relative(p, &root).as_str()));
-    before - scan.dataset.frames.len()
+/// The listed files (paths relative to the dataset root).
+impl Exclusions {
+    pub fn listed(&self) -> HashSet<&str> {
+        self.files.iter().map(|f| f.file.as_str()).collect()
+    }
 }

@@ -159,7 +159,7 @@ pub fn prepare(
                 dataset: ds.clone(),
                 problems: Vec::new(),
             };
-            left_out += super::exclusions::apply(&mut scan, &list);
+            left_out += scan.exclude(&list);
         }
         report.excluded = Some((path, left_out));
     }
