@@ -11,7 +11,7 @@ use omuda::core::data::config::TargetSplit;
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
 use omuda::core::train::checkpoint::{self, RunSidecar, FINAL_DIR};
-use omuda::core::train::observers::recorder::{clear_outputs, truncate_log};
+use omuda::core::train::observers::recorder::clear_outputs;
 use omuda::core::train::observers::RunRecorder;
 use omuda::core::train::trainer::{fit, LoopConfig, NonFinite};
 use omuda::run::{evaluate_target, recorder_settings, selection_split};
@@ -482,22 +482,13 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     match &from {
         Some(ck) => {
             let sidecar = checkpoint::load_checkpoint(ck, &mut method, &mut loader)?;
-            truncate_log(&dir.join("log.jsonl"), sidecar.iteration)?;
-            omuda::core::train::observers::tensorboard::truncate_after(
-                &dir.join("tb"),
-                sidecar.iteration as i64,
-            )?;
+            obs.resume_from(ck, &sidecar)?;
             super::note!(
                 "{display}: resuming from {} (iteration {}/{})",
                 ck.display(),
                 sidecar.iteration,
                 cfg.train.iters
             );
-            obs.curve = sidecar.target_curve.clone();
-            obs.best = sidecar.best;
-            obs.train_seconds_before = sidecar.train_seconds;
-            obs.last_good = Some((sidecar.iteration, ck.clone()));
-            obs.start_iter = sidecar.iteration;
         }
         None => super::note!("{display}: training {} iterations", cfg.train.iters),
     }

@@ -11,7 +11,7 @@ use omuda::core::data::config::TargetSplit;
 use omuda::core::eval::miou::MiouReport;
 use omuda::core::io::write_atomic;
 use omuda::core::train::checkpoint::{self, RunSidecar, FINAL_DIR};
-use omuda::core::train::observers::recorder::{clear_outputs, truncate_log};
+use omuda::core::train::observers::recorder::clear_outputs;
 use omuda::core::train::observers::{RecorderSettings, RunRecorder};
 use omuda::core::train::trainer::{fit, LoopConfig, NonFinite};
 use omuda::run::{evaluate_target, recorder_settings, selection_split};
@@ -316,8 +316,6 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
     method.set_skip_nonfinite(cfg.train.nonfinite == NonFinite::Skip);
     let mut loader = omuda::run::build_batch_source(&cfg, name, device)?;
 
-    let log_path = out.join("log.jsonl");
-    let tb_dir = out.join("tb");
     let observer = RunRecorder::new(RecorderSettings {
         log_format: super::log_format(),
         ..recorder_settings(name, name, &out, &cfg)?
@@ -329,22 +327,13 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
     match &from {
         Some((dir, _)) => {
             let sidecar = checkpoint::load_checkpoint(dir, &mut method, &mut loader)?;
-            truncate_log(&log_path, sidecar.iteration)?;
-            omuda::core::train::observers::tensorboard::truncate_after(
-                &tb_dir,
-                sidecar.iteration as i64,
-            )?;
+            observer.resume_from(dir, &sidecar)?;
             super::note!(
                 "{name}: resuming from {} (iteration {}/{})",
                 dir.display(),
                 sidecar.iteration,
                 cfg.train.iters
             );
-            observer.curve = sidecar.target_curve.clone();
-            observer.best = sidecar.best;
-            observer.train_seconds_before = sidecar.train_seconds;
-            observer.last_good = Some((sidecar.iteration, dir.clone()));
-            observer.start_iter = sidecar.iteration;
         }
         None => super::note!(
             "training {name}: {} iterations, seed {}, model {}",

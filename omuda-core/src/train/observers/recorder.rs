@@ -232,6 +232,22 @@ impl RunRecorder {
 
     /// `log.jsonl` (appended to) and TensorBoard files under `out/tb`; the
     /// training clock starts here.
+    /// Continues the run from checkpoint `dir`, whose `sidecar` was loaded
+    /// into the method and data order: drops the lines of `log.jsonl` and the
+    /// TensorBoard scalars after its iteration (they are written again) and
+    /// takes over its curve, best score, training time and position. Call
+    /// before [`Self::open_logs`].
+    pub fn resume_from(&mut self, dir: &Path, sidecar: &RunSidecar) -> Result<()> {
+        truncate_log(&self.out.join("log.jsonl"), sidecar.iteration)?;
+        super::tensorboard::truncate_after(&self.out.join("tb"), sidecar.iteration as i64)?;
+        self.curve = sidecar.target_curve.clone();
+        self.best = sidecar.best;
+        self.train_seconds_before = sidecar.train_seconds;
+        self.last_good = Some((sidecar.iteration, dir.to_path_buf()));
+        self.start_iter = sidecar.iteration;
+        Ok(())
+    }
+
     pub fn open_logs(&mut self) -> Result<()> {
         // The peak memory reported is this run's, not an earlier run's of the
         // same process (`--seeds`): Linux resets VmHWM on writing 5 to
