@@ -40,8 +40,9 @@ pub fn relative(path: &Path, root: &Path) -> String {
         .replace('\\', "/")
 }
 
-/// Writes the list of `problems` (files under `root`) to `root/excluded_frames.json`.
-pub fn write(root: &Path, problems: &[(PathBuf, String)]) -> Result<PathBuf> {
+/// Writes the list of `problems` (files under `root`) to
+/// `root/excluded_frames.json`; returns its path and the list.
+pub fn write(root: &Path, problems: &[(PathBuf, String)]) -> Result<(PathBuf, Exclusions)> {
     let list = Exclusions {
         note: "written by `omuda prepare --skip-bad`: frames whose image or label is listed are \
                left out of training and evaluation; fix the files and run `omuda prepare` again \
@@ -59,7 +60,7 @@ pub fn write(root: &Path, problems: &[(PathBuf, String)]) -> Result<PathBuf> {
     let text =
         serde_json::to_string_pretty(&list).map_err(|e| Error::file(&path, e.to_string()))?;
     write_atomic(&path, text.as_bytes())?;
-    Ok(path)
+    Ok((path, list))
 }
 
 /// Removes a list left by an earlier `--skip-bad`; true if there was one.

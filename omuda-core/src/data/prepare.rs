@@ -150,9 +150,7 @@ pub fn prepare(
             report.removed_exclusions = Some(data_root.join(super::exclusions::EXCLUDED_FILE));
         }
     } else if opts.skip_bad && skippable {
-        let path = super::exclusions::write(&data_root, &report.problems)?;
-        let list = super::exclusions::read(&data_root)?
-            .ok_or_else(|| Error::file(&path, "the list just written cannot be read"))?;
+        let (path, list) = super::exclusions::write(&data_root, &report.problems)?;
         let mut left_out = 0;
         for (_, ds) in &datasets {
             let mut scan = super::datasets::Scan {

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use super::classes::{CITYSCAPES_PALETTE, IGNORE_INDEX};
 use super::labels::{CITYSCAPES_ID_TO_TRAIN_ID, SYNTHIA_ID_TO_TRAIN_ID};
-use super::png_io::{write_indexed8, write_rgb8, write_u16};
+use super::png_io::{write_gray8, write_indexed8, write_rgb8, write_u16};
 use super::synth::{generate, Domain, Split, SynthConfig};
 use crate::{Error, Result};
 
@@ -249,13 +249,8 @@ fn write_layout(
                             })
                             .collect();
                         write_rgb8(&img.join(format!("{base}_leftImg8bit.png")), w, h, &s.image)?;
-                        super::png_io::write_gray8(
-                            &gt.join(format!("{base}_gtFine_labelIds.png")),
-                            w,
-                            h,
-                            &ids,
-                        )?;
-                        super::png_io::write_gray8(
+                        write_gray8(&gt.join(format!("{base}_gtFine_labelIds.png")), w, h, &ids)?;
+                        write_gray8(
                             &gt.join(format!("{base}_gtFine_labelTrainIds.png")),
                             w,
                             h,
