@@ -452,7 +452,7 @@ fn run_one(host: &str, label: &str, cfg: &RunConfig, device: &Device) -> Result<
     #[allow(unused_mut)]
     let mut method = omuda::attach_plugins(method, cfg)?;
     #[cfg(feature = "test-faults")]
-    super::faults::attach_nan_hooks(&mut method)?;
+    super::faults::attach_step_faults(&mut method, cfg.seed)?;
     method.set_skip_nonfinite(cfg.train.nonfinite == NonFinite::Skip);
     let mut loader = omuda::run::build_batch_source(cfg, host, device)?;
     let display = format!("{host} [{label}] seed {}", cfg.seed);

@@ -9,7 +9,11 @@
 //!   `test hook: stopped mid-checkpoint at iteration k` and wait to be killed;
 //! - `OMUDA_TEST_FORCE_NAN_AT=k` / `OMUDA_TEST_FORCE_NAN_GRAD_AT=k`: at the
 //!   step with 0-based index k, add a loss term `test_nan.loss` whose value
-//!   (resp. gradient) is NaN.
+//!   (resp. gradient) is NaN;
+//! - `OMUDA_TEST_CANDLE_ERROR_AT=k`: at the step with 0-based index k, fail
+//!   with the error of a genuine Candle op (a matmul of mismatched shapes);
+//! - `OMUDA_TEST_BALLOON=SEED:MIB`: at the first step of the run with seed
+//!   SEED, touch and free MIB MiB, so that run's peak memory stands out.
 
 use std::io::Write;
 use std::path::Path;
@@ -98,7 +102,71 @@ impl StepHook for ForceNan {
     }
 }
 
-pub fn attach_nan_hooks(method: &mut SelfTraining) -> Result<()> {
+/// A Candle op that fails at one iteration.
+struct CandleError {
+    at: usize,
+}
+
+impl StepHook for CandleError {
+    fn name(&self) -> &str {
+        "test_candle_error"
+    }
+    fn extra_losses(&mut self, view: &StepView, _rng: &mut ChaCha8Rng) -> Result<Vec<NamedLoss>> {
+        if view.iter == self.at {
+            let a = view.batch.source_image.flatten_from(1)?;
+            a.matmul(&a)?;
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// A large allocation, touched page by page and freed, at the first step.
+struct Balloon {
+    mib: usize,
+}
+
+impl StepHook for Balloon {
+    fn name(&self) -> &str {
+        "test_balloon"
+    }
+    fn extra_losses(&mut self, _view: &StepView, _rng: &mut ChaCha8Rng) -> Result<Vec<NamedLoss>> {
+        if self.mib > 0 {
+            let mut buf = vec![0u8; self.mib << 20];
+            for page in buf.chunks_mut(4096) {
+                page[0] = 1;
+            }
+            std::hint::black_box(&buf);
+            self.mib = 0;
+        }
+        Ok(Vec::new())
+    }
+}
+
+fn balloon_for(seed: u64) -> Result<Option<usize>> {
+    let Ok(v) = std::env::var("OMUDA_TEST_BALLOON") else {
+        return Ok(None);
+    };
+    let bad = || Error::msg(format!("OMUDA_TEST_BALLOON={v:?}: expected SEED:MIB"));
+    let (s, mib) = v.split_once(':').ok_or_else(bad)?;
+    let (s, mib): (u64, usize) = (
+        s.trim().parse().map_err(|_| bad())?,
+        mib.trim().parse().map_err(|_| bad())?,
+    );
+    Ok((s == seed).then_some(mib))
+}
+
+/// The step hooks of the environment, for the run with `seed`.
+pub fn attach_step_faults(method: &mut SelfTraining, seed: u64) -> Result<()> {
+    if let Some(at) = env_usize("OMUDA_TEST_CANDLE_ERROR_AT")? {
+        method.add_hook(Box::new(CandleError { at }));
+    }
+    if let Some(mib) = balloon_for(seed)? {
+        method.add_hook(Box::new(Balloon { mib }));
+    }
+    attach_nan_hooks(method)
+}
+
+fn attach_nan_hooks(method: &mut SelfTraining) -> Result<()> {
     if let Some(at) = env_usize("OMUDA_TEST_FORCE_NAN_AT")? {
         method.add_hook(Box::new(ForceNan {
             at,

@@ -312,7 +312,7 @@ fn train_one(name: &str, run_cfg: &RunConfig, device: &Device, resume: bool) -> 
     #[allow(unused_mut)]
     let mut method = omuda::attach_plugins(build_method(name, &cfg, device)?, &cfg)?;
     #[cfg(feature = "test-faults")]
-    super::faults::attach_nan_hooks(&mut method)?;
+    super::faults::attach_step_faults(&mut method, cfg.seed)?;
     method.set_skip_nonfinite(cfg.train.nonfinite == NonFinite::Skip);
     let mut loader = omuda::run::build_batch_source(&cfg, name, device)?;
 

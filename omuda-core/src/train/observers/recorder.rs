@@ -63,6 +63,28 @@ pub fn peak_memory_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Makes [`peak_memory_mib`] report from now on, so that a run's peak is its
+/// own and not an earlier run's of the same process (`--seeds`, `compare`).
+/// The heap an earlier run freed is first handed back to the system
+/// (`malloc_trim`): the allocator settings of `omuda` keep freed blocks for
+/// reuse, which would otherwise count in every later run's resident memory.
+/// Linux then resets the peak (VmHWM) on writing 5 to clear_refs. Elsewhere
+/// the peak stays per process.
+pub fn reset_peak_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's malloc_trim only releases free heap memory; it is
+        // thread-safe and takes no pointers.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// What a [`RunRecorder`] writes in its run folder.
 pub const RECORDER_OUTPUTS: [&str; 6] = [
     "checkpoints",
@@ -249,10 +271,7 @@ impl RunRecorder {
     }
 
     pub fn open_logs(&mut self) -> Result<()> {
-        // The peak memory reported is this run's, not an earlier run's of the
-        // same process (`--seeds`): Linux resets VmHWM on writing 5 to
-        // clear_refs. Elsewhere the peak stays per process.
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        reset_peak_memory();
         let log_path = self.out.join("log.jsonl");
         let tb_dir = self.out.join("tb");
         let (log_path, tb_dir) = (log_path.as_path(), tb_dir.as_path());
