@@ -46,6 +46,11 @@ pub struct FdmConfig {
     /// Loss weight λ_fdm (default 0.05, chosen on dev as DAFormer's feature
     /// distance weight was on this benchmark).
     pub weight: f64,
+    /// Weight of the unmasked source term: the student's features of the
+    /// whole source image (those the host's step computed) pulled towards
+    /// `E₀` on the same thing cells, i.e. DAFormer's feature distance kept
+    /// beside the masked term. 0 (the default) leaves it out.
+    pub unmasked_weight: f64,
     /// Safetensors file with the frozen encoder's weights (names as the
     /// student's, e.g. `segformer.encoder.*`). None: the weights the student
     /// was initialised from (same model, same seed). `{seed}` in the path is
@@ -63,6 +68,7 @@ impl Default for FdmConfig {
             layer: -1,
             downscale_label_ratio: 0.75,
             weight: 0.05,
+            unmasked_weight: 0.0,
             encoder: None,
         }
     }
@@ -130,50 +136,88 @@ impl Fdm {
         &self.cfg
     }
 
+    /// The thing (and, on the target, confident) cells of `label` on an
+    /// `(hf, wf)` feature grid, as a (B, hf, wf) 0/1 tensor; None when no cell
+    /// is kept.
+    fn cells(
+        &self,
+        view: &StepView,
+        label: &Tensor,
+        confidence: Option<&[f32]>,
+        (hf, wf): (usize, usize),
+    ) -> Result<Option<Tensor>> {
+        let (b, h, w) = label.dims3()?;
+        let is_thing = thing_table(&self.thing_classes, view.num_classes);
+        let lab = downscale_label_grid(
+            label,
+            (hf, wf),
+            self.cfg.downscale_label_ratio,
+            view.num_classes,
+        )?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
+        let cells = cell_mask(
+            &lab,
+            confidence,
+            (b, h, w),
+            (hf, wf),
+            &is_thing,
+            view.spec.uda.pseudo_threshold,
+        )?;
+        if cells.iter().all(|&v| v == 0.0) {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::from_vec(cells, (b, hf, wf), label.device())?))
+    }
+
     /// One distillation term on `image` with per-pixel `label` (and the
     /// pseudo-label `confidence` on the target). None when no cell is kept.
+    /// With `unmasked` (the student's features of the host's feature input
+    /// of `image`, with graph), also the distance of those features to `E₀`
+    /// on the same cells.
     fn distil(
         &mut self,
         view: &StepView,
         image: &Tensor,
         label: &Tensor,
         confidence: Option<&Tensor>,
+        unmasked: Option<&Tensor>,
         rng: &mut ChaCha8Rng,
-    ) -> Result<Option<Tensor>> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let device = image.device().clone();
         let (b, _, h, w) = image.dims4()?;
-        let is_thing = thing_table(&self.thing_classes, view.num_classes);
-        let threshold = view.spec.uda.pseudo_threshold;
-        let (cfg_layer, ratio, block) = (
-            self.cfg.layer,
-            self.cfg.downscale_label_ratio,
-            scaled_block(self.cfg.block_size, self.cfg.reference_height, h),
-        );
+        let cfg_layer = self.cfg.layer;
+        let block = scaled_block(self.cfg.block_size, self.cfg.reference_height, h);
         let mask_ratio = self.cfg.mask_ratio;
         // E₀ on the unmasked image, no graph, evaluation mode.
         let f0 = self
             .frozen
             .features(view, image, cfg_layer, "plugin.fdm.layer", rng)?;
         let (_, _, hf, wf) = f0.dims4()?;
-        let lab = downscale_label_grid(label, (hf, wf), ratio, view.num_classes)?
-            .flatten_all()?
-            .to_vec1::<u32>()?;
         let conf = match confidence {
             Some(c) => Some(c.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
             None => None,
         };
-        let cells = cell_mask(
-            &lab,
-            conf.as_deref(),
-            (b, h, w),
-            (hf, wf),
-            &is_thing,
-            threshold,
-        )?;
-        let kept = cells.iter().filter(|&&v| v > 0.0).count();
-        if kept == 0 {
-            return Ok(None);
-        }
+        let Some(cells) = self.cells(view, label, conf.as_deref(), (hf, wf))? else {
+            return Ok((None, None));
+        };
+        let whole = match unmasked {
+            None => None,
+            // The host's features are of `image` itself: same E₀ features, same cells.
+            Some(f) if f.dims() == f0.dims() => masked_feature_distance(f, &f0, &cells)?,
+            // Multi-resolution hosts encode a resized image (`feature_input`).
+            Some(f) => {
+                let x = view.objective.feature_input(image)?;
+                let f0x = self
+                    .frozen
+                    .features(view, &x, cfg_layer, "plugin.fdm.layer", rng)?;
+                let (_, _, hx, wx) = f0x.dims4()?;
+                match self.cells(view, label, conf.as_deref(), (hx, wx))? {
+                    Some(cx) => masked_feature_distance(f, &f0x, &cx)?,
+                    None => None,
+                }
+            }
+        };
         let mut keep = Vec::with_capacity(b * h * w);
         for _ in 0..b {
             keep.extend(random_block_mask(h, w, block, mask_ratio, rng)?);
@@ -186,8 +230,7 @@ impl Fdm {
             let i = level_index(cfg_layer, feats.len(), "plugin.fdm.layer")?;
             feats[i].clone()
         };
-        let cells = Tensor::from_vec(cells, (b, hf, wf), &device)?;
-        masked_feature_distance(&f, &f0, &cells)
+        Ok((masked_feature_distance(&f, &f0, &cells)?, whole))
     }
 }
 
@@ -204,11 +247,24 @@ impl StepHook for Fdm {
         self.metrics.clear();
         let mut out = Vec::new();
         let zero = || Tensor::new(0f32, view.batch.source_image.device());
-        let src = self.distil(
+        let unmasked = if self.cfg.unmasked_weight > 0.0 {
+            let features = view.source_features.ok_or_else(|| {
+                Error::msg(
+                    "plugin.fdm.unmasked_weight > 0 needs the host's source features, \
+                     and this host's step passes none",
+                )
+            })?;
+            let i = level_index(self.cfg.layer, features.len(), "plugin.fdm.layer")?;
+            Some(&features[i])
+        } else {
+            None
+        };
+        let (src, whole) = self.distil(
             view,
             &view.batch.source_image,
             &view.batch.source_label,
             None,
+            unmasked,
             rng,
         )?;
         self.metrics
@@ -217,13 +273,20 @@ impl StepHook for Fdm {
             name: "loss_fdm_src".into(),
             value: (src.map_or_else(zero, Ok)? * self.cfg.weight)?,
         });
+        if unmasked.is_some() {
+            out.push(NamedLoss {
+                name: "loss_fdm_whole".into(),
+                value: (whole.map_or_else(zero, Ok)? * self.cfg.unmasked_weight)?,
+            });
+        }
         if self.cfg.on_target {
             if let Some(p) = view.pseudo {
-                let tgt = self.distil(
+                let (tgt, _) = self.distil(
                     view,
                     &view.batch.target_image,
                     &p.label,
                     Some(&p.confidence),
+                    None,
                     rng,
                 )?;
                 self.metrics
