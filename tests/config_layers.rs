@@ -168,7 +168,7 @@ fn config_show_takes_set_and_prints_a_diff_against_the_base() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("methods = [\"daformer\"]"), "{text}");
-    assert!(text.contains("name = \"daformer_tiny\""), "{text}");
+    assert!(text.contains("[fd]\nlambda = 0.05"), "{text}");
     assert!(text.contains("[data.rcs]"), "{text}");
     assert!(
         !text.contains("[data.synth") && !text.contains("[eval]"),
