@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use omuda::core::data::loader::SynthPairLoader;
 use omuda::core::data::synth::Domain;
-use omuda::core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView};
+use omuda::core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView, TargetAveraging};
 use omuda::plugins::{Cam, CamConfig, Cdm, CdmConfig, Fdm, PluginsConfig};
 use omuda::{attach_plugins, base_spec, build_method, with_omuda, Dacs, RunConfig, SelfTraining};
 
@@ -349,6 +349,10 @@ fn plugins_from_the_configuration() {
             "plugin.thing_classes",
         ),
         ("[plugin.cdm]\nmode = \"medium\"\n", "medium"),
+        (
+            "[plugin.cdm]\nclass_balanced = \"sometimes\"\n",
+            "true, false or \"auto\"",
+        ),
     ] {
         let e = RunConfig::from_toml_str(bad, "bad.toml")
             .unwrap_err()
@@ -462,4 +466,90 @@ fn fdm_unmasked_term_equals_the_feature_distance_it_replaces() {
     // The masked term is a different distance (masked input).
     let masked = loss(&log, "fdm.loss_fdm_src") / cfg.plugin.fdm.weight;
     assert!((masked - fd).abs() > 1e-4 * fd.abs(), "{masked} vs {fd}");
+}
+
+/// Reads how the step averages the target part.
+struct AveragingProbe(std::sync::Arc<std::sync::Mutex<Option<TargetAveraging>>>);
+impl StepHook for AveragingProbe {
+    fn name(&self) -> &str {
+        "probe"
+    }
+    fn extra_losses(
+        &mut self,
+        view: &StepView,
+        _rng: &mut ChaCha8Rng,
+    ) -> omuda::Result<Vec<NamedLoss>> {
+        *self.0.lock().unwrap() = Some(view.target_averaging);
+        Ok(Vec::new())
+    }
+}
+
+/// CDM's `class_balanced = "auto"` (the default) averages per class, except
+/// when CAM's context mix runs in the same step; `true` and `false` are
+/// taken as given. The setting reads back as written.
+#[test]
+fn cdm_class_balancing_auto_is_off_beside_cams_context_mix() {
+    let batch = loader(&tiny()).next_batch().unwrap();
+    let cases: [(&str, &[&str], bool, TargetAveraging); 6] = [
+        ("auto", &["cdm"], true, TargetAveraging::ClassBalanced),
+        ("auto", &["cam", "cdm"], true, TargetAveraging::PerPixel),
+        ("auto", &["cdm", "cam"], true, TargetAveraging::PerPixel),
+        // CAM without its context mix pastes ClassMix's half of the classes.
+        (
+            "auto",
+            &["cam", "cdm"],
+            false,
+            TargetAveraging::ClassBalanced,
+        ),
+        (
+            "true",
+            &["cam", "fdm", "cdm"],
+            true,
+            TargetAveraging::ClassBalanced,
+        ),
+        ("false", &["cdm"], true, TargetAveraging::PerPixel),
+    ];
+    for (setting, plugins, context_mix, want) in cases {
+        let value = if setting == "auto" {
+            "\"auto\""
+        } else {
+            setting
+        };
+        let list: Vec<String> = plugins.iter().map(|p| format!("{p:?}")).collect();
+        let text = format!(
+            "methods = [\"dacs\"]\nplugins = [{}]\n[plugin.cam]\ncontext_mix = {context_mix}\n\
+             [plugin.cdm]\nclass_balanced = {value}\n[train]\niters = 3\n\
+             [data.synth]\nheight = 32\nwidth = 64\n",
+            list.join(", ")
+        );
+        let cfg = RunConfig::from_toml_str(&text, "test.toml").unwrap();
+        let back = RunConfig::from_toml_str(&cfg.to_toml().unwrap(), "round-trip").unwrap();
+        assert_eq!(back, cfg, "{text}");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let mut m = attach_plugins(build_method("dacs", &cfg, &Device::Cpu).unwrap(), &cfg)
+            .unwrap()
+            .with(AveragingProbe(seen.clone()));
+        m.step(&batch).unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(want),
+            "{setting} {plugins:?} {context_mix}"
+        );
+    }
+    // `with_omuda` attaches the default CAM (context mix) beside CDM.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let cfg = tiny();
+    let mut m = with_omuda(Dacs::new(base_spec("dacs", &cfg), &Device::Cpu).unwrap())
+        .with(AveragingProbe(seen.clone()));
+    m.step(&batch).unwrap();
+    assert_eq!(*seen.lock().unwrap(), Some(TargetAveraging::PerPixel));
+    // The Rust API: alone, and beside the context mix.
+    assert!(Cdm::default().class_balanced());
+    assert!(!Cdm::default().beside_context_mix(true).class_balanced());
+    assert!(Cdm::new(CdmConfig {
+        class_balanced: true.into(),
+        ..CdmConfig::default()
+    })
+    .beside_context_mix(true)
+    .class_balanced());
 }

@@ -34,8 +34,85 @@ pub struct CdmConfig {
     pub threshold: Option<f32>,
     pub mode: CdmMode,
     /// Average the target part of the mixed (and masked) losses per class,
-    /// then over the classes present.
-    pub class_balanced: bool,
+    /// then over the classes present: `true`, `false`, or `"auto"` (the
+    /// default): on, except beside CAM's context mix (see [`ClassBalancing`]).
+    pub class_balanced: ClassBalancing,
+}
+
+/// Whether CDM averages the target part per class (`class_balanced`).
+///
+/// `Auto` is on, except when CDM is attached together with CAM's context mix
+/// (`plugins = [..., "cam", ..., "cdm"]` with `plugin.cam.context_mix`, or
+/// [`crate::with_omuda`]): the context mix pastes only the source's thing
+/// pixels, so a mixed image is mostly target, and averaging it per class lets
+/// the few confident pixels of rare classes outweigh the stuff layout. On the
+/// built-in benchmark's dev split the averaging is better for CDM alone and
+/// worse beside the context mix (docs/omuda.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClassBalancing {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl ClassBalancing {
+    /// Whether to balance, given whether CAM's context mix is attached too.
+    pub fn resolve(self, beside_context_mix: bool) -> bool {
+        match self {
+            Self::Auto => !beside_context_mix,
+            Self::On => true,
+            Self::Off => false,
+        }
+    }
+}
+
+impl From<bool> for ClassBalancing {
+    fn from(on: bool) -> Self {
+        if on {
+            Self::On
+        } else {
+            Self::Off
+        }
+    }
+}
+
+impl serde::Serialize for ClassBalancing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::On => s.serialize_bool(true),
+            Self::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ClassBalancing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ClassBalancing;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(
+                self,
+                v: bool,
+            ) -> std::result::Result<Self::Value, E> {
+                Ok(v.into())
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<Self::Value, E> {
+                match v {
+                    "auto" => Ok(ClassBalancing::Auto),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl Default for CdmConfig {
@@ -44,7 +121,7 @@ impl Default for CdmConfig {
             momentum: 0.999,
             threshold: None,
             mode: CdmMode::Hard,
-            class_balanced: true,
+            class_balanced: ClassBalancing::Auto,
         }
     }
 }
@@ -52,6 +129,8 @@ impl Default for CdmConfig {
 /// Class Decoupling Masking.
 pub struct Cdm {
     cfg: CdmConfig,
+    /// `cfg.class_balanced`, resolved (see [`Cdm::beside_context_mix`]).
+    class_balanced: bool,
     /// Running mean confidence μ_c per class (empty until the first step).
     mu: Vec<f64>,
     metrics: Vec<(String, f64)>,
@@ -119,12 +198,28 @@ pub fn update_class_means(mu: &mut [f64], label: &[u32], conf: &[f32], momentum:
 }
 
 impl Cdm {
+    /// CDM alone: `class_balanced = "auto"` is on.
     pub fn new(cfg: CdmConfig) -> Self {
         Self {
+            class_balanced: cfg.class_balanced.resolve(false),
             cfg,
             mu: Vec::new(),
             metrics: Vec::new(),
         }
+    }
+
+    /// Resolves `class_balanced = "auto"` for a step that also runs CAM's
+    /// context mix (`yes`) or not. [`crate::attach`] and
+    /// [`crate::with_omuda`] call it; a method composed by hand with
+    /// `.with(Cam…).with(Cdm…)` calls it too.
+    pub fn beside_context_mix(mut self, yes: bool) -> Self {
+        self.class_balanced = self.cfg.class_balanced.resolve(yes);
+        self
+    }
+
+    /// Whether the target part is averaged per class in this step.
+    pub fn class_balanced(&self) -> bool {
+        self.class_balanced
     }
 
     /// The running class means μ (empty before the first step).
@@ -173,8 +268,7 @@ impl StepHook for Cdm {
     }
 
     fn target_averaging(&self) -> Option<TargetAveraging> {
-        self.cfg
-            .class_balanced
+        self.class_balanced
             .then_some(TargetAveraging::ClassBalanced)
     }
 

@@ -36,28 +36,36 @@ pub mod fdm;
 pub mod masks;
 
 pub use cam::{Cam, CamConfig};
-pub use cdm::{Cdm, CdmConfig, CdmMode};
+pub use cdm::{Cdm, CdmConfig, CdmMode, ClassBalancing};
 pub use config::{PluginsConfig, PLUGIN_NAMES};
 pub use fdm::{Fdm, FdmConfig};
 
 use omuda_core::train::{SelfTraining, StepHook};
 use omuda_core::{Error, Result};
 
-/// `method` with CAM, FDM and CDM attached (in that order), default settings.
+/// `method` with CAM, FDM and CDM attached (in that order), default settings
+/// (CDM's `class_balanced = "auto"` resolved beside CAM's context mix).
 pub fn with_omuda(method: SelfTraining) -> SelfTraining {
     let cfg = PluginsConfig::default();
+    let context_mix = cfg.cam.context_mix;
     method
         .with(Cam::new(cfg.cam.clone(), cfg.thing_classes.clone()))
         .with(Fdm::new(cfg.fdm.clone(), cfg.thing_classes.clone()))
-        .with(Cdm::new(cfg.cdm.clone()))
+        .with(Cdm::new(cfg.cdm.clone()).beside_context_mix(context_mix))
 }
 
-/// One plugin by name (`"cam"`, `"fdm"`, `"cdm"`) with the settings of `cfg`.
+/// One plugin by name (`"cam"`, `"fdm"`, `"cdm"`) with the settings of `cfg`,
+/// alone (CDM's `class_balanced = "auto"` resolved without CAM).
 pub fn build_plugin(name: &str, cfg: &PluginsConfig) -> Result<Box<dyn StepHook>> {
+    build_in_set(name, cfg, false)
+}
+
+/// One plugin of a set; `context_mix`: CAM with its context mix is in the set.
+fn build_in_set(name: &str, cfg: &PluginsConfig, context_mix: bool) -> Result<Box<dyn StepHook>> {
     Ok(match name {
         "cam" => Box::new(Cam::new(cfg.cam.clone(), cfg.thing_classes.clone())),
         "fdm" => Box::new(Fdm::new(cfg.fdm.clone(), cfg.thing_classes.clone())),
-        "cdm" => Box::new(Cdm::new(cfg.cdm.clone())),
+        "cdm" => Box::new(Cdm::new(cfg.cdm.clone()).beside_context_mix(context_mix)),
         other => {
             return Err(Error::Config {
                 origin: "plugins".into(),
@@ -77,8 +85,9 @@ pub fn attach(
     names: &[String],
     cfg: &PluginsConfig,
 ) -> Result<SelfTraining> {
+    let context_mix = cfg.cam.context_mix && names.iter().any(|n| n == "cam");
     for name in names {
-        method.add_hook(build_plugin(name, cfg)?);
+        method.add_hook(build_in_set(name, cfg, context_mix)?);
     }
     Ok(method)
 }
