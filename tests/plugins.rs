@@ -2,6 +2,7 @@
 //! host hooks, configuration, and a few real DACS steps with each plugin.
 
 use candle_core::{DType, Device, Tensor};
+use omuda::core::data::batch::BatchSource;
 use omuda::core::data::loader::SynthPairLoader;
 use omuda::core::data::synth::Domain;
 use omuda::core::train::{ChaCha8Rng, NamedLoss, StepHook, StepView, TargetAveraging};
@@ -427,45 +428,55 @@ fn cdm_keeps_the_hosts_pseudo_label_crop_scaled_to_the_frame() {
 /// FDM's unmasked term is DAFormer's feature distance: on the first step of
 /// the DAFormer host, `loss_fdm_whole / unmasked_weight` (FDM's cells and
 /// label downscaling) equals `loss_fd / lambda` (the feature-distance hook's
-/// own), the same student features against the same frozen encoder.
+/// own), the same student features against the same frozen encoder. Also on
+/// HRDA, whose features are of the context image (`feature_input`).
 #[test]
 fn fdm_unmasked_term_equals_the_feature_distance_it_replaces() {
-    let mut cfg = tiny();
-    cfg.data.synth.height = 64;
-    cfg.data.synth.width = 128;
-    // Stride 16 and a lower majority share, so that the small frames have thing cells.
-    cfg.fd.layer = -2;
-    cfg.fd.min_ratio = 0.5;
-    cfg.plugin.fdm.layer = -2;
-    cfg.plugin.fdm.downscale_label_ratio = 0.5;
-    cfg.plugin.fdm.unmasked_weight = 0.3;
-    let batch = loader(&cfg).next_batch().unwrap();
-    let loss = |log: &omuda::core::train::StepLog, name: &str| {
-        log.losses
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("no {name} in {:?}", log.losses))
-            .1
-    };
-    let mut host = build_method("daformer", &cfg, &Device::Cpu).unwrap();
-    let fd = loss(&host.step(&batch).unwrap(), "fd.loss_fd") / cfg.fd.lambda;
-    assert!(
-        fd > 0.0,
-        "no thing cell in the batch: the check would be empty"
-    );
+    let mut daformer = tiny();
+    daformer.data.synth.height = 64;
+    daformer.data.synth.width = 128;
+    let hrda = omuda::presets::resolve("synth-hrda", "test").unwrap();
+    for (host, mut cfg) in [("daformer", daformer), ("hrda", hrda)] {
+        // Stride 16 and a lower majority share, so that small frames have thing cells.
+        cfg.fd.layer = -2;
+        cfg.fd.min_ratio = 0.5;
+        cfg.plugin.fdm.layer = -2;
+        cfg.plugin.fdm.downscale_label_ratio = 0.5;
+        cfg.plugin.fdm.unmasked_weight = 0.3;
+        let batch = omuda::run::build_batch_source(&cfg, host, &Device::Cpu)
+            .unwrap()
+            .next_batch()
+            .unwrap();
+        let loss = |log: &omuda::core::train::StepLog, name: &str| {
+            log.losses
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("{host}: no {name} in {:?}", log.losses))
+                .1
+        };
+        let mut plain = build_method(host, &cfg, &Device::Cpu).unwrap();
+        let fd = loss(&plain.step(&batch).unwrap(), "fd.loss_fd") / cfg.fd.lambda;
+        assert!(
+            fd > 0.0,
+            "{host}: no thing cell in the batch: the check would be empty"
+        );
 
-    cfg.plugins = vec!["fdm".into()];
-    let mut with_fdm =
-        attach_plugins(build_method("daformer", &cfg, &Device::Cpu).unwrap(), &cfg).unwrap();
-    let log = with_fdm.step(&batch).unwrap();
-    let whole = loss(&log, "fdm.loss_fdm_whole") / 0.3;
-    assert!(
-        (whole - fd).abs() <= 1e-5 * fd.abs(),
-        "FDM unmasked {whole} against FD {fd}"
-    );
-    // The masked term is a different distance (masked input).
-    let masked = loss(&log, "fdm.loss_fdm_src") / cfg.plugin.fdm.weight;
-    assert!((masked - fd).abs() > 1e-4 * fd.abs(), "{masked} vs {fd}");
+        cfg.plugins = vec!["fdm".into()];
+        let mut with_fdm =
+            attach_plugins(build_method(host, &cfg, &Device::Cpu).unwrap(), &cfg).unwrap();
+        let log = with_fdm.step(&batch).unwrap();
+        let whole = loss(&log, "fdm.loss_fdm_whole") / 0.3;
+        assert!(
+            (whole - fd).abs() <= 1e-5 * fd.abs(),
+            "{host}: FDM unmasked {whole} against FD {fd}"
+        );
+        // The masked term is a different distance (masked input).
+        let masked = loss(&log, "fdm.loss_fdm_src") / cfg.plugin.fdm.weight;
+        assert!(
+            (masked - fd).abs() > 1e-4 * fd.abs(),
+            "{host}: {masked} vs {fd}"
+        );
+    }
 }
 
 /// Reads how the step averages the target part.
