@@ -103,8 +103,10 @@ pub fn parse(text: &str, origin: &str, dir: Option<&Path>) -> Result<RunConfig> 
 }
 
 /// A preset name or a TOML file, with its base chain, then the `sets`
-/// overrides (`a.b.c=VALUE`, each checked as it is applied). `key` names the
-/// option in the error when the name is neither (e.g. `--config`).
+/// overrides (`a.b.c=VALUE`, each checked for its type as it is applied;
+/// the values of the result are checked once, so that every problem is
+/// listed). `key` names the option in the error when the name is neither
+/// (e.g. `--config`).
 pub fn resolve(name_or_path: Option<&str>, sets: &[String], key: &str) -> Result<RunConfig> {
     let (mut table, origin) = match name_or_path {
         Some(n) => {
@@ -119,12 +121,16 @@ pub fn resolve(name_or_path: Option<&str>, sets: &[String], key: &str) -> Result
         }
         None => (default_table()?, "built-in configuration".to_string()),
     };
-    let mut cfg = from_table(table.clone(), &origin)?;
+    let mut cfg = typed(table.clone(), &origin)?;
     for set in sets {
         apply_set(&mut table, set)?;
-        cfg = from_table(table.clone(), &format!("--set {set}"))?;
+        cfg = typed(table.clone(), &format!("--set {set}"))?;
     }
-    if !sets.is_empty() {
+    if sets.is_empty() {
+        cfg.validate(&origin)?;
+    } else {
+        let applied: Vec<String> = sets.iter().map(|s| format!("--set {s}")).collect();
+        cfg.validate(&format!("{origin} with {}", applied.join(", ")))?;
         cfg.overrides = sets.to_vec();
     }
     Ok(cfg)
@@ -136,6 +142,13 @@ fn default_table() -> Result<Table> {
 }
 
 fn from_table(table: Table, origin: &str) -> Result<RunConfig> {
+    let cfg = typed(table, origin)?;
+    cfg.validate(origin)?;
+    Ok(cfg)
+}
+
+/// The configuration of `table`, its types checked, its values not yet.
+fn typed(table: Table, origin: &str) -> Result<RunConfig> {
     let given = crate::config::num_classes_given(&table);
     let mut cfg: RunConfig = Value::Table(table)
         .try_into()
@@ -146,7 +159,6 @@ fn from_table(table: Table, origin: &str) -> Result<RunConfig> {
     if !given {
         cfg.classes_from_data();
     }
-    cfg.validate(origin)?;
     Ok(cfg)
 }
 

@@ -118,6 +118,36 @@ fn set_overrides_take_typed_values_and_name_bad_keys() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("KEY=VALUE"), "{e}");
+    // Values out of range are checked once all overrides are applied, so every
+    // problem is listed, with the overrides that led to them.
+    let e = resolve(
+        Some("synth-dacs"),
+        &sets(&[
+            "schedule.lr=-1e-4",
+            "uda.pseudo_threshold=2.0",
+            "plugins=[\"cam\", \"cam\"]",
+        ]),
+        "--config",
+    )
+    .unwrap_err()
+    .to_string();
+    for part in [
+        "3 problems",
+        "--set schedule.lr=-1e-4",
+        "schedule.lr = -0.0001",
+        "uda.pseudo_threshold = 2",
+        "\"cam\" twice",
+    ] {
+        assert!(e.contains(part), "{part:?} not in: {e}");
+    }
+    // A later override may repair what an earlier one broke.
+    let cfg = resolve(
+        None,
+        &sets(&["schedule.lr=-1", "schedule.lr=1e-4"]),
+        "--config",
+    )
+    .unwrap();
+    assert_eq!(cfg.schedule.lr, 1e-4);
 }
 
 #[test]
