@@ -204,7 +204,7 @@ impl RunConfig {
         let err = |e: &dyn std::fmt::Display| Error::msg(format!("config to TOML: {e}"));
         let mut value = toml::Value::try_from(self).map_err(|e| err(&e))?;
         shortest_floats(&mut value);
-        toml::to_string_pretty(&value).map_err(|e| err(&e))
+        toml::to_string(&value).map_err(|e| err(&e))
     }
 
     /// Scales the warm-up and the eval, checkpoint and debug intervals with a

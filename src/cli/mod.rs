@@ -245,7 +245,7 @@ pub fn run() -> Result<()> {
                 let d = omuda::layers::diff(&own, &base);
                 print!(
                     "{}",
-                    toml::to_string_pretty(&d)
+                    toml::to_string(&d)
                         .map_err(|e| omuda::Error::msg(format!("config to TOML: {e}")))?
                 );
                 Ok(())
