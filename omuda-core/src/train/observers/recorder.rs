@@ -252,8 +252,6 @@ impl RunRecorder {
         self
     }
 
-    /// `log.jsonl` (appended to) and TensorBoard files under `out/tb`; the
-    /// training clock starts here.
     /// Continues the run from checkpoint `dir`, whose `sidecar` was loaded
     /// into the method and data order: drops the lines of `log.jsonl` and the
     /// TensorBoard scalars after its iteration (they are written again) and
@@ -270,6 +268,8 @@ impl RunRecorder {
         Ok(())
     }
 
+    /// `log.jsonl` (appended to) and TensorBoard files under `out/tb`; the
+    /// training clock starts here.
     pub fn open_logs(&mut self) -> Result<()> {
         reset_peak_memory();
         let log_path = self.out.join("log.jsonl");
