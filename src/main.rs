@@ -64,7 +64,8 @@ fn main() -> ExitCode {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    match cli::run() {
+    // Every command runs on a compute-pool worker (see `omuda_core::threads`).
+    match omuda_core::threads::in_compute_pool(cli::run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -13,6 +13,8 @@
 //! - [`eval`]: confusion-matrix mIoU, whole-image and sliding-window inference.
 //! - [`check`]: range checks of settings, with messages that name the key.
 //! - [`device`]: choosing `cpu` / `cuda:N`, with clear errors.
+//! - [`simd`]: the CPU kernels' dispatch to AVX2 / AVX-512 when the processor has them.
+//! - [`threads`]: the compute pool a command's tensor work runs on.
 
 pub mod check;
 pub mod data;
@@ -24,6 +26,8 @@ pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod rng_state;
+pub mod simd;
+pub mod threads;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// step): for profiling it, e.g. under `perf record`.
     #[arg(long, conflicts_with_all = ["no_uda", "compare_pytorch"])]
     pub uda_only: bool,
+    /// Time the evaluation forward only: for profiling it, e.g. under
+    /// `perf record`.
+    #[arg(long, conflicts_with_all = ["uda_only", "no_uda", "compare_pytorch"])]
+    pub eval_only: bool,
     /// Measure the peak resident memory of each phase instead of timing:
     /// the forward on graph-free weights, `predict`, the forward on
     /// trainable weights (with a graph), a supervised step and one
@@ -266,14 +270,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
             supervised.predict(&batch.source_image)?;
             Ok(())
         })?;
-        let (train_s, train_cpu) = median_time(args.warmup, args.iters, &device, || {
-            supervised.train_step(&batch)?;
-            Ok(())
-        })?;
-        let updates = time_updates(supervised.student_vars(), args.warmup, args.iters, &device)?;
-        Some(((eval_s, eval_cpu), (train_s, train_cpu), updates))
+        if args.eval_only {
+            Some(((eval_s, eval_cpu), None, None))
+        } else {
+            let train = median_time(args.warmup, args.iters, &device, || {
+                supervised.train_step(&batch)?;
+                Ok(())
+            })?;
+            let updates =
+                time_updates(supervised.student_vars(), args.warmup, args.iters, &device)?;
+            Some(((eval_s, eval_cpu), Some(train), Some(updates)))
+        }
     };
-    let (uda_iteration_s, uda_cpu) = if args.no_uda {
+    let (uda_iteration_s, uda_cpu) = if args.no_uda || args.eval_only {
         (None, None)
     } else {
         let mut uda = build_method(&args.method, &cfg, &device)?;
@@ -291,7 +300,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // `--uda-only` conflicts with `--no-uda`: one of the two branches ran.
     let parameters = parameters.ok_or_else(|| Error::msg("omuda bench: nothing was timed"))?;
     let (eval, train, updates) = match supervised_rows {
-        Some((eval, train, updates)) => (Some(eval), Some(train), Some(updates)),
+        Some((eval, train, updates)) => (Some(eval), train, updates),
         None => (None, None, None),
     };
     let (eval_forward_s, eval_cpu) = (eval.map(|e| e.0), eval.map(|e| e.1));

@@ -11,7 +11,7 @@ use candle_core::{bail, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{
-    attention_probs, gelu, Conv2d, ConvCfg, DepthwiseConv2d, DropPath, LayerNorm, Linear,
+    add, attention_probs, gelu, Conv2d, ConvCfg, DepthwiseConv2d, DropPath, LayerNorm, Linear,
 };
 use super::ForwardCtx;
 
@@ -371,9 +371,9 @@ impl Block {
         let a = self
             .attention
             .forward(&self.layer_norm_1.forward(x)?, h, w)?;
-        let x = (x + self.drop_path.forward(&a, ctx)?)?;
+        let x = add(x, &self.drop_path.forward(&a, ctx)?)?;
         let m = self.mlp.forward(&self.layer_norm_2.forward(&x)?, h, w)?;
-        x + self.drop_path.forward(&m, ctx)?
+        add(&x, &self.drop_path.forward(&m, ctx)?)
     }
 }
 

@@ -10,7 +10,7 @@
 use candle_core::{bail, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::layers::{channels_first_affine, BatchNorm2d, Conv2d, ConvCfg, Dropout2d, Linear};
+use super::layers::{add, channels_first_affine, BatchNorm2d, Conv2d, ConvCfg, Dropout2d, Linear};
 use super::ForwardCtx;
 use crate::ops::resize_bilinear;
 
@@ -122,7 +122,7 @@ impl SegformerHead {
             };
             let e = resize_bilinear(&e, h, w)?;
             fused = Some(match fused {
-                Some(acc) => (acc + e)?,
+                Some(acc) => add(&acc, &e)?,
                 None => e,
             });
         }

@@ -16,6 +16,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use crate::simd::wide;
+
 pub use super::IGNORE_INDEX;
 
 /// Pixels per parallel task in the CPU kernels: large enough to amortise the
@@ -252,26 +254,31 @@ impl CeData {
                     .map(move |(c, o)| (c * CHUNK, o, xb))
             })
             .for_each(|(p0, out, xb)| {
-                let n = out.len();
-                // Classes outer, pixels inner: contiguous reads along each class plane.
-                out.copy_from_slice(&xb[p0..p0 + n]);
-                for c in 1..k {
-                    for (m, &v) in out.iter_mut().zip(&xb[c * hw + p0..][..n]) {
-                        if v > *m {
-                            *m = v;
+                wide(
+                    #[inline(always)]
+                    || {
+                        let n = out.len();
+                        // Classes outer, pixels inner: contiguous reads along each class plane.
+                        out.copy_from_slice(&xb[p0..p0 + n]);
+                        for c in 1..k {
+                            for (m, &v) in out.iter_mut().zip(&xb[c * hw + p0..][..n]) {
+                                if v > *m {
+                                    *m = v;
+                                }
+                            }
                         }
-                    }
-                }
-                let mut sum = vec![T::zero(); n];
-                for c in 0..k {
-                    let row = &xb[c * hw + p0..][..n];
-                    for ((s, &v), &m) in sum.iter_mut().zip(row).zip(out.iter()) {
-                        *s += (v - m).exp();
-                    }
-                }
-                for (m, s) in out.iter_mut().zip(sum) {
-                    *m += s.ln();
-                }
+                        let mut sum = vec![T::zero(); n];
+                        for c in 0..k {
+                            let row = &xb[c * hw + p0..][..n];
+                            for ((s, &v), &m) in sum.iter_mut().zip(row).zip(out.iter()) {
+                                *s += (v - m).exp();
+                            }
+                        }
+                        for (m, s) in out.iter_mut().zip(sum) {
+                            *m += s.ln();
+                        }
+                    },
+                )
             });
         lse
     }
@@ -288,18 +295,23 @@ impl CeData {
             .par_chunks(CHUNK)
             .enumerate()
             .map(|(c, chunk)| {
-                let mut acc = 0f64;
-                for (i, &l) in chunk.iter().enumerate() {
-                    let q = c * CHUNK + i;
-                    let label = self.labels[q];
-                    if label == IGNORE_INDEX {
-                        continue;
-                    }
-                    let (b, p) = (q / hw, q % hw);
-                    let picked = x[(b * k + label as usize) * hw + p];
-                    acc += (l - picked).to_f64() * self.weight_at(q);
-                }
-                acc
+                wide(
+                    #[inline(always)]
+                    || {
+                        let mut acc = 0f64;
+                        for (i, &l) in chunk.iter().enumerate() {
+                            let q = c * CHUNK + i;
+                            let label = self.labels[q];
+                            if label == IGNORE_INDEX {
+                                continue;
+                            }
+                            let (b, p) = (q / hw, q % hw);
+                            let picked = x[(b * k + label as usize) * hw + p];
+                            acc += (l - picked).to_f64() * self.weight_at(q);
+                        }
+                        acc
+                    },
+                )
             })
             .collect();
         partials.into_iter().sum()
@@ -329,18 +341,23 @@ impl CeData {
             .zip(x.par_chunks(hw))
             .enumerate()
             .for_each(|(bc, (g, xp))| {
-                let (b, c) = (bc / k, bc % k);
-                let base = b * hw;
-                let (lse, coef) = (&lse[base..base + hw], &coef[base..base + hw]);
-                let labels = &self.labels[base..base + hw];
-                for p in 0..hw {
-                    let onehot = if labels[p] as usize == c {
-                        T::one()
-                    } else {
-                        T::zero()
-                    };
-                    g[p] = ((xp[p] - lse[p]).exp() - onehot) * coef[p];
-                }
+                wide(
+                    #[inline(always)]
+                    || {
+                        let (b, c) = (bc / k, bc % k);
+                        let base = b * hw;
+                        let (lse, coef) = (&lse[base..base + hw], &coef[base..base + hw]);
+                        let labels = &self.labels[base..base + hw];
+                        for p in 0..hw {
+                            let onehot = if labels[p] as usize == c {
+                                T::one()
+                            } else {
+                                T::zero()
+                            };
+                            g[p] = ((xp[p] - lse[p]).exp() - onehot) * coef[p];
+                        }
+                    },
+                )
             });
         grad
     }

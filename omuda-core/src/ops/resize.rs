@@ -11,6 +11,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use crate::simd::wide;
+
 /// Source index and weights for one output coordinate, PyTorch
 /// `upsample_bilinear2d(align_corners=False)` (`area_pixel_compute_source_index`):
 /// `src = (dst + 0.5) · map − 0.5`, clamped at 0, where `map` is `in/out`
@@ -192,21 +194,26 @@ impl ResizeBilinear {
             .for_each_init(
                 || vec![T::zero(); h * ow],
                 |rows, (dst, src)| {
-                    for y in (0..h).filter(|&y| used[y]) {
-                        let s = &src[y * w..][..w];
-                        let r = &mut rows[y * ow..][..ow];
-                        for (ox, v) in r.iter_mut().enumerate() {
-                            *v = tx.l0[ox] * s[tx.i0[ox]] + tx.l1[ox] * s[tx.i1[ox]];
-                        }
-                    }
-                    for (oy, d) in dst.chunks_exact_mut(ow).enumerate() {
-                        let r0 = &rows[ty.i0[oy] * ow..][..ow];
-                        let r1 = &rows[ty.i1[oy] * ow..][..ow];
-                        let (l0, l1) = (ty.l0[oy], ty.l1[oy]);
-                        for ((d, &a), &b) in d.iter_mut().zip(r0).zip(r1) {
-                            *d = l0 * a + l1 * b;
-                        }
-                    }
+                    wide(
+                        #[inline(always)]
+                        || {
+                            for y in (0..h).filter(|&y| used[y]) {
+                                let s = &src[y * w..][..w];
+                                let r = &mut rows[y * ow..][..ow];
+                                for (ox, v) in r.iter_mut().enumerate() {
+                                    *v = tx.l0[ox] * s[tx.i0[ox]] + tx.l1[ox] * s[tx.i1[ox]];
+                                }
+                            }
+                            for (oy, d) in dst.chunks_exact_mut(ow).enumerate() {
+                                let r0 = &rows[ty.i0[oy] * ow..][..ow];
+                                let r1 = &rows[ty.i1[oy] * ow..][..ow];
+                                let (l0, l1) = (ty.l0[oy], ty.l1[oy]);
+                                for ((d, &a), &b) in d.iter_mut().zip(r0).zip(r1) {
+                                    *d = l0 * a + l1 * b;
+                                }
+                            }
+                        },
+                    )
                 },
             );
         out
@@ -275,26 +282,31 @@ impl ResizeBilinearBwd {
             .for_each_init(
                 || vec![T::zero(); h * ow],
                 |rows, (dst, src)| {
-                    rows.iter_mut().for_each(|v| *v = T::zero());
-                    for (oy, gr) in src.chunks_exact(ow).enumerate() {
-                        let (l0, l1) = (ty.l0[oy], ty.l1[oy]);
-                        let r0 = &mut rows[ty.i0[oy] * ow..][..ow];
-                        for (r, &v) in r0.iter_mut().zip(gr) {
-                            *r += l0 * v;
-                        }
-                        let r1 = &mut rows[ty.i1[oy] * ow..][..ow];
-                        for (r, &v) in r1.iter_mut().zip(gr) {
-                            *r += l1 * v;
-                        }
-                    }
-                    for y in (0..h).filter(|&y| used[y]) {
-                        let r = &rows[y * ow..][..ow];
-                        let d = &mut dst[y * w..][..w];
-                        for (ox, &v) in r.iter().enumerate() {
-                            d[tx.i0[ox]] += tx.l0[ox] * v;
-                            d[tx.i1[ox]] += tx.l1[ox] * v;
-                        }
-                    }
+                    wide(
+                        #[inline(always)]
+                        || {
+                            rows.iter_mut().for_each(|v| *v = T::zero());
+                            for (oy, gr) in src.chunks_exact(ow).enumerate() {
+                                let (l0, l1) = (ty.l0[oy], ty.l1[oy]);
+                                let r0 = &mut rows[ty.i0[oy] * ow..][..ow];
+                                for (r, &v) in r0.iter_mut().zip(gr) {
+                                    *r += l0 * v;
+                                }
+                                let r1 = &mut rows[ty.i1[oy] * ow..][..ow];
+                                for (r, &v) in r1.iter_mut().zip(gr) {
+                                    *r += l1 * v;
+                                }
+                            }
+                            for y in (0..h).filter(|&y| used[y]) {
+                                let r = &rows[y * ow..][..ow];
+                                let d = &mut dst[y * w..][..w];
+                                for (ox, &v) in r.iter().enumerate() {
+                                    d[tx.i0[ox]] += tx.l0[ox] * v;
+                                    d[tx.i1[ox]] += tx.l1[ox] * v;
+                                }
+                            }
+                        },
+                    )
                 },
             );
         out

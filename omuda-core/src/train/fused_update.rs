@@ -16,6 +16,7 @@ use candle_core::{bail, CpuStorage, DType, InplaceOp2, Layout, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::nn::layers::cpu::{f32_data, f32_data_mut};
+use crate::simd::wide;
 
 /// Elements per rayon task: large enough to amortise the task, small enough to
 /// split the big convolution weights over both cores.
@@ -113,17 +114,22 @@ impl InplaceOp2 for AdamWKernel<'_> {
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
             .for_each(|(((p, g), m), v)| {
-                for i in 0..p.len() {
-                    let gi = g[i];
-                    // m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²
-                    let mi = m[i] * k.beta1 + gi * k.one_minus_beta1;
-                    let vi = v[i] * k.beta2 + (gi * gi) * k.one_minus_beta2;
-                    // p ← p(1 − lr·wd) − lr/(1−β₁ᵗ) · m / (sqrt(v)/sqrt(1−β₂ᵗ) + ε)
-                    let denom = vi.sqrt() * k.inv_sqrt_bias2 + k.eps;
-                    p[i] = p[i] * k.decay - (mi / denom) * k.step_size;
-                    m[i] = mi;
-                    v[i] = vi;
-                }
+                wide(
+                    #[inline(always)]
+                    || {
+                        for i in 0..p.len() {
+                            let gi = g[i];
+                            // m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²
+                            let mi = m[i] * k.beta1 + gi * k.one_minus_beta1;
+                            let vi = v[i] * k.beta2 + (gi * gi) * k.one_minus_beta2;
+                            // p ← p(1 − lr·wd) − lr/(1−β₁ᵗ) · m / (sqrt(v)/sqrt(1−β₂ᵗ) + ε)
+                            let denom = vi.sqrt() * k.inv_sqrt_bias2 + k.eps;
+                            p[i] = p[i] * k.decay - (mi / denom) * k.step_size;
+                            m[i] = mi;
+                            v[i] = vi;
+                        }
+                    },
+                )
             });
         Ok(())
     }
@@ -170,9 +176,14 @@ impl InplaceOp2 for EmaKernel {
         t.par_chunks_mut(CHUNK)
             .zip(s.par_chunks(CHUNK))
             .for_each(|(t, s)| {
-                for (t, s) in t.iter_mut().zip(s) {
-                    *t = *t * a + *s * b;
-                }
+                wide(
+                    #[inline(always)]
+                    || {
+                        for (t, s) in t.iter_mut().zip(s) {
+                            *t = *t * a + *s * b;
+                        }
+                    },
+                )
             });
         Ok(())
     }

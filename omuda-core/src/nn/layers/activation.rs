@@ -45,11 +45,15 @@ impl<U: Unary> CustomOp1 for UnaryOp<U> {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l, U::INPUT)?;
-        let out = par_map(x, |xs, o| {
-            for (ov, &xv) in o.iter_mut().zip(xs) {
-                *ov = U::forward(xv);
-            }
-        });
+        let out = par_map(
+            x,
+            #[inline(always)]
+            |xs, o| {
+                for (ov, &xv) in o.iter_mut().zip(xs) {
+                    *ov = U::forward(xv);
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -79,11 +83,16 @@ impl<U: Unary> CustomOp2 for UnaryBwd<U> {
     ) -> Result<(CpuStorage, Shape)> {
         let saved = f32_data(s1, l1, U::SAVED)?;
         let g = f32_data(s2, l2, U::GRAD)?;
-        let out = par_map2(saved, g, |ss, gs, o| {
-            for ((ov, &sv), &gv) in o.iter_mut().zip(ss).zip(gs) {
-                *ov = U::backward(sv, gv);
-            }
-        });
+        let out = par_map2(
+            saved,
+            g,
+            #[inline(always)]
+            |ss, gs, o| {
+                for ((ov, &sv), &gv) in o.iter_mut().zip(ss).zip(gs) {
+                    *ov = U::backward(sv, gv);
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -183,10 +192,15 @@ impl CustomOp1 for SoftmaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l, "softmax input")?;
         let n = last_dim(l, "softmax")?;
-        let out = par_rows(x, n, |xrow, orow| {
-            orow.copy_from_slice(xrow);
-            softmax_row_in_place(orow);
-        });
+        let out = par_rows(
+            x,
+            n,
+            #[inline(always)]
+            |xrow, orow| {
+                orow.copy_from_slice(xrow);
+                softmax_row_in_place(orow);
+            },
+        );
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -198,6 +212,7 @@ impl CustomOp1 for SoftmaxOp {
 }
 
 /// Softmax of one row, in place (the kernel of every fused softmax).
+#[inline(always)]
 pub(super) fn softmax_row_in_place(row: &mut [f32]) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for v in row.iter_mut() {
@@ -225,12 +240,18 @@ impl CustomOp2 for SoftmaxBwd {
         let y = f32_data(s1, l1, "softmax output")?;
         let g = f32_data(s2, l2, "softmax output gradient")?;
         let n = last_dim(l1, "softmax backward")?;
-        let out = par_rows2(y, g, n, |yrow, grow, orow| {
-            let dot = dot_f32(yrow, grow);
-            for ((ov, &yv), &gv) in orow.iter_mut().zip(yrow).zip(grow) {
-                *ov = yv * (gv - dot);
-            }
-        });
+        let out = par_rows2(
+            y,
+            g,
+            n,
+            #[inline(always)]
+            |yrow, grow, orow| {
+                let dot = dot_f32(yrow, grow);
+                for ((ov, &yv), &gv) in orow.iter_mut().zip(yrow).zip(grow) {
+                    *ov = yv * (gv - dot);
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

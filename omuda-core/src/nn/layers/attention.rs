@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::activation::{softmax_last_dim, softmax_row_in_place, SoftmaxBwd};
 use super::cpu::{f32_data, gemm_into, rows_per_task, use_cpu_kernels};
+use crate::simd::wide;
 
 /// softmax(q·kᵀ) over the last dimension for q (…, N, d) and k (…, M, d) with
 /// equal leading dimensions: (…, N, M). One fused op for f32 on the CPU; the
@@ -73,8 +74,16 @@ impl CustomOp2 for AttentionProbs {
                 );
             }
             let task = (m * rows_per_task(m)).max(1);
-            out.par_chunks_mut(task)
-                .for_each(|rows| rows.chunks_mut(m).for_each(softmax_row_in_place));
+            out.par_chunks_mut(task).for_each(|rows| {
+                wide(
+                    #[inline(always)]
+                    || {
+                        for row in rows.chunks_mut(m) {
+                            softmax_row_in_place(row);
+                        }
+                    },
+                )
+            });
         }
         let mut dims = l1.dims().to_vec();
         let last = dims.len() - 1;

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use super::activation::{relu, relu_backward};
 use super::cpu::{centered_dot, f32_data, split_at_axis, sq_dev_sum, sum_f32, use_cpu_kernels};
 use crate::nn::ForwardCtx;
+use crate::simd::wide;
 
 /// Two values per channel for `c` channels, computed in parallel by `f(channel)`
 /// and laid out as (2, C) = [first values; second values].
@@ -79,18 +80,23 @@ impl CustomOp3 for BatchNormTrainOp {
             .zip(x.par_chunks(hw.max(1)))
             .enumerate()
             .for_each(|(plane, (o, xp))| {
-                let ci = plane % c;
-                let scale = wb[ci] / (st[c + ci] + self.eps).sqrt();
-                let shift = wb[c + ci] - st[ci] * scale;
-                if self.relu {
-                    for (ov, xv) in o.iter_mut().zip(xp.iter()) {
-                        *ov = (xv * scale + shift).max(0.0);
-                    }
-                } else {
-                    for (ov, xv) in o.iter_mut().zip(xp.iter()) {
-                        *ov = xv * scale + shift;
-                    }
-                }
+                wide(
+                    #[inline(always)]
+                    || {
+                        let ci = plane % c;
+                        let scale = wb[ci] / (st[c + ci] + self.eps).sqrt();
+                        let shift = wb[c + ci] - st[ci] * scale;
+                        if self.relu {
+                            for (ov, xv) in o.iter_mut().zip(xp.iter()) {
+                                *ov = (xv * scale + shift).max(0.0);
+                            }
+                        } else {
+                            for (ov, xv) in o.iter_mut().zip(xp.iter()) {
+                                *ov = xv * scale + shift;
+                            }
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -189,17 +195,23 @@ impl CustomOp3 for BatchNormBwdInput {
         out.par_chunks_mut(hw.max(1))
             .enumerate()
             .for_each(|(plane, o)| {
-                let ci = plane % c;
-                let mean = p[ci];
-                let rstd = 1.0 / (p[c + ci] + self.eps).sqrt();
-                let w = p[2 * c + ci];
-                let (mgx, mg) = (p[4 * c + ci] / n, p[5 * c + ci] / n);
-                let r = plane * hw..(plane + 1) * hw;
-                // dx = w·rstd·(g − mean(g) − x̂·mean(g·x̂)).
-                for ((ov, xv), gv) in o.iter_mut().zip(x[r.clone()].iter()).zip(g[r].iter()) {
-                    let xh = (xv - mean) * rstd;
-                    *ov = w * rstd * (gv - mg - xh * mgx);
-                }
+                wide(
+                    #[inline(always)]
+                    || {
+                        let ci = plane % c;
+                        let mean = p[ci];
+                        let rstd = 1.0 / (p[c + ci] + self.eps).sqrt();
+                        let w = p[2 * c + ci];
+                        let (mgx, mg) = (p[4 * c + ci] / n, p[5 * c + ci] / n);
+                        let r = plane * hw..(plane + 1) * hw;
+                        // dx = w·rstd·(g − mean(g) − x̂·mean(g·x̂)).
+                        for ((ov, xv), gv) in o.iter_mut().zip(x[r.clone()].iter()).zip(g[r].iter())
+                        {
+                            let xh = (xv - mean) * rstd;
+                            *ov = w * rstd * (gv - mg - xh * mgx);
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

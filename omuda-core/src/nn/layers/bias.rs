@@ -6,7 +6,10 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape,
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
-use super::cpu::{f32_data, rows_per_task, split_at_axis, sum_f32, sum_partials, use_cpu_kernels};
+use super::cpu::{
+    f32_data, par_fill, rows_per_task, split_at_axis, sum_f32, sum_partials, use_cpu_kernels,
+};
+use crate::simd::wide;
 
 /// `x + b` where `b` (C) is broadcast along `axis` of `x`. Candle's
 /// `broadcast_add` reduces the bias gradient with a slow strided sum; this op
@@ -30,23 +33,36 @@ impl CustomOp2 for AddBias {
         let x = f32_data(s1, l1, "add_bias input")?;
         let b = f32_data(s2, l2, "add_bias bias")?;
         let (_, c, inner) = split_at_axis(l1.dims(), self.axis);
-        let mut out = x.to_vec();
         let block = c * inner;
-        out.par_chunks_mut((block * rows_per_task(block)).max(1))
-            .for_each(|chunk| {
-                for blk in chunk.chunks_mut(block) {
-                    if inner == 1 {
-                        for (v, bv) in blk.iter_mut().zip(b.iter()) {
-                            *v += *bv;
+        // One pass: read x, write x + b (no copy of x that is then updated).
+        let out = par_fill(
+            x.len(),
+            (block * rows_per_task(block)).max(1),
+            |start, chunk| {
+                wide(
+                    #[inline(always)]
+                    || {
+                        let xs = &x[start..start + chunk.len()];
+                        for (blk, xb) in chunk.chunks_mut(block).zip(xs.chunks(block)) {
+                            if inner == 1 {
+                                for ((v, &xv), bv) in blk.iter_mut().zip(xb).zip(b.iter()) {
+                                    *v = xv + *bv;
+                                }
+                            } else {
+                                for (ci, (run, xr)) in
+                                    blk.chunks_mut(inner).zip(xb.chunks(inner)).enumerate()
+                                {
+                                    let bv = b[ci];
+                                    for (v, &xv) in run.iter_mut().zip(xr) {
+                                        *v = xv + bv;
+                                    }
+                                }
+                            }
                         }
-                    } else {
-                        for (ci, run) in blk.chunks_mut(inner).enumerate() {
-                            let bv = b[ci];
-                            run.iter_mut().for_each(|v| *v += bv);
-                        }
-                    }
-                }
-            });
+                    },
+                )
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -87,13 +103,18 @@ impl CustomOp1 for SumToChannels {
             let parts = x
                 .par_chunks((block * rows_per_task(block)).max(1))
                 .map(|chunk| {
-                    let mut acc = vec![0f32; c];
-                    for row in chunk.chunks(block) {
-                        for (a, v) in acc.iter_mut().zip(row.iter()) {
-                            *a += *v;
-                        }
-                    }
-                    acc
+                    wide(
+                        #[inline(always)]
+                        || {
+                            let mut acc = vec![0f32; c];
+                            for row in chunk.chunks(block) {
+                                for (a, v) in acc.iter_mut().zip(row.iter()) {
+                                    *a += *v;
+                                }
+                            }
+                            acc
+                        },
+                    )
                 })
                 .collect::<Vec<_>>();
             sum_partials(parts, c)
@@ -101,12 +122,17 @@ impl CustomOp1 for SumToChannels {
             (0..c)
                 .into_par_iter()
                 .map(|ci| {
-                    (0..outer)
-                        .map(|o| {
-                            let start = o * block + ci * inner;
-                            sum_f32(&x[start..start + inner])
-                        })
-                        .sum::<f32>()
+                    wide(
+                        #[inline(always)]
+                        || {
+                            (0..outer)
+                                .map(|o| {
+                                    let start = o * block + ci * inner;
+                                    sum_f32(&x[start..start + inner])
+                                })
+                                .sum::<f32>()
+                        },
+                    )
                 })
                 .collect()
         };

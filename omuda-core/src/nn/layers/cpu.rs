@@ -8,6 +8,8 @@ use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use crate::simd::wide;
+
 /// True when the fused CPU kernels apply: `x` is an f32 tensor on the CPU and
 /// every one of `others` (weights, biases) is f32 as well.
 pub(super) fn use_cpu_kernels(x: &Tensor, others: &[&Tensor]) -> bool {
@@ -114,7 +116,7 @@ pub(super) fn add_vecs(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
 /// Sum with eight independent accumulators: a sequential float sum cannot be
 /// vectorised (it fixes the order of additions); this one can, and is at least
 /// as accurate.
-#[inline]
+#[inline(always)]
 pub(super) fn sum_f32(xs: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = xs.chunks_exact(8);
@@ -128,7 +130,7 @@ pub(super) fn sum_f32(xs: &[f32]) -> f32 {
 }
 
 /// Σ a·b with eight accumulators (see [`sum_f32`]).
-#[inline]
+#[inline(always)]
 pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -147,7 +149,7 @@ pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Σ (x − m)² with eight accumulators (see [`sum_f32`]).
-#[inline]
+#[inline(always)]
 pub(super) fn sq_dev_sum(xs: &[f32], m: f32) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = xs.chunks_exact(8);
@@ -161,7 +163,7 @@ pub(super) fn sq_dev_sum(xs: &[f32], m: f32) -> f32 {
 }
 
 /// Σ g·(x − m) with eight accumulators (see [`sum_f32`]).
-#[inline]
+#[inline(always)]
 pub(super) fn centered_dot(g: &[f32], x: &[f32], m: f32) -> f32 {
     let mut acc = [0f32; 8];
     let (cg, cx) = (g.chunks_exact(8), x.chunks_exact(8));
@@ -182,14 +184,40 @@ pub(super) fn centered_dot(g: &[f32], x: &[f32], m: f32) -> f32 {
 /// Elements per rayon task of the element-wise kernels.
 const ELEMWISE_CHUNK: usize = 16 * 1024;
 
+/// A vector of `len` values written in parallel chunks of `chunk` elements:
+/// `f(start, out_chunk)` for the chunk at `start`, which must write every value
+/// of it. Each chunk is zeroed by the task that then writes it, while it is in
+/// that core's cache, instead of the whole vector zeroed up front on one thread
+/// (`vec![0.0; len]`: a `memset` of cold memory).
+pub(super) fn par_fill(len: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let chunk = chunk.max(1);
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, c)| {
+            for v in c.iter_mut() {
+                v.write(0.0);
+            }
+            // SAFETY: every element of `c` was initialised just above, and
+            // `MaybeUninit<f32>` has the layout of `f32`.
+            let c = unsafe { &mut *(c as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            f(i * chunk, c);
+        });
+    // SAFETY: the chunks cover `0..len` and each was initialised by its task.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// Element-wise kernel over `x` in parallel chunks; `f(x_chunk, out_chunk)` runs
 /// a plain loop so that it vectorises (rayon's per-item `map` does not).
 pub(super) fn par_map(x: &[f32], f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(ELEMWISE_CHUNK)
-        .zip(x.par_chunks(ELEMWISE_CHUNK))
-        .for_each(|(o, xs)| f(xs, o));
-    out
+    par_fill(x.len(), ELEMWISE_CHUNK, |start, o| {
+        wide(
+            #[inline(always)]
+            || f(&x[start..start + o.len()], o),
+        )
+    })
 }
 
 /// Two-input version of [`par_map`] (`a` and `b` of equal length).
@@ -198,29 +226,30 @@ pub(super) fn par_map2(
     b: &[f32],
     f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(ELEMWISE_CHUNK)
-        .zip(
-            a.par_chunks(ELEMWISE_CHUNK)
-                .zip(b.par_chunks(ELEMWISE_CHUNK)),
+    par_fill(a.len(), ELEMWISE_CHUNK, |start, o| {
+        let end = start + o.len();
+        wide(
+            #[inline(always)]
+            || f(&a[start..end], &b[start..end], o),
         )
-        .for_each(|(o, (xa, xb))| f(xa, xb, o));
-    out
+    })
 }
 
 /// Row-wise kernel over `x` seen as rows of `n` values (`n` > 0 unless `x` is
 /// empty): `f(x_row, out_row)` for every row, whole rows per rayon task.
 pub(super) fn par_rows(x: &[f32], n: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
     let task = (n * rows_per_task(n)).max(1);
-    out.par_chunks_mut(task)
-        .zip(x.par_chunks(task))
-        .for_each(|(o, xs)| {
-            for (orow, xrow) in o.chunks_mut(n).zip(xs.chunks(n)) {
-                f(xrow, orow);
-            }
-        });
-    out
+    par_fill(x.len(), task, |start, o| {
+        let xs = &x[start..start + o.len()];
+        wide(
+            #[inline(always)]
+            || {
+                for (orow, xrow) in o.chunks_mut(n).zip(xs.chunks(n)) {
+                    f(xrow, orow);
+                }
+            },
+        )
+    })
 }
 
 /// Two-input version of [`par_rows`] (`a` and `b` of equal length):
@@ -231,16 +260,19 @@ pub(super) fn par_rows2(
     n: usize,
     f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
     let task = (n * rows_per_task(n)).max(1);
-    out.par_chunks_mut(task)
-        .zip(a.par_chunks(task).zip(b.par_chunks(task)))
-        .for_each(|(o, (xa, xb))| {
-            for ((orow, arow), brow) in o.chunks_mut(n).zip(xa.chunks(n)).zip(xb.chunks(n)) {
-                f(arow, brow, orow);
-            }
-        });
-    out
+    par_fill(a.len(), task, |start, o| {
+        let end = start + o.len();
+        let (xa, xb) = (&a[start..end], &b[start..end]);
+        wide(
+            #[inline(always)]
+            || {
+                for ((orow, arow), brow) in o.chunks_mut(n).zip(xa.chunks(n)).zip(xb.chunks(n)) {
+                    f(arow, brow, orow);
+                }
+            },
+        )
+    })
 }
 
 /// gemm's parallelism for the current thread count.

@@ -86,7 +86,7 @@ impl DwGeom {
 
     /// NCHW walk of one plane: calls `f` with the window of every tap (in
     /// row-major order) whose valid output window is not empty.
-    #[inline]
+    #[inline(always)]
     pub(super) fn for_each_tap(
         &self,
         h: usize,
@@ -124,7 +124,7 @@ impl DwGeom {
     /// row, or the reverse), every kernel column, and every output column `oj`
     /// whose input column `jj` lies in [0, w): `f(tap, row, oj, jj)`, in that
     /// nesting order (taps row-major, columns ascending).
-    #[inline]
+    #[inline(always)]
     pub(super) fn for_each_nhwc_tap(
         &self,
         w: usize,

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::cpu::{dims4, dot_f32};
 use super::depthwise_geom::DwGeom;
+use crate::simd::wide;
 
 /// x (B,C,H,W), w (C,1,k,k) → y (B,C,Ho,Wo).
 pub(super) fn forward(g: DwGeom, x: &[f32], lx: &Layout, wt: &[f32]) -> Result<(Vec<f32>, Shape)> {
@@ -17,17 +18,22 @@ pub(super) fn forward(g: DwGeom, x: &[f32], lx: &Layout, wt: &[f32]) -> Result<(
     out.par_chunks_mut(ho * wo)
         .enumerate()
         .for_each(|(plane, y)| {
-            let ci = plane % c;
-            let xp = &x[plane * h * w..(plane + 1) * h * w];
-            let wk = &wt[ci * kk..(ci + 1) * kk];
-            g.for_each_tap(h, w, ho, wo, |win| {
-                let wv = wk[win.tap];
-                for (src, dst) in win.rows() {
-                    for (yv, xv) in y[dst].iter_mut().zip(&xp[src]) {
-                        *yv += wv * xv;
-                    }
-                }
-            });
+            wide(
+                #[inline(always)]
+                || {
+                    let ci = plane % c;
+                    let xp = &x[plane * h * w..(plane + 1) * h * w];
+                    let wk = &wt[ci * kk..(ci + 1) * kk];
+                    g.for_each_tap(h, w, ho, wo, |win| {
+                        let wv = wk[win.tap];
+                        for (src, dst) in win.rows() {
+                            for (yv, xv) in y[dst].iter_mut().zip(&xp[src]) {
+                                *yv += wv * xv;
+                            }
+                        }
+                    });
+                },
+            )
         });
     Ok((out, Shape::from((b, c, ho, wo))))
 }
@@ -46,17 +52,22 @@ pub(super) fn backward_input(
     out.par_chunks_mut(h * w)
         .enumerate()
         .for_each(|(plane, dx)| {
-            let ci = plane % c;
-            let gp = &gy[plane * ho * wo..(plane + 1) * ho * wo];
-            let wk = &wt[ci * kk..(ci + 1) * kk];
-            g.for_each_tap(h, w, ho, wo, |win| {
-                let wv = wk[win.tap];
-                for (src, dst) in win.rows() {
-                    for (dv, gv) in dx[src].iter_mut().zip(&gp[dst]) {
-                        *dv += wv * gv;
-                    }
-                }
-            });
+            wide(
+                #[inline(always)]
+                || {
+                    let ci = plane % c;
+                    let gp = &gy[plane * ho * wo..(plane + 1) * ho * wo];
+                    let wk = &wt[ci * kk..(ci + 1) * kk];
+                    g.for_each_tap(h, w, ho, wo, |win| {
+                        let wv = wk[win.tap];
+                        for (src, dst) in win.rows() {
+                            for (dv, gv) in dx[src].iter_mut().zip(&gp[dst]) {
+                                *dv += wv * gv;
+                            }
+                        }
+                    });
+                },
+            )
         });
     Ok((out, Shape::from((b, c, h, w))))
 }
@@ -75,18 +86,23 @@ pub(super) fn backward_weight(
     let mut out = vec![0f32; c * kk];
     // One task per channel: it owns its k·k outputs, so no reduction across tasks.
     out.par_chunks_mut(kk).enumerate().for_each(|(ci, dw)| {
-        for bi in 0..b {
-            let plane = bi * c + ci;
-            let xp = &x[plane * h * w..(plane + 1) * h * w];
-            let gp = &gy[plane * ho * wo..(plane + 1) * ho * wo];
-            g.for_each_tap(h, w, ho, wo, |win| {
-                let mut acc = 0f32;
-                for (src, dst) in win.rows() {
-                    acc += dot_f32(&xp[src], &gp[dst]);
+        wide(
+            #[inline(always)]
+            || {
+                for bi in 0..b {
+                    let plane = bi * c + ci;
+                    let xp = &x[plane * h * w..(plane + 1) * h * w];
+                    let gp = &gy[plane * ho * wo..(plane + 1) * ho * wo];
+                    g.for_each_tap(h, w, ho, wo, |win| {
+                        let mut acc = 0f32;
+                        for (src, dst) in win.rows() {
+                            acc += dot_f32(&xp[src], &gp[dst]);
+                        }
+                        dw[win.tap] += acc;
+                    });
                 }
-                dw[win.tap] += acc;
-            });
-        }
+            },
+        )
     });
     Ok((out, Shape::from((c, 1, g.k, g.k))))
 }

@@ -6,8 +6,9 @@
 use candle_core::{Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::cpu::{dims4, rows_per_task, sum_partials};
+use super::cpu::{dims4, par_fill, rows_per_task, sum_partials};
 use super::depthwise_geom::DwGeom;
+use crate::simd::wide;
 
 /// Shape (B, H, W, C) and output size (Ho, Wo) of a channels-last depthwise conv.
 fn dims_and_out(l: &Layout, g: &DwGeom) -> Result<(usize, usize, usize, usize, usize, usize)> {
@@ -24,25 +25,29 @@ fn pixel(data: &[f32], p: usize, c: usize) -> &[f32] {
 /// x (B,H,W,C), w (k·k, C) → y (B,Ho,Wo,C).
 pub(super) fn forward(g: DwGeom, x: &[f32], lx: &Layout, wt: &[f32]) -> Result<(Vec<f32>, Shape)> {
     let (b, h, w, c, ho, wo) = dims_and_out(lx, &g)?;
-    let mut out = vec![0f32; b * ho * wo * c];
     // One task per output row (sample, oi); the innermost loop runs over channels.
-    out.par_chunks_mut((wo * c).max(1))
-        .enumerate()
-        .for_each(|(r, y)| {
-            let (bi, oi) = (r / ho, r % ho);
-            g.for_each_nhwc_tap(
-                w,
-                wo,
-                |ki| g.cfg.src(oi, ki, h),
-                |tap, ii, oj, jj| {
-                    let xs = pixel(x, (bi * h + ii) * w + jj, c);
-                    let wv = pixel(wt, tap, c);
-                    for ((yv, xv), wc) in y[oj * c..(oj + 1) * c].iter_mut().zip(xs).zip(wv) {
-                        *yv += wc * xv;
-                    }
-                },
-            );
-        });
+    let row = (wo * c).max(1);
+    let out = par_fill(b * ho * wo * c, row, |start, y| {
+        let r = start / row;
+        wide(
+            #[inline(always)]
+            || {
+                let (bi, oi) = (r / ho, r % ho);
+                g.for_each_nhwc_tap(
+                    w,
+                    wo,
+                    |ki| g.cfg.src(oi, ki, h),
+                    |tap, ii, oj, jj| {
+                        let xs = pixel(x, (bi * h + ii) * w + jj, c);
+                        let wv = pixel(wt, tap, c);
+                        for ((yv, xv), wc) in y[oj * c..(oj + 1) * c].iter_mut().zip(xs).zip(wv) {
+                            *yv += wc * xv;
+                        }
+                    },
+                );
+            },
+        )
+    });
     Ok((out, Shape::from((b, ho, wo, c))))
 }
 
@@ -56,25 +61,29 @@ pub(super) fn backward_input(
     (h, w): (usize, usize),
 ) -> Result<(Vec<f32>, Shape)> {
     let (b, ho, wo, c) = dims4(lgy, "depthwise conv")?;
-    let mut out = vec![0f32; b * h * w * c];
-    out.par_chunks_mut((w * c).max(1))
-        .enumerate()
-        .for_each(|(r, dx)| {
-            let (bi, ii) = (r / h, r % h);
-            // Output row oi reads input row ii through kernel row ki.
-            g.for_each_nhwc_tap(
-                w,
-                wo,
-                |ki| g.cfg.dst(ii, ki, ho),
-                |tap, oi, oj, jj| {
-                    let gs = pixel(gy, (bi * ho + oi) * wo + oj, c);
-                    let wv = pixel(wt, tap, c);
-                    for ((dv, gv), wc) in dx[jj * c..(jj + 1) * c].iter_mut().zip(gs).zip(wv) {
-                        *dv += wc * gv;
-                    }
-                },
-            );
-        });
+    let row = (w * c).max(1);
+    let out = par_fill(b * h * w * c, row, |start, dx| {
+        let r = start / row;
+        wide(
+            #[inline(always)]
+            || {
+                let (bi, ii) = (r / h, r % h);
+                // Output row oi reads input row ii through kernel row ki.
+                g.for_each_nhwc_tap(
+                    w,
+                    wo,
+                    |ki| g.cfg.dst(ii, ki, ho),
+                    |tap, oi, oj, jj| {
+                        let gs = pixel(gy, (bi * ho + oi) * wo + oj, c);
+                        let wv = pixel(wt, tap, c);
+                        for ((dv, gv), wc) in dx[jj * c..(jj + 1) * c].iter_mut().zip(gs).zip(wv) {
+                            *dv += wc * gv;
+                        }
+                    },
+                );
+            },
+        )
+    });
     Ok((out, Shape::from((b, h, w, c))))
 }
 
@@ -92,24 +101,30 @@ pub(super) fn backward_weight(
     let parts = (0..rows.div_ceil(rows_per))
         .into_par_iter()
         .map(|task| {
-            let mut acc = vec![0f32; kk * c];
-            for r in task * rows_per..((task + 1) * rows_per).min(rows) {
-                let (bi, oi) = (r / ho, r % ho);
-                g.for_each_nhwc_tap(
-                    w,
-                    wo,
-                    |ki| g.cfg.src(oi, ki, h),
-                    |tap, ii, oj, jj| {
-                        let gs = pixel(gy, r * wo + oj, c);
-                        let xs = pixel(x, (bi * h + ii) * w + jj, c);
-                        for ((av, gv), xv) in acc[tap * c..(tap + 1) * c].iter_mut().zip(gs).zip(xs)
-                        {
-                            *av += gv * xv;
-                        }
-                    },
-                );
-            }
-            acc
+            wide(
+                #[inline(always)]
+                || {
+                    let mut acc = vec![0f32; kk * c];
+                    for r in task * rows_per..((task + 1) * rows_per).min(rows) {
+                        let (bi, oi) = (r / ho, r % ho);
+                        g.for_each_nhwc_tap(
+                            w,
+                            wo,
+                            |ki| g.cfg.src(oi, ki, h),
+                            |tap, ii, oj, jj| {
+                                let gs = pixel(gy, r * wo + oj, c);
+                                let xs = pixel(x, (bi * h + ii) * w + jj, c);
+                                for ((av, gv), xv) in
+                                    acc[tap * c..(tap + 1) * c].iter_mut().zip(gs).zip(xs)
+                                {
+                                    *av += gv * xv;
+                                }
+                            },
+                        );
+                    }
+                    acc
+                },
+            )
         })
         .collect::<Vec<_>>();
     Ok((sum_partials(parts, kk * c), Shape::from((kk, c))))

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::cpu::{f32_data, use_cpu_kernels};
 use crate::nn::ForwardCtx;
+use crate::simd::wide;
 
 /// Multiplies the g-th of `s.len()` equal contiguous slices of `x` by `s[g]`.
 /// `s` is a constant mask: it receives no gradient, so the backward pass does not
@@ -34,11 +35,16 @@ impl CustomOp2 for ScaleGroups {
         out.par_chunks_mut(group.max(1))
             .zip(s.par_iter())
             .for_each(|(chunk, &sv)| {
-                if sv == 0.0 {
-                    chunk.iter_mut().for_each(|v| *v = 0.0);
-                } else if sv != 1.0 {
-                    chunk.iter_mut().for_each(|v| *v *= sv);
-                }
+                wide(
+                    #[inline(always)]
+                    || {
+                        if sv == 0.0 {
+                            chunk.iter_mut().for_each(|v| *v = 0.0);
+                        } else if sv != 1.0 {
+                            chunk.iter_mut().for_each(|v| *v *= sv);
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

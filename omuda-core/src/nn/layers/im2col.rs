@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::conv_cfg::ConvCfg;
 use super::cpu::{dims4, f32_data, MapOrder};
+use crate::simd::wide;
 
 /// Geometry of a dense convolution for the im2col kernels.
 #[derive(Debug, Clone, Copy)]
@@ -127,24 +128,29 @@ fn im2col_nchw(
     out.par_chunks_mut(kk * len)
         .enumerate()
         .for_each(|(plane, rows)| {
-            let xp = &x[plane * h * w..(plane + 1) * h * w];
-            for ki in 0..g.k {
-                for kj in 0..g.k {
-                    let row = &mut rows[(ki * g.k + kj) * len..(ki * g.k + kj + 1) * len];
-                    for oi in 0..g.ho {
-                        let Some(ii) = g.cfg.src(oi, ki, h) else {
-                            continue;
-                        };
-                        let xr = &xp[ii * w..(ii + 1) * w];
-                        let dst = &mut row[oi * g.wo..(oi + 1) * g.wo];
-                        for (oj, d) in dst.iter_mut().enumerate() {
-                            if let Some(jj) = g.cfg.src(oj, kj, w) {
-                                *d = xr[jj];
+            wide(
+                #[inline(always)]
+                || {
+                    let xp = &x[plane * h * w..(plane + 1) * h * w];
+                    for ki in 0..g.k {
+                        for kj in 0..g.k {
+                            let row = &mut rows[(ki * g.k + kj) * len..(ki * g.k + kj + 1) * len];
+                            for oi in 0..g.ho {
+                                let Some(ii) = g.cfg.src(oi, ki, h) else {
+                                    continue;
+                                };
+                                let xr = &xp[ii * w..(ii + 1) * w];
+                                let dst = &mut row[oi * g.wo..(oi + 1) * g.wo];
+                                for (oj, d) in dst.iter_mut().enumerate() {
+                                    if let Some(jj) = g.cfg.src(oj, kj, w) {
+                                        *d = xr[jj];
+                                    }
+                                }
                             }
                         }
                     }
-                }
-            }
+                },
+            )
         });
     (out, Shape::from((b, c * kk, len)))
 }
@@ -158,23 +164,28 @@ fn col2im_nchw(g: ColGeom, cols: &[f32], c: usize) -> (Vec<f32>, Shape) {
     out.par_chunks_mut(h * w)
         .enumerate()
         .for_each(|(plane, dx)| {
-            let rows = &cols[plane * kk * len..(plane + 1) * kk * len];
-            for ki in 0..g.k {
-                for kj in 0..g.k {
-                    let row = &rows[(ki * g.k + kj) * len..(ki * g.k + kj + 1) * len];
-                    for oi in 0..g.ho {
-                        let Some(ii) = g.cfg.src(oi, ki, h) else {
-                            continue;
-                        };
-                        let dr = &mut dx[ii * w..(ii + 1) * w];
-                        for (oj, v) in row[oi * g.wo..(oi + 1) * g.wo].iter().enumerate() {
-                            if let Some(jj) = g.cfg.src(oj, kj, w) {
-                                dr[jj] += *v;
+            wide(
+                #[inline(always)]
+                || {
+                    let rows = &cols[plane * kk * len..(plane + 1) * kk * len];
+                    for ki in 0..g.k {
+                        for kj in 0..g.k {
+                            let row = &rows[(ki * g.k + kj) * len..(ki * g.k + kj + 1) * len];
+                            for oi in 0..g.ho {
+                                let Some(ii) = g.cfg.src(oi, ki, h) else {
+                                    continue;
+                                };
+                                let dr = &mut dx[ii * w..(ii + 1) * w];
+                                for (oj, v) in row[oi * g.wo..(oi + 1) * g.wo].iter().enumerate() {
+                                    if let Some(jj) = g.cfg.src(oj, kj, w) {
+                                        dr[jj] += *v;
+                                    }
+                                }
                             }
                         }
                     }
-                }
-            }
+                },
+            )
         });
     (out, Shape::from((b, c, h, w)))
 }
@@ -191,21 +202,26 @@ fn im2col_nhwc(
     out.par_chunks_mut((g.wo * row).max(1))
         .enumerate()
         .for_each(|(r, o)| {
-            let (bi, oi) = (r / g.ho, r % g.ho);
-            for ki in 0..g.k {
-                let Some(ii) = g.cfg.src(oi, ki, h) else {
-                    continue;
-                };
-                let xrow = &x[(bi * h + ii) * w * c..(bi * h + ii + 1) * w * c];
-                for oj in 0..g.wo {
-                    for kj in 0..g.k {
-                        if let Some(jj) = g.cfg.src(oj, kj, w) {
-                            let dst = oj * row + (ki * g.k + kj) * c;
-                            o[dst..dst + c].copy_from_slice(&xrow[jj * c..(jj + 1) * c]);
+            wide(
+                #[inline(always)]
+                || {
+                    let (bi, oi) = (r / g.ho, r % g.ho);
+                    for ki in 0..g.k {
+                        let Some(ii) = g.cfg.src(oi, ki, h) else {
+                            continue;
+                        };
+                        let xrow = &x[(bi * h + ii) * w * c..(bi * h + ii + 1) * w * c];
+                        for oj in 0..g.wo {
+                            for kj in 0..g.k {
+                                if let Some(jj) = g.cfg.src(oj, kj, w) {
+                                    let dst = oj * row + (ki * g.k + kj) * c;
+                                    o[dst..dst + c].copy_from_slice(&xrow[jj * c..(jj + 1) * c]);
+                                }
+                            }
                         }
                     }
-                }
-            }
+                },
+            )
         });
     (out, Shape::from((b * g.ho * g.wo, row)))
 }
@@ -218,23 +234,29 @@ fn col2im_nhwc(g: ColGeom, cols: &[f32], b: usize, c: usize) -> (Vec<f32>, Shape
     out.par_chunks_mut((g.w * c).max(1))
         .enumerate()
         .for_each(|(r, dx)| {
-            let (bi, ii) = (r / g.h, r % g.h);
-            for ki in 0..g.k {
-                let Some(oi) = g.cfg.dst(ii, ki, g.ho) else {
-                    continue;
-                };
-                for jj in 0..g.w {
-                    let d = &mut dx[jj * c..(jj + 1) * c];
-                    for kj in 0..g.k {
-                        if let Some(oj) = g.cfg.dst(jj, kj, g.wo) {
-                            let src = ((bi * g.ho + oi) * g.wo + oj) * row + (ki * g.k + kj) * c;
-                            for (dv, sv) in d.iter_mut().zip(&cols[src..src + c]) {
-                                *dv += *sv;
+            wide(
+                #[inline(always)]
+                || {
+                    let (bi, ii) = (r / g.h, r % g.h);
+                    for ki in 0..g.k {
+                        let Some(oi) = g.cfg.dst(ii, ki, g.ho) else {
+                            continue;
+                        };
+                        for jj in 0..g.w {
+                            let d = &mut dx[jj * c..(jj + 1) * c];
+                            for kj in 0..g.k {
+                                if let Some(oj) = g.cfg.dst(jj, kj, g.wo) {
+                                    let src =
+                                        ((bi * g.ho + oi) * g.wo + oj) * row + (ki * g.k + kj) * c;
+                                    for (dv, sv) in d.iter_mut().zip(&cols[src..src + c]) {
+                                        *dv += *sv;
+                                    }
+                                }
                             }
                         }
                     }
-                }
-            }
+                },
+            )
         });
     (out, Shape::from((b, g.h, g.w, c)))
 }

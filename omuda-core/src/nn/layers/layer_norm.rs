@@ -11,9 +11,10 @@ use super::cpu::{
     f32_data, last_dim, par_rows, par_rows2, rows_per_task, sq_dev_sum, sum_f32, sum_partials,
     use_cpu_kernels,
 };
+use crate::simd::wide;
 
 /// Mean and 1/std (biased variance) of one row.
-#[inline]
+#[inline(always)]
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
     let mean = sum_f32(row) / n;
@@ -44,12 +45,17 @@ impl CustomOp3 for LayerNormOp {
         let w = f32_data(s2, l2, "layer_norm weight")?;
         let b = f32_data(s3, l3, "layer_norm bias")?;
         let c = w.len();
-        let out = par_rows(x, c, |xrow, orow| {
-            let (mean, rstd) = row_stats(xrow, self.eps);
-            for i in 0..c {
-                orow[i] = (xrow[i] - mean) * rstd * w[i] + b[i];
-            }
-        });
+        let out = par_rows(
+            x,
+            c,
+            #[inline(always)]
+            |xrow, orow| {
+                let (mean, rstd) = row_stats(xrow, self.eps);
+                for i in 0..c {
+                    orow[i] = (xrow[i] - mean) * rstd * w[i] + b[i];
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -100,21 +106,27 @@ impl CustomOp3 for LayerNormBwdInput {
         let w = f32_data(s2, l2, "layer_norm weight")?;
         let g = f32_data(s3, l3, "layer_norm output gradient")?;
         let c = w.len();
-        let out = par_rows2(x, g, c, |xrow, grow, orow| {
-            let (mean, rstd) = row_stats(xrow, self.eps);
-            // dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = g·w.
-            let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-            for i in 0..c {
-                let gh = grow[i] * w[i];
-                sum_g += gh;
-                sum_gx += gh * (xrow[i] - mean) * rstd;
-            }
-            let (mg, mgx) = (sum_g / c as f32, sum_gx / c as f32);
-            for i in 0..c {
-                let xh = (xrow[i] - mean) * rstd;
-                orow[i] = rstd * (grow[i] * w[i] - mg - xh * mgx);
-            }
-        });
+        let out = par_rows2(
+            x,
+            g,
+            c,
+            #[inline(always)]
+            |xrow, grow, orow| {
+                let (mean, rstd) = row_stats(xrow, self.eps);
+                // dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = g·w.
+                let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                for i in 0..c {
+                    let gh = grow[i] * w[i];
+                    sum_g += gh;
+                    sum_gx += gh * (xrow[i] - mean) * rstd;
+                }
+                let (mg, mgx) = (sum_g / c as f32, sum_gx / c as f32);
+                for i in 0..c {
+                    let xh = (xrow[i] - mean) * rstd;
+                    orow[i] = rstd * (grow[i] * w[i] - mg - xh * mgx);
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -144,16 +156,21 @@ impl CustomOp2 for LayerNormBwdParams {
             .par_chunks(task)
             .zip(g.par_chunks(task))
             .map(|(xs, gs)| {
-                let mut acc = vec![0f32; 2 * c];
-                for (xrow, grow) in xs.chunks(c).zip(gs.chunks(c)) {
-                    let (mean, rstd) = row_stats(xrow, self.eps);
-                    let (aw, ab) = acc.split_at_mut(c);
-                    for i in 0..c {
-                        aw[i] += grow[i] * (xrow[i] - mean) * rstd;
-                        ab[i] += grow[i];
-                    }
-                }
-                acc
+                wide(
+                    #[inline(always)]
+                    || {
+                        let mut acc = vec![0f32; 2 * c];
+                        for (xrow, grow) in xs.chunks(c).zip(gs.chunks(c)) {
+                            let (mean, rstd) = row_stats(xrow, self.eps);
+                            let (aw, ab) = acc.split_at_mut(c);
+                            for i in 0..c {
+                                aw[i] += grow[i] * (xrow[i] - mean) * rstd;
+                                ab[i] += grow[i];
+                            }
+                        }
+                        acc
+                    },
+                )
             })
             .collect::<Vec<_>>();
         Ok((

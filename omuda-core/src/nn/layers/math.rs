@@ -4,7 +4,7 @@
 
 /// erfc(z) for z ≥ 0, Chebyshev fit with fractional error < 1.2e-7 everywhere
 /// (Numerical Recipes `erfcc`): relative accuracy also in the far tail.
-#[inline]
+#[inline(always)]
 fn erfc_pos(z: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.5 * z);
     let poly = -z * z - 1.265_512_2
@@ -19,7 +19,7 @@ fn erfc_pos(z: f32) -> f32 {
 }
 
 /// Standard normal CDF Φ(x) = erfc(−x/√2)/2 (branch-free so that loops vectorise).
-#[inline]
+#[inline(always)]
 pub(super) fn normal_cdf(x: f32) -> f32 {
     let half_tail = 0.5 * erfc_pos(x.abs() * std::f32::consts::FRAC_1_SQRT_2);
     if x <= 0.0 {
@@ -32,7 +32,7 @@ pub(super) fn normal_cdf(x: f32) -> f32 {
 /// e^x in f32 (Cephes `expf` polynomial, ≤ 2 ulp), written with plain arithmetic
 /// so that the fused GELU / softmax loops vectorise; `f32::exp` is a scalar libm
 /// call. Returns 0 below −87.3 (where the result would be subnormal).
-#[inline]
+#[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // Round-to-nearest by the 1.5·2^23 trick (no `floor`, which is a libm call

@@ -13,6 +13,7 @@
 //! - `cpu`: helpers shared by the fused ops (data access, work split, reductions);
 //! - `math`: vectorisable scalar `exp` and normal CDF;
 //! - `bias`: bias addition with a cheap bias gradient;
+//! - `add`: the sum of two equally shaped tensors (residual connections);
 //! - `dropout`: drop-path and Dropout2d (constant per-group masks);
 //! - `linear`: fully connected layer and the channels-first 1x1 map;
 //! - `conv` (layer and entry points), `conv_shift` (stride-1 kernel: shifted GEMMs)
@@ -25,6 +26,7 @@
 //! - `pool`: max-pooling with padding and a backward pass.
 
 mod activation;
+mod add;
 mod attention;
 mod batch_norm;
 mod bias;
@@ -44,6 +46,7 @@ mod math;
 mod pool;
 
 pub use activation::{gelu, relu, softmax_last_dim};
+pub use add::add;
 pub use attention::{attention_probs, attention_probs_composed};
 pub use batch_norm::{batch_norm_train_composed, BatchNorm2d};
 pub use bias::add_bias;

@@ -11,6 +11,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result,
 use rayon::prelude::*;
 
 use super::cpu::{dims4, f32_data, use_cpu_kernels};
+use crate::simd::wide;
 
 /// Window geometry of a square max-pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,11 +88,16 @@ impl CustomOp1 for MaxPoolOp {
             out.par_chunks_mut(ho * wo)
                 .zip(x.par_chunks(h * w))
                 .for_each(|(o, plane)| {
-                    for oy in 0..ho {
-                        for ox in 0..wo {
-                            o[oy * wo + ox] = plane[g.argmax(plane, h, w, oy, ox)];
-                        }
-                    }
+                    wide(
+                        #[inline(always)]
+                        || {
+                            for oy in 0..ho {
+                                for ox in 0..wo {
+                                    o[oy * wo + ox] = plane[g.argmax(plane, h, w, oy, ox)];
+                                }
+                            }
+                        },
+                    )
                 });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, c, ho, wo))))
@@ -137,11 +143,16 @@ impl CustomOp2 for MaxPoolBwd {
                 .zip(x.par_chunks(h * w))
                 .zip(gy.par_chunks(ho * wo))
                 .for_each(|((o, plane), gp)| {
-                    for oy in 0..ho {
-                        for ox in 0..wo {
-                            o[g.argmax(plane, h, w, oy, ox)] += gp[oy * wo + ox];
-                        }
-                    }
+                    wide(
+                        #[inline(always)]
+                        || {
+                            for oy in 0..ho {
+                                for ox in 0..wo {
+                                    o[g.argmax(plane, h, w, oy, ox)] += gp[oy * wo + ox];
+                                }
+                            }
+                        },
+                    )
                 });
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
