@@ -119,12 +119,12 @@ impl Unary for Gelu {
     const GRAD: &'static str = "gelu output gradient";
     const SAVES_OUTPUT: bool = false;
 
-    #[inline]
+    #[inline(always)]
     fn forward(x: f32) -> f32 {
         x * normal_cdf(x)
     }
 
-    #[inline]
+    #[inline(always)]
     fn backward(x: f32, g: f32) -> f32 {
         g * (normal_cdf(x) + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x))
     }
@@ -145,12 +145,12 @@ impl Unary for Relu {
     const GRAD: &'static str = "relu output gradient";
     const SAVES_OUTPUT: bool = true;
 
-    #[inline]
+    #[inline(always)]
     fn forward(x: f32) -> f32 {
         x.max(0.0)
     }
 
-    #[inline]
+    #[inline(always)]
     fn backward(y: f32, g: f32) -> f32 {
         if y > 0.0 {
             g

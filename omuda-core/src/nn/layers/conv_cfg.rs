@@ -22,7 +22,7 @@ impl Default for ConvCfg {
 impl ConvCfg {
     /// Input index that output index `o` reads through tap `t`, if inside the
     /// `n` input positions.
-    #[inline]
+    #[inline(always)]
     pub(super) fn src(&self, o: usize, t: usize, n: usize) -> Option<usize> {
         let i = (o * self.stride + t * self.dilation) as isize - self.padding as isize;
         (i >= 0 && (i as usize) < n).then_some(i as usize)
@@ -30,7 +30,7 @@ impl ConvCfg {
 
     /// Output index whose tap `t` reads input index `i`, if any among the
     /// `n_out` outputs (the inverse of [`ConvCfg::src`]).
-    #[inline]
+    #[inline(always)]
     pub(super) fn dst(&self, i: usize, t: usize, n_out: usize) -> Option<usize> {
         let v = (i + self.padding) as isize - (t * self.dilation) as isize;
         if v < 0 || !(v as usize).is_multiple_of(self.stride) {

@@ -37,7 +37,7 @@ pub(super) struct TapWindow {
 impl TapWindow {
     /// For each output row of the window, in order: the input-plane range it
     /// reads and the output-plane range it writes.
-    #[inline]
+    #[inline(always)]
     pub(super) fn rows(self) -> impl Iterator<Item = (Range<usize>, Range<usize>)> {
         (self.i0..self.i1).map(move |i| {
             let src = ((i as isize + self.di) as usize) * self.w;
@@ -76,7 +76,7 @@ impl DwGeom {
 
     /// For tap `t` with input offset `off = t·d − p`: output index range whose
     /// input index `o + off` lies in [0, n_in).
-    #[inline]
+    #[inline(always)]
     fn valid(&self, t: usize, n_in: usize, n_out: usize) -> (isize, usize, usize) {
         let off = (t * self.cfg.dilation) as isize - self.cfg.padding as isize;
         let lo = (-off).max(0) as usize;

@@ -17,7 +17,7 @@ fn dims_and_out(l: &Layout, g: &DwGeom) -> Result<(usize, usize, usize, usize, u
 }
 
 /// The `c` channels of pixel `p` (its flat index in the map).
-#[inline]
+#[inline(always)]
 fn pixel(data: &[f32], p: usize, c: usize) -> &[f32] {
     &data[p * c..(p + 1) * c]
 }

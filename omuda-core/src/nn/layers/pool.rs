@@ -36,7 +36,7 @@ impl PoolGeom {
     }
 
     /// Input indices [lo, hi) read by output index `o` (clipped to the input).
-    #[inline]
+    #[inline(always)]
     fn window(&self, o: usize, n: usize) -> (usize, usize) {
         let start = (o * self.stride) as isize - self.pad as isize;
         let lo = start.max(0) as usize;
@@ -46,7 +46,7 @@ impl PoolGeom {
 
     /// Flat index (within one h×w plane) of the first maximum of the window of
     /// output (oy, ox).
-    #[inline]
+    #[inline(always)]
     fn argmax(&self, plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> usize {
         let (y0, y1) = self.window(oy, h);
         let (x0, x1) = self.window(ox, w);
