@@ -10,6 +10,12 @@ use omuda::core::eval::evaluate_synth;
 use omuda::{build_method, RunConfig};
 
 fn main() -> omuda::Result<()> {
+    // On the CPU, tensor work runs fastest on a worker of a compute pool
+    // (what every `omuda` command does; see `omuda_core::threads`).
+    omuda::core::threads::in_compute_pool(train)
+}
+
+fn train() -> omuda::Result<()> {
     let device = Device::Cpu;
     let mut cfg = RunConfig::default();
     cfg.train.iters = 20;

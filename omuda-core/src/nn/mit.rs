@@ -11,7 +11,7 @@ use candle_core::{bail, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{
-    add, attention_probs, gelu, Conv2d, ConvCfg, DepthwiseConv2d, DropPath, LayerNorm, Linear,
+    add_owned, attention_probs, Conv2d, ConvCfg, DepthwiseConv2d, DropPath, LayerNorm, Linear,
 };
 use super::ForwardCtx;
 
@@ -333,9 +333,9 @@ impl MixFfn {
 
     fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let y = self.dense1.forward(x)?;
-        let y = self.dwconv.forward_nhwc(&tokens_as_nhwc(&y, h, w)?)?;
+        let y = self.dwconv.forward_nhwc_gelu(&tokens_as_nhwc(&y, h, w)?)?;
         let (b, n, hidden) = (y.dim(0)?, h * w, y.dim(3)?);
-        self.dense2.forward(&gelu(&y)?.reshape((b, n, hidden))?)
+        self.dense2.forward(&y.reshape((b, n, hidden))?)
     }
 }
 
@@ -368,12 +368,20 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, h: usize, w: usize, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let a = self
-            .attention
-            .forward(&self.layer_norm_1.forward(x)?, h, w)?;
-        let x = add(x, &self.drop_path.forward(&a, ctx)?)?;
-        let m = self.mlp.forward(&self.layer_norm_2.forward(&x)?, h, w)?;
-        add(&x, &self.drop_path.forward(&m, ctx)?)
+        // The branch outputs are fresh tensors, dropped once summed: outside a
+        // graph the residual sums overwrite them.
+        let a = {
+            let a = self
+                .attention
+                .forward(&self.layer_norm_1.forward(x)?, h, w)?;
+            self.drop_path.forward(&a, ctx)?
+        };
+        let x = add_owned(x, a)?;
+        let m = {
+            let m = self.mlp.forward(&self.layer_norm_2.forward(&x)?, h, w)?;
+            self.drop_path.forward(&m, ctx)?
+        };
+        add_owned(&x, m)
     }
 }
 

@@ -10,9 +10,11 @@
 use candle_core::{bail, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::layers::{add, channels_first_affine, BatchNorm2d, Conv2d, ConvCfg, Dropout2d, Linear};
+use super::layers::{
+    add, channels_first_affine, may_overwrite, BatchNorm2d, Conv2d, ConvCfg, Dropout2d, Linear,
+};
 use super::ForwardCtx;
-use crate::ops::resize_bilinear;
+use crate::ops::{resize_bilinear, resize_bilinear_accumulate};
 
 /// The all-MLP head over four encoder levels.
 #[derive(Debug, Clone)]
@@ -120,10 +122,15 @@ impl SegformerHead {
             } else {
                 channels_first_affine(&lin.forward_channels_first(f)?, &wi, None)?
             };
-            let e = resize_bilinear(&e, h, w)?;
             fused = Some(match fused {
-                Some(acc) => add(&acc, &e)?,
-                None => e,
+                // Outside a graph the sum is accumulated in place, resized as it
+                // is added (same values).
+                Some(acc) if may_overwrite(&acc, &[&e]) && e.dtype() == acc.dtype() => {
+                    resize_bilinear_accumulate(&acc, &e)?;
+                    acc
+                }
+                Some(acc) => add(&acc, &resize_bilinear(&e, h, w)?)?,
+                None => resize_bilinear(&e, h, w)?,
             });
         }
         let Some(fused) = fused else {

@@ -8,7 +8,9 @@
 //! Candle differentiates itself.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{
+    CpuStorage, CustomOp1, DType, Device, InplaceOp2, Layout, Result, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 use crate::simd::wide;
@@ -179,6 +181,14 @@ impl ResizeBilinear {
     /// interpolated along W into `rows` (in_h, out_w), then every output row is a
     /// contiguous blend of two such rows.
     fn run<T: WithDType>(&self, x: &[T], dims: &[usize]) -> Vec<T> {
+        let mut out = vec![T::zero(); dims[0] * dims[1] * self.out_h * self.out_w];
+        self.blend_into(x, dims, &mut out, false);
+        out
+    }
+
+    /// The resize of `x` (dimensions `dims`) written into `out` (B·C planes
+    /// of out_h × out_w), or added to it when `accumulate`.
+    fn blend_into<T: WithDType>(&self, x: &[T], dims: &[usize], out: &mut [T], accumulate: bool) {
         let (h, w) = (dims[2], dims[3]);
         let (oh, ow) = (self.out_h, self.out_w);
         let ty = Taps::<T>::new(oh, h, self.map.map(|m| m.0));
@@ -188,7 +198,6 @@ impl ResizeBilinear {
             used[ty.i0[oy]] = true;
             used[ty.i1[oy]] = true;
         }
-        let mut out = vec![T::zero(); dims[0] * dims[1] * oh * ow];
         out.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
             .for_each_init(
@@ -208,16 +217,78 @@ impl ResizeBilinear {
                                 let r0 = &rows[ty.i0[oy] * ow..][..ow];
                                 let r1 = &rows[ty.i1[oy] * ow..][..ow];
                                 let (l0, l1) = (ty.l0[oy], ty.l1[oy]);
-                                for ((d, &a), &b) in d.iter_mut().zip(r0).zip(r1) {
-                                    *d = l0 * a + l1 * b;
+                                if accumulate {
+                                    for ((d, &a), &b) in d.iter_mut().zip(r0).zip(r1) {
+                                        *d += l0 * a + l1 * b;
+                                    }
+                                } else {
+                                    for ((d, &a), &b) in d.iter_mut().zip(r0).zip(r1) {
+                                        *d = l0 * a + l1 * b;
+                                    }
                                 }
                             }
                         },
                     )
                 },
             );
-        out
     }
+}
+
+/// `acc += resize(x)` in `acc`'s storage (see [`resize_bilinear_accumulate`]).
+struct ResizeBilinearAccumulate;
+
+impl InplaceOp2 for ResizeBilinearAccumulate {
+    fn name(&self) -> &'static str {
+        "resize-bilinear-accumulate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (da, dx) = (l1.dims(), l2.dims());
+        if da.len() != 4 || dx.len() != 4 || da[..2] != dx[..2] {
+            candle_core::bail!(
+                "resize_bilinear_accumulate: acc {da:?} and x {dx:?} must be (B, C, …) alike"
+            );
+        }
+        let op = ResizeBilinear {
+            out_h: da[2],
+            out_w: da[3],
+            map: None,
+        };
+        let acc_dtype = s1.dtype();
+        let (CpuStorage::F32(acc), CpuStorage::F32(x)) = (s1, s2) else {
+            candle_core::bail!(
+                "resize_bilinear_accumulate: expected f32 tensors, got {acc_dtype:?}"
+            );
+        };
+        let (Some((a0, a1)), Some((x0, x1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("resize_bilinear_accumulate: expected contiguous tensors");
+        };
+        op.blend_into(&x[x0..x1], dx, &mut acc[a0..a1], true);
+        Ok(())
+    }
+}
+
+/// `acc += resize_bilinear(x, out_h, out_w)` with (out_h, out_w) the size of
+/// `acc`, written into `acc`'s storage: one pass over `acc`, and no resized
+/// copy of `x`. For f32 tensors on the CPU outside any autograd graph (an
+/// evaluation forward), where `acc` is a tensor the caller owns and shares
+/// with no other tensor; an error otherwise. Same values as `acc + resize(x)`.
+pub fn resize_bilinear_accumulate(acc: &Tensor, x: &Tensor) -> Result<()> {
+    let (_, _, oh, ow) = acc.dims4()?;
+    check_args(x, oh, ow)?;
+    if acc.track_op() || x.track_op() || !acc.is_contiguous() {
+        candle_core::bail!(
+            "resize_bilinear_accumulate: acc must be contiguous and outside any graph"
+        );
+    }
+    acc.inplace_op2(&x.contiguous()?, &ResizeBilinearAccumulate)
 }
 
 impl CustomOp1 for ResizeBilinear {
@@ -350,6 +421,30 @@ impl CustomOp1 for ResizeBilinearBwd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `acc += resize(x)` in place gives the bits of `acc + resize(x)`, and
+    /// refuses a tensor that is part of a graph.
+    #[test]
+    fn accumulate_in_place_equals_add_of_the_resize() {
+        let dev = Device::Cpu;
+        let acc = Tensor::randn(0f32, 1.0, (2, 3, 16, 20), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &dev).unwrap();
+        let want = (&acc + resize_bilinear(&x, 16, 20).unwrap()).unwrap();
+        let owned = acc.copy().unwrap();
+        resize_bilinear_accumulate(&owned, &x).unwrap();
+        let bits = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f32::to_bits)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&owned), bits(&want));
+        let v = candle_core::Var::from_tensor(&acc).unwrap();
+        assert!(resize_bilinear_accumulate(v.as_tensor(), &x).is_err());
+    }
 
     /// PyTorch maps a `scale_factor` resize with `1/s`: on a linear ramp
     /// `x[i][j] = 100 i + j` (which bilinear interpolation reproduces

@@ -6,10 +6,11 @@
 
 use std::marker::PhantomData;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Result, Shape, Tensor, D};
 
 use super::cpu::{
-    dot_f32, f32_data, last_dim, par_map, par_map2, par_rows, par_rows2, sum_f32, use_cpu_kernels,
+    dot_f32, f32_data, f32_data_mut, last_dim, may_overwrite, par_map, par_map2, par_rows,
+    par_rows2, par_update, sum_f32, use_cpu_kernels,
 };
 use super::math::{exp_f32, normal_cdf};
 
@@ -97,6 +98,29 @@ impl<U: Unary> CustomOp2 for UnaryBwd<U> {
     }
 }
 
+/// `U` applied in place to a tensor outside any graph.
+struct UnaryInPlace<U>(PhantomData<U>);
+
+impl<U: Unary> InplaceOp1 for UnaryInPlace<U> {
+    fn name(&self) -> &'static str {
+        U::NAME
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let x = f32_data_mut(s, l, U::INPUT)?;
+        par_update(
+            x,
+            #[inline(always)]
+            |xs| {
+                for v in xs.iter_mut() {
+                    *v = U::forward(*v);
+                }
+            },
+        );
+        Ok(())
+    }
+}
+
 /// `U` applied to `x`: the fused op on the CPU in f32, `U::fallback` elsewhere.
 fn unary<U: Unary>(x: &Tensor) -> Result<Tensor> {
     if use_cpu_kernels(x, &[]) {
@@ -134,6 +158,12 @@ impl Unary for Gelu {
     }
 }
 
+/// GELU of one value (for kernels that end in a GELU of their own).
+#[inline(always)]
+pub(super) fn gelu_f32(x: f32) -> f32 {
+    Gelu::forward(x)
+}
+
 /// max(x, 0); the gradient passes where the output is positive.
 struct Relu;
 
@@ -168,6 +198,17 @@ impl Unary for Relu {
 /// op (Candle's `gelu_erf` backward is ~10 tensor ops); elsewhere `gelu_erf`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     unary::<Gelu>(x)
+}
+
+/// [`gelu`] of a tensor the caller owns and shares with no other tensor (a
+/// layer's fresh output): computed in its storage when it is outside any graph
+/// (evaluation, the teacher), so no second map is allocated. Same values.
+pub fn gelu_owned(x: Tensor) -> Result<Tensor> {
+    if may_overwrite(&x, &[]) {
+        x.inplace_op1(&UnaryInPlace::<Gelu>(PhantomData))?;
+        return Ok(x);
+    }
+    gelu(&x)
 }
 
 /// ReLU; fused on the CPU in f32, Candle's `relu` elsewhere.

@@ -4,9 +4,13 @@
 //! Candle's separate element-wise pool, whose worker has to be woken for
 //! every op. Same values and gradients as Candle's `+`.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, InplaceOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
-use super::cpu::{f32_data, par_map2, use_cpu_kernels};
+use super::cpu::{
+    f32_data, f32_data_mut, may_overwrite, par_map2, use_cpu_kernels, ELEMWISE_CHUNK,
+};
+use crate::simd::wide;
 
 struct Add;
 
@@ -50,6 +54,53 @@ impl CustomOp2 for Add {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(grad.clone()), Some(grad.clone())))
     }
+}
+
+/// `a += b` in `a`'s storage, for tensors outside any graph.
+struct AddInPlace;
+
+impl InplaceOp2 for AddInPlace {
+    fn name(&self) -> &'static str {
+        "add-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("add: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
+        }
+        let a = f32_data_mut(s1, l1, "add lhs")?;
+        let b = f32_data(s2, l2, "add rhs")?;
+        a.par_chunks_mut(ELEMWISE_CHUNK)
+            .zip(b.par_chunks(ELEMWISE_CHUNK))
+            .for_each(|(a, b)| {
+                wide(
+                    #[inline(always)]
+                    || {
+                        for (av, &bv) in a.iter_mut().zip(b) {
+                            *av += bv;
+                        }
+                    },
+                )
+            });
+        Ok(())
+    }
+}
+
+/// `a + b` where `b` is a tensor the caller owns and shares with no other
+/// tensor (a layer's fresh output): outside any graph the sum is written into
+/// `b`'s storage (float addition commutes: the same values as [`add`]).
+pub fn add_owned(a: &Tensor, b: Tensor) -> Result<Tensor> {
+    if may_overwrite(&b, &[a]) && a.dims() == b.dims() {
+        b.inplace_op2(&a.contiguous()?, &AddInPlace)?;
+        return Ok(b);
+    }
+    add(a, &b)
 }
 
 /// `a + b` for tensors of equal shape: the fused op on the CPU in f32,

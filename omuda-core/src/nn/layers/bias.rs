@@ -2,12 +2,15 @@
 //! parameter shared by the layers. Candle's `broadcast_add` reduces the bias
 //! gradient with a slow strided sum; the fused op here sums contiguous runs.
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, InplaceOp2, Layout, Result, Shape, Tensor,
+};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
 use super::cpu::{
-    f32_data, par_fill, rows_per_task, split_at_axis, sum_f32, sum_partials, use_cpu_kernels,
+    f32_data, f32_data_mut, may_overwrite, par_fill, rows_per_task, split_at_axis, sum_f32,
+    sum_partials, use_cpu_kernels,
 };
 use crate::simd::wide;
 
@@ -140,8 +143,8 @@ impl CustomOp1 for SumToChannels {
     }
 }
 
-/// `x + b` with `b` (C) broadcast along `axis` of `x`; differentiable in both.
-pub fn add_bias(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
+/// An error unless `b` has the length of `x`'s dimension `axis`.
+fn check_bias(x: &Tensor, b: &Tensor, axis: usize) -> Result<()> {
     let dims = x.dims();
     if axis >= dims.len() || b.dims() != [dims[axis]] {
         bail!(
@@ -150,6 +153,13 @@ pub fn add_bias(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
             dims
         );
     }
+    Ok(())
+}
+
+/// `x + b` with `b` (C) broadcast along `axis` of `x`; differentiable in both.
+pub fn add_bias(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
+    check_bias(x, b, axis)?;
+    let dims = x.dims();
     if use_cpu_kernels(x, &[b]) {
         return x
             .contiguous()?
@@ -160,11 +170,64 @@ pub fn add_bias(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
     x.broadcast_add(&b.reshape(shape)?)
 }
 
-/// `y + b` along `axis` when the layer has a bias, else `y` unchanged.
+/// `y + b` along `axis` when the layer has a bias, else `y` unchanged. `y` is
+/// the layer's fresh output: outside a graph the bias is added in place.
 pub(super) fn add_optional_bias(y: Tensor, b: Option<&Tensor>, axis: usize) -> Result<Tensor> {
     match b {
+        Some(b) if may_overwrite(&y, &[b]) => {
+            check_bias(&y, b, axis)?;
+            y.inplace_op2(&b.contiguous()?, &AddBiasInPlace { axis })?;
+            Ok(y)
+        }
         Some(b) => add_bias(&y, b, axis),
         None => Ok(y),
+    }
+}
+
+/// `y += b` along `axis`, in `y`'s storage (the same sums as [`AddBias`]).
+struct AddBiasInPlace {
+    axis: usize,
+}
+
+impl InplaceOp2 for AddBiasInPlace {
+    fn name(&self) -> &'static str {
+        "add-bias-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (_, c, inner) = split_at_axis(l1.dims(), self.axis);
+        let y = f32_data_mut(s1, l1, "add_bias input")?;
+        let b = f32_data(s2, l2, "add_bias bias")?;
+        let block = c * inner;
+        y.par_chunks_mut((block * rows_per_task(block)).max(1))
+            .for_each(|chunk| {
+                wide(
+                    #[inline(always)]
+                    || {
+                        for blk in chunk.chunks_mut(block) {
+                            if inner == 1 {
+                                for (v, bv) in blk.iter_mut().zip(b.iter()) {
+                                    *v += *bv;
+                                }
+                            } else {
+                                for (ci, run) in blk.chunks_mut(inner).enumerate() {
+                                    let bv = b[ci];
+                                    for v in run.iter_mut() {
+                                        *v += bv;
+                                    }
+                                }
+                            }
+                        }
+                    },
+                )
+            });
+        Ok(())
     }
 }
 

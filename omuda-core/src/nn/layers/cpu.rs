@@ -16,6 +16,17 @@ pub(super) fn use_cpu_kernels(x: &Tensor, others: &[&Tensor]) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32 && others.iter().all(|t| t.dtype() == DType::F32)
 }
 
+/// True when `y`, a tensor the caller owns and no other tensor shares, can be
+/// overwritten by a fused op instead of allocating the result: the CPU kernels
+/// apply, `y` is contiguous, and neither `y` nor any of `others` is part of an
+/// autograd graph (an evaluation or teacher forward on graph-free weights).
+pub fn may_overwrite(y: &Tensor, others: &[&Tensor]) -> bool {
+    use_cpu_kernels(y, others)
+        && y.is_contiguous()
+        && !y.track_op()
+        && others.iter().all(|t| !t.track_op())
+}
+
 /// The contiguous `f32` data of a CPU storage, or an error naming the operand.
 pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
@@ -182,7 +193,7 @@ pub(super) fn centered_dot(g: &[f32], x: &[f32], m: f32) -> f32 {
 }
 
 /// Elements per rayon task of the element-wise kernels.
-const ELEMWISE_CHUNK: usize = 16 * 1024;
+pub(super) const ELEMWISE_CHUNK: usize = 16 * 1024;
 
 /// A vector of `len` values written in parallel chunks of `chunk` elements:
 /// `f(start, out_chunk)` for the chunk at `start`, which must write every value
@@ -207,6 +218,16 @@ pub(super) fn par_fill(len: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) +
     // SAFETY: the chunks cover `0..len` and each was initialised by its task.
     unsafe { out.set_len(len) };
     out
+}
+
+/// In-place element-wise kernel over `x` in parallel chunks: `f(chunk)`.
+pub(super) fn par_update(x: &mut [f32], f: impl Fn(&mut [f32]) + Sync) {
+    x.par_chunks_mut(ELEMWISE_CHUNK).for_each(|c| {
+        wide(
+            #[inline(always)]
+            || f(c),
+        )
+    });
 }
 
 /// Element-wise kernel over `x` in parallel chunks; `f(x_chunk, out_chunk)` runs

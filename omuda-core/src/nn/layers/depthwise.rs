@@ -4,9 +4,10 @@
 //! `depthwise_nchw` and `depthwise_nhwc`). Candle runs a depthwise convolution
 //! as a grouped convolution, 50-100x slower than these kernels in backward.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use super::activation::gelu_owned;
 use super::bias::{add_optional_bias, zero_bias};
 use super::cpu::{f32_data, use_cpu_kernels, MapOrder};
 use super::depthwise_geom::DwGeom;
@@ -55,7 +56,9 @@ impl CustomOp2 for DepthwiseOp {
         let wt = f32_data(s2, l2, weight)?;
         let (out, shape) = match self.order {
             MapOrder::Nchw => depthwise_nchw::forward(self.geom, x, l1, wt)?,
-            MapOrder::Nhwc => depthwise_nhwc::forward(self.geom, x, l1, wt)?,
+            MapOrder::Nhwc => {
+                depthwise_nhwc::forward(self.geom, x, l1, wt, depthwise_nhwc::Epilogue::None)?
+            }
         };
         Ok((CpuStorage::F32(out), shape))
     }
@@ -239,6 +242,36 @@ pub fn depthwise_conv2d_nhwc(
     )
 }
 
+/// GELU(depthwise conv + bias) on a channels-last map in one pass, for
+/// tensors outside any graph: (x (B,H,W,C), w (k·k, C), b (C)) → y. No backward.
+struct DepthwiseBiasGeluNhwc {
+    geom: DwGeom,
+}
+
+impl CustomOp3 for DepthwiseBiasGeluNhwc {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d-nhwc-bias-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (input, weight, _) = labels(MapOrder::Nhwc);
+        let x = f32_data(s1, l1, input)?;
+        let wt = f32_data(s2, l2, weight)?;
+        let b = f32_data(s3, l3, "depthwise conv bias")?;
+        let epilogue = depthwise_nhwc::Epilogue::BiasGelu(b);
+        let (out, shape) = depthwise_nhwc::forward(self.geom, x, l1, wt, epilogue)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
 /// Depthwise 3x3-style convolution layer (stride 1): `weight` (C, 1, k, k), `bias` (C).
 #[derive(Debug, Clone)]
 pub struct DepthwiseConv2d {
@@ -293,12 +326,92 @@ impl DepthwiseConv2d {
         let y = depthwise_conv2d_nhwc(x, &self.weight, self.padding, self.dilation)?;
         add_optional_bias(y, self.bias.as_ref(), 3)
     }
+
+    /// GELU of [`DepthwiseConv2d::forward_nhwc`] (the Mix-FFN's conv and
+    /// activation). Outside a graph (evaluation, the teacher) on the CPU in
+    /// f32 the bias and the GELU are applied to each output row as it is
+    /// computed: one pass over the map instead of three, the same values.
+    pub fn forward_nhwc_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, _, c) = x.dims4()?;
+        let geom = depthwise_geom(&self.weight, c, self.padding, self.dilation)?;
+        if let (Some(geom), Some(b)) = (geom, &self.bias) {
+            let graph_free = !x.track_op() && !self.weight.track_op() && !b.track_op();
+            if graph_free && use_cpu_kernels(x, &[&self.weight, b]) && b.dims() == [c] {
+                let wt = self
+                    .weight
+                    .reshape((c, geom.k * geom.k))?
+                    .t()?
+                    .contiguous()?;
+                return x.contiguous()?.apply_op3_no_bwd(
+                    &wt,
+                    &b.contiguous()?,
+                    &DepthwiseBiasGeluNhwc { geom },
+                );
+            }
+        }
+        gelu_owned(self.forward_nhwc(x)?)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::gelu;
     use super::super::test_util::{close, f32, f64, randn};
     use super::*;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    }
+
+    /// Outside a graph the conv, bias and GELU run in one pass (and GELU,
+    /// bias and residual sums in place): bit for bit what the graph path
+    /// (separate ops) gives.
+    #[test]
+    fn fused_graph_free_path_equals_the_graph_path_bit_for_bit() {
+        use candle_core::{DType, Device, Var};
+        use candle_nn::VarMap;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let layer = DepthwiseConv2d::new(12, 3, 1, 1, true, vb).unwrap();
+        // A non-zero bias (it starts at 0).
+        let bias = varmap.data().lock().unwrap()["bias"].clone();
+        bias.set(&randn(&[12])).unwrap();
+        let x = randn(&[2, 7, 9, 12]);
+        // Tracked weights: separate ops.
+        let graph = gelu(&layer.forward_nhwc(&x).unwrap()).unwrap();
+        assert!(graph.track_op());
+        // Graph-free copies of the weights: the fused op.
+        let free = DepthwiseConv2d {
+            weight: layer.weight.detach(),
+            bias: layer.bias.as_ref().map(|b| b.detach()),
+            padding: 1,
+            dilation: 1,
+        };
+        let fused = free.forward_nhwc_gelu(&x).unwrap();
+        assert!(!fused.track_op());
+        assert_eq!(bits(&fused), bits(&graph));
+        // The tracked layer's own `forward_nhwc_gelu` keeps the graph.
+        assert!(layer.forward_nhwc_gelu(&x).unwrap().track_op());
+        // In-place residual sum and GELU of owned, graph-free tensors.
+        let a = randn(&[3, 50]);
+        let b = randn(&[3, 50]);
+        let want = super::super::add(&a, &b).unwrap();
+        let got = super::super::add_owned(&a, b.copy().unwrap()).unwrap();
+        assert_eq!(bits(&got), bits(&want));
+        let gelu_in_place = super::super::gelu_owned(a.copy().unwrap()).unwrap();
+        assert_eq!(bits(&gelu_in_place), bits(&gelu(&a).unwrap()));
+        // A tracked operand takes the graph path.
+        let v = Var::from_tensor(&a).unwrap();
+        assert!(super::super::add_owned(&b, v.as_tensor().clone())
+            .unwrap()
+            .track_op());
+    }
 
     /// The composed fallbacks (other dtypes, other devices) match the fused kernels.
     #[test]

@@ -6,6 +6,7 @@
 use candle_core::{Layout, Result, Shape};
 use rayon::prelude::*;
 
+use super::activation::gelu_f32;
 use super::cpu::{dims4, par_fill, rows_per_task, sum_partials};
 use super::depthwise_geom::DwGeom;
 use crate::simd::wide;
@@ -22,8 +23,23 @@ fn pixel(data: &[f32], p: usize, c: usize) -> &[f32] {
     &data[p * c..(p + 1) * c]
 }
 
-/// x (B,H,W,C), w (k·k, C) → y (B,Ho,Wo,C).
-pub(super) fn forward(g: DwGeom, x: &[f32], lx: &Layout, wt: &[f32]) -> Result<(Vec<f32>, Shape)> {
+/// What the forward kernel does to each output row once its taps are summed,
+/// while the row is in cache.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Epilogue<'a> {
+    None,
+    /// y = GELU(y + b), b (C): the same sums as the bias op then the GELU op.
+    BiasGelu(&'a [f32]),
+}
+
+/// x (B,H,W,C), w (k·k, C) → y (B,Ho,Wo,C), then the epilogue.
+pub(super) fn forward(
+    g: DwGeom,
+    x: &[f32],
+    lx: &Layout,
+    wt: &[f32],
+    epilogue: Epilogue,
+) -> Result<(Vec<f32>, Shape)> {
     let (b, h, w, c, ho, wo) = dims_and_out(lx, &g)?;
     // One task per output row (sample, oi); the innermost loop runs over channels.
     let row = (wo * c).max(1);
@@ -45,6 +61,13 @@ pub(super) fn forward(g: DwGeom, x: &[f32], lx: &Layout, wt: &[f32]) -> Result<(
                         }
                     },
                 );
+                if let Epilogue::BiasGelu(bias) = epilogue {
+                    for px in y.chunks_mut(c) {
+                        for (v, &bv) in px.iter_mut().zip(bias) {
+                            *v = gelu_f32(*v + bv);
+                        }
+                    }
+                }
             },
         )
     });
