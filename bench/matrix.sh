@@ -18,10 +18,13 @@ run() {  # name, then bench arguments
   "$BIN" bench --compare-pytorch --quiet --json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1 \
     || { echo "bench $name failed, see $OUT/$name.log" >&2; exit 1; }
 }
-run segformer_tiny --model segformer_tiny --crop 128x256
-run daformer_tiny --model daformer_tiny --crop 128x256
-run segformer_mitb0 --model segformer_mitb0 --crop 256
-run daformer_mitb0 --model daformer_mitb0 --crop 256
+# Repetitions by size: a 10 ms forward needs many for a stable median (with
+# 5, the tiny networks' ratios moved by 0.2 between runs); MiT-B5 at 512² takes
+# seconds per step.
+run segformer_tiny --model segformer_tiny --crop 128x256 --iters 30 --warmup 5
+run daformer_tiny --model daformer_tiny --crop 128x256 --iters 30 --warmup 5
+run segformer_mitb0 --model segformer_mitb0 --crop 256 --iters 10 --warmup 3
+run daformer_mitb0 --model daformer_mitb0 --crop 256 --iters 10 --warmup 3
 run daformer_mitb5 --model daformer_mitb5 --crop 512 --batch 1 --no-uda
 python3 - "$OUT" <<'PY' | tee "$OUT/matrix.md"
 import json, os, sys
@@ -43,6 +46,7 @@ for name in rows:
           f"{cell(ratio('train_step'), 'train_step')} | {cell(ratio('uda_iteration'), 'uda_iteration')} | "
           f"{cell(v['peak_rss_mib'] / p['peak_rss_mib'], 'peak_rss')} |")
 print()
-print("omuda time / PyTorch time (wall, median of the timed repetitions), same threads;"
+print("omuda time / PyTorch time (wall, median of the timed repetitions: 30 for the tiny networks,"
+      " 10 for MiT-B0, 5 for MiT-B5), same threads;"
       " bold: above the target (eval 0.7, train step and DACS iteration 0.8, RSS 1.0).")
 PY
