@@ -114,7 +114,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::randn;
+    use super::super::test_util::{bits, randn};
     use super::*;
     use candle_core::Var;
 
@@ -127,15 +127,6 @@ mod tests {
             Var::from_tensor(&randn(&[2, 3, 37, 11])).unwrap(),
         );
         let w = randn(&[2, 3, 37, 11]);
-        let bits = |t: &Tensor| {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(f32::to_bits)
-                .collect::<Vec<_>>()
-        };
         let ours = add(&add(&a, &b).unwrap(), &a).unwrap();
         let theirs = ((a.as_tensor() + b.as_tensor()).unwrap() + a.as_tensor()).unwrap();
         assert_eq!(bits(&ours), bits(&theirs));

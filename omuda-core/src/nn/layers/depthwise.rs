@@ -356,18 +356,8 @@ impl DepthwiseConv2d {
 #[cfg(test)]
 mod tests {
     use super::super::gelu;
-    use super::super::test_util::{close, f32, f64, randn};
+    use super::super::test_util::{bits, close, f32, f64, randn};
     use super::*;
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(f32::to_bits)
-            .collect()
-    }
 
     /// Outside a graph the conv, bias and GELU run in one pass (and GELU,
     /// bias and residual sums in place): bit for bit what the graph path

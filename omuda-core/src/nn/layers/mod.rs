@@ -94,4 +94,15 @@ mod test_util {
     pub(super) fn f32(t: &Tensor) -> Tensor {
         t.to_dtype(DType::F32).unwrap()
     }
+
+    /// The bits of an f32 tensor's values, for bit-for-bit comparisons.
+    pub(super) fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    }
 }
