@@ -15,7 +15,8 @@ pub use loss::{cross_entropy, CeReduction};
 /// Label value of pixels excluded from losses and metrics (mmseg / PyTorch
 /// `ignore_index=255`): the one ignore constant of the workspace.
 pub const IGNORE_INDEX: u32 = 255;
-pub use resize::{resize_bilinear, resize_bilinear_accumulate, resize_bilinear_scale_factor};
+pub(crate) use resize::resize_bilinear_accumulate;
+pub use resize::{resize_bilinear, resize_bilinear_scale_factor};
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
 

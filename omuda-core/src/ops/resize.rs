@@ -280,7 +280,7 @@ impl InplaceOp2 for ResizeBilinearAccumulate {
 /// copy of `x`. For f32 tensors on the CPU outside any autograd graph (an
 /// evaluation forward), where `acc` is a tensor the caller owns and shares
 /// with no other tensor; an error otherwise. Same values as `acc + resize(x)`.
-pub fn resize_bilinear_accumulate(acc: &Tensor, x: &Tensor) -> Result<()> {
+pub(crate) fn resize_bilinear_accumulate(acc: &Tensor, x: &Tensor) -> Result<()> {
     let (_, _, oh, ow) = acc.dims4()?;
     check_args(x, oh, ow)?;
     if acc.track_op() || x.track_op() || !acc.is_contiguous() {

@@ -203,7 +203,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// [`gelu`] of a tensor the caller owns and shares with no other tensor (a
 /// layer's fresh output): computed in its storage when it is outside any graph
 /// (evaluation, the teacher), so no second map is allocated. Same values.
-pub fn gelu_owned(x: Tensor) -> Result<Tensor> {
+pub(super) fn gelu_owned(x: Tensor) -> Result<Tensor> {
     if may_overwrite(&x, &[]) {
         x.inplace_op1(&UnaryInPlace::<Gelu>(PhantomData))?;
         return Ok(x);

@@ -95,7 +95,7 @@ impl InplaceOp2 for AddInPlace {
 /// `a + b` where `b` is a tensor the caller owns and shares with no other
 /// tensor (a layer's fresh output): outside any graph the sum is written into
 /// `b`'s storage (float addition commutes: the same values as [`add`]).
-pub fn add_owned(a: &Tensor, b: Tensor) -> Result<Tensor> {
+pub(crate) fn add_owned(a: &Tensor, b: Tensor) -> Result<Tensor> {
     if may_overwrite(&b, &[a]) && a.dims() == b.dims() {
         b.inplace_op2(&a.contiguous()?, &AddInPlace)?;
         return Ok(b);

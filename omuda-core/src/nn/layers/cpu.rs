@@ -20,7 +20,7 @@ pub(super) fn use_cpu_kernels(x: &Tensor, others: &[&Tensor]) -> bool {
 /// overwritten by a fused op instead of allocating the result: the CPU kernels
 /// apply, `y` is contiguous, and neither `y` nor any of `others` is part of an
 /// autograd graph (an evaluation or teacher forward on graph-free weights).
-pub fn may_overwrite(y: &Tensor, others: &[&Tensor]) -> bool {
+pub(crate) fn may_overwrite(y: &Tensor, others: &[&Tensor]) -> bool {
     use_cpu_kernels(y, others)
         && y.is_contiguous()
         && !y.track_op()

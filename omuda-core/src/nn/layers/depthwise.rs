@@ -394,7 +394,7 @@ mod tests {
         let want = super::super::add(&a, &b).unwrap();
         let got = super::super::add_owned(&a, b.copy().unwrap()).unwrap();
         assert_eq!(bits(&got), bits(&want));
-        let gelu_in_place = super::super::gelu_owned(a.copy().unwrap()).unwrap();
+        let gelu_in_place = super::super::activation::gelu_owned(a.copy().unwrap()).unwrap();
         assert_eq!(bits(&gelu_in_place), bits(&gelu(&a).unwrap()));
         // A tracked operand takes the graph path.
         let v = Var::from_tensor(&a).unwrap();

@@ -45,14 +45,15 @@ mod linear;
 mod math;
 mod pool;
 
-pub use activation::{gelu, gelu_owned, relu, softmax_last_dim};
-pub use add::{add, add_owned};
+pub use activation::{gelu, relu, softmax_last_dim};
+pub use add::add;
+pub(crate) use add::add_owned;
 pub use attention::{attention_probs, attention_probs_composed};
 pub use batch_norm::{batch_norm_train_composed, BatchNorm2d};
 pub use bias::add_bias;
 pub use conv::{conv2d, conv2d_nhwc, Conv2d};
 pub use conv_cfg::ConvCfg;
-pub use cpu::may_overwrite;
+pub(crate) use cpu::may_overwrite;
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_nhwc, DepthwiseConv2d};
 pub use dropout::{DropPath, Dropout2d};
 pub use layer_norm::{layer_norm, layer_norm_composed, LayerNorm};
