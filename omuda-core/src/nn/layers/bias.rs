@@ -37,33 +37,14 @@ impl CustomOp2 for AddBias {
         let b = f32_data(s2, l2, "add_bias bias")?;
         let (_, c, inner) = split_at_axis(l1.dims(), self.axis);
         let block = c * inner;
-        // One pass: read x, write x + b (no copy of x that is then updated).
+        // Each task copies its chunk of x while it is in cache and adds the
+        // bias there (no full copy of x that is then updated).
         let out = par_fill(
             x.len(),
             (block * rows_per_task(block)).max(1),
             |start, chunk| {
-                wide(
-                    #[inline(always)]
-                    || {
-                        let xs = &x[start..start + chunk.len()];
-                        for (blk, xb) in chunk.chunks_mut(block).zip(xs.chunks(block)) {
-                            if inner == 1 {
-                                for ((v, &xv), bv) in blk.iter_mut().zip(xb).zip(b.iter()) {
-                                    *v = xv + *bv;
-                                }
-                            } else {
-                                for (ci, (run, xr)) in
-                                    blk.chunks_mut(inner).zip(xb.chunks(inner)).enumerate()
-                                {
-                                    let bv = b[ci];
-                                    for (v, &xv) in run.iter_mut().zip(xr) {
-                                        *v = xv + bv;
-                                    }
-                                }
-                            }
-                        }
-                    },
-                )
+                chunk.copy_from_slice(&x[start..start + chunk.len()]);
+                add_bias_chunk(chunk, b, inner);
             },
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -184,6 +165,31 @@ pub(super) fn add_optional_bias(y: Tensor, b: Option<&Tensor>, axis: usize) -> R
     }
 }
 
+/// `chunk += b` for a chunk of whole blocks of `b.len()` channels × `inner`
+/// values (the kernel of [`AddBias`] and [`AddBiasInPlace`]).
+fn add_bias_chunk(chunk: &mut [f32], b: &[f32], inner: usize) {
+    let block = b.len() * inner;
+    wide(
+        #[inline(always)]
+        || {
+            for blk in chunk.chunks_mut(block) {
+                if inner == 1 {
+                    for (v, bv) in blk.iter_mut().zip(b.iter()) {
+                        *v += *bv;
+                    }
+                } else {
+                    for (ci, run) in blk.chunks_mut(inner).enumerate() {
+                        let bv = b[ci];
+                        for v in run.iter_mut() {
+                            *v += bv;
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
 /// `y += b` along `axis`, in `y`'s storage (the same sums as [`AddBias`]).
 struct AddBiasInPlace {
     axis: usize,
@@ -206,27 +212,7 @@ impl InplaceOp2 for AddBiasInPlace {
         let b = f32_data(s2, l2, "add_bias bias")?;
         let block = c * inner;
         y.par_chunks_mut((block * rows_per_task(block)).max(1))
-            .for_each(|chunk| {
-                wide(
-                    #[inline(always)]
-                    || {
-                        for blk in chunk.chunks_mut(block) {
-                            if inner == 1 {
-                                for (v, bv) in blk.iter_mut().zip(b.iter()) {
-                                    *v += *bv;
-                                }
-                            } else {
-                                for (ci, run) in blk.chunks_mut(inner).enumerate() {
-                                    let bv = b[ci];
-                                    for v in run.iter_mut() {
-                                        *v += bv;
-                                    }
-                                }
-                            }
-                        }
-                    },
-                )
-            });
+            .for_each(|chunk| add_bias_chunk(chunk, b, inner));
         Ok(())
     }
 }

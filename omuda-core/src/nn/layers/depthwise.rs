@@ -209,6 +209,12 @@ pub fn depthwise_conv2d(
     x.conv2d(weight, padding, 1, dilation, c)
 }
 
+/// A depthwise weight (C, 1, k, k) as (k·k, C): a tiny transpose that keeps
+/// the channels-last kernels' inner loop over channels.
+fn nhwc_weight(weight: &Tensor, c: usize, geom: DwGeom) -> Result<Tensor> {
+    weight.reshape((c, geom.k * geom.k))?.t()?.contiguous()
+}
+
 /// Stride-1 depthwise convolution of a channels-last map (B, H, W, C) with
 /// `weight` (C, 1, k, k), no bias → (B, Ho, Wo, C).
 pub fn depthwise_conv2d_nhwc(
@@ -231,8 +237,7 @@ pub fn depthwise_conv2d_nhwc(
             .conv2d(weight, padding, 1, dilation, c)?;
         return y.permute((0, 2, 3, 1))?.contiguous();
     }
-    // (C, 1, k, k) → (k·k, C): a tiny transpose that keeps the kernels' inner loop over channels.
-    let wt = weight.reshape((c, geom.k * geom.k))?.t()?.contiguous()?;
+    let wt = nhwc_weight(weight, c, geom)?;
     x.contiguous()?.apply_op2(
         &wt,
         DepthwiseOp {
@@ -337,11 +342,7 @@ impl DepthwiseConv2d {
         if let (Some(geom), Some(b)) = (geom, &self.bias) {
             let graph_free = !x.track_op() && !self.weight.track_op() && !b.track_op();
             if graph_free && use_cpu_kernels(x, &[&self.weight, b]) && b.dims() == [c] {
-                let wt = self
-                    .weight
-                    .reshape((c, geom.k * geom.k))?
-                    .t()?
-                    .contiguous()?;
+                let wt = nhwc_weight(&self.weight, c, geom)?;
                 return x.contiguous()?.apply_op3_no_bwd(
                     &wt,
                     &b.contiguous()?,
