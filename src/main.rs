@@ -8,8 +8,14 @@ use std::process::ExitCode;
 /// (the same as `.cargo/config.toml` sets for `cargo run`/`cargo test`). Without
 /// them every tensor above the mmap threshold is a fresh `mmap` whose pages are
 /// faulted in and zeroed on first touch, every step.
+///
+/// `arena_max=1` puts every thread on the main (`brk`) heap. The commands run
+/// on a compute-pool worker, not the main thread, and a non-main arena's heaps
+/// hold at most 64 MiB: every larger tensor (the DAFormer head's 1024-channel
+/// maps at 512²) was a fresh `mmap` despite the threshold, a `munmap` with a
+/// TLB shootdown when freed, and a page fault per 4 KiB in between.
 pub const MALLOC_TUNABLES: &str =
-    "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=268435456";
+    "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296:glibc.malloc.top_pad=268435456:glibc.malloc.arena_max=1";
 
 /// glibc reads `GLIBC_TUNABLES` only at start-up: when it is unset, replace
 /// this process by itself with it set. Setting `GLIBC_TUNABLES` (even to an
