@@ -10,6 +10,7 @@ use candle_nn::{Init, VarBuilder};
 use super::bias::{add_optional_bias, zero_bias};
 use super::conv_cfg::ConvCfg;
 use super::conv_shift;
+use super::conv_winograd;
 use super::cpu::{use_cpu_kernels, MapOrder};
 use super::im2col::{ColGeom, Im2Col};
 use super::linear::channels_first_affine;
@@ -102,8 +103,9 @@ fn dense_kernel(weight: &Tensor, c: usize) -> Result<Option<(usize, usize)>> {
 }
 
 /// Dense convolution (groups = 1, no bias) of (B, C, H, W) with `weight` (O, C, k, k).
-/// On the CPU in f32 a stride-1 convolution is k² shifted GEMMs on the padded
-/// input (`conv_shift`: no column buffer); other strides are im2col + one
+/// On the CPU in f32 a 3x3 convolution at stride 1 without dilation is
+/// Winograd F(4×4, 3×3) (`conv_winograd`), other stride-1 convolutions are k²
+/// shifted GEMMs on the padded input (`conv_shift`: no column buffer); other strides are im2col + one
 /// batched matmul: the backward is then a matmul plus a scatter (skipped for inputs that need no gradient, such as the
 /// image), several times faster than Candle's convolution backward.
 pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: ConvCfg) -> Result<Tensor> {
@@ -117,6 +119,12 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: ConvCfg) -> Result<Tensor> {
     };
     if !use_cpu_kernels(x, &[weight]) {
         return x.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, 1);
+    }
+    if conv_winograd::applies(k, cfg, c, o) {
+        // 3x3, stride 1: Winograd F(4×4, 3×3), a quarter of the multiply-adds.
+        return x
+            .contiguous()?
+            .apply_op2(&weight.contiguous()?, conv_winograd::ConvWinograd { cfg });
     }
     if conv_shift::applies(k, cfg) {
         // Stride 1: k² shifted GEMMs on the padded input, no column buffer.

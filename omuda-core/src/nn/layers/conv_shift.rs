@@ -179,29 +179,34 @@ impl CustomOp2 for ConvShift {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        // The image needs no gradient: skip the input product.
-        let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(
-                &w.contiguous()?,
-                &ConvShiftGradInput {
-                    cfg: self.cfg,
-                    h: x.dim(2)?,
-                    w: x.dim(3)?,
-                },
-            )?)
-        } else {
-            None
-        };
-        let dw = grad.apply_op2_no_bwd(
-            &x.contiguous()?,
-            &ConvShiftGradWeight {
-                cfg: self.cfg,
-                k: w.dim(2)?,
-            },
-        )?;
-        Ok((dx, Some(dw)))
+        backward(self.cfg, x, w, grad)
     }
+}
+
+/// Gradients of a stride-1 dense convolution (input `x`, weight `w`) from the
+/// output gradient, by shifted GEMMs; the input gradient only when `x` needs one.
+pub(super) fn backward(
+    cfg: ConvCfg,
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let grad = grad.contiguous()?;
+    // The image needs no gradient: skip the input product.
+    let dx = if x.track_op() {
+        Some(grad.apply_op2_no_bwd(
+            &w.contiguous()?,
+            &ConvShiftGradInput {
+                cfg,
+                h: x.dim(2)?,
+                w: x.dim(3)?,
+            },
+        )?)
+    } else {
+        None
+    };
+    let dw = grad.apply_op2_no_bwd(&x.contiguous()?, &ConvShiftGradWeight { cfg, k: w.dim(2)? })?;
+    Ok((dx, Some(dw)))
 }
 
 /// G (B, O, Ho, Wo) → padded-width rows (B, O, Ho·Wp), zero on the extra columns.

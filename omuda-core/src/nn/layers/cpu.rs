@@ -5,7 +5,8 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor};
-use gemm::{gemm, Parallelism};
+use gemm::gemm;
+pub(super) use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::simd::wide;
@@ -321,6 +322,41 @@ pub(super) fn gemm_into(
     rhs_rs: isize,
     rhs_cs: isize,
 ) {
+    gemm_into_on(
+        gemm_threads(),
+        m,
+        n,
+        k,
+        dst,
+        dst_rs,
+        accumulate,
+        lhs,
+        lhs_rs,
+        lhs_cs,
+        rhs,
+        rhs_rs,
+        rhs_cs,
+    )
+}
+
+/// [`gemm_into`] with the given parallelism (`Parallelism::None` for GEMMs that
+/// already run as parallel tasks).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_into_on(
+    parallelism: Parallelism,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: &[f32],
+    rhs_rs: isize,
+    rhs_cs: isize,
+) {
     // Bounds: every index the strides reach lies inside the slices.
     debug_assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len());
     // SAFETY: the callers size `dst`, `lhs` and `rhs` so that every element the
@@ -347,7 +383,7 @@ pub(super) fn gemm_into(
             false,
             false,
             false,
-            gemm_threads(),
+            parallelism,
         )
     }
 }

@@ -33,6 +33,7 @@ mod bias;
 mod conv;
 mod conv_cfg;
 mod conv_shift;
+mod conv_winograd;
 pub(crate) mod cpu;
 mod depthwise;
 mod depthwise_geom;
