@@ -11,7 +11,8 @@ use candle_core::{bail, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{
-    add_owned, attention_probs, Conv2d, ConvCfg, DepthwiseConv2d, DropPath, LayerNorm, Linear,
+    add_owned, attention_context, attention_probs, Conv2d, ConvCfg, DepthwiseConv2d, DropPath,
+    LayerNorm, Linear,
 };
 use super::ForwardCtx;
 
@@ -279,9 +280,18 @@ impl EfficientSelfAttention {
             None => x.clone(),
         };
         // Scaling q (N·C values) instead of the scores (N·N' values) is cheaper and equal.
-        let q = self.split_heads(&(self.query.forward(x)? * self.scale)?)?;
-        let k = self.split_heads(&self.key.forward(&kv_in)?)?;
-        let v = self.split_heads(&self.value.forward(&kv_in)?)?;
+        let q = (self.query.forward(x)? * self.scale)?;
+        let k = self.key.forward(&kv_in)?;
+        let v = self.value.forward(&kv_in)?;
+        // Without a graph: every head in one pass over blocks of query rows.
+        if let Some(ctx) = attention_context(&q, &k, &v, self.heads)? {
+            return Ok(ctx);
+        }
+        let (q, k, v) = (
+            self.split_heads(&q)?,
+            self.split_heads(&k)?,
+            self.split_heads(&v)?,
+        );
         // softmax(q·kᵀ) in one op: the graph keeps the probabilities, not the
         // scores as well (and our softmax has a backward; Candle's has none).
         let probs = attention_probs(&q, &k)?;

@@ -7,11 +7,13 @@
 //! probabilities and the matmul backward only q and k, so the fused op keeps
 //! q, k and its output, and never the scores.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::activation::{softmax_last_dim, softmax_row_in_place, SoftmaxBwd};
-use super::cpu::{f32_data, gemm_into, rows_per_task, use_cpu_kernels};
+use super::cpu::{
+    f32_data, gemm_into, gemm_into_on, par_fill, rows_per_task, use_cpu_kernels, Parallelism,
+};
 use crate::simd::wide;
 
 /// softmax(q·kᵀ) over the last dimension for q (…, N, d) and k (…, M, d) with
@@ -108,11 +110,182 @@ impl CustomOp2 for AttentionProbs {
     }
 }
 
+/// softmax(q·kᵀ)·v per head, for forwards without a graph (evaluation, the
+/// EMA teacher): q (B, N, C), k and v (B, M, C) token tensors → (B, N, C),
+/// head h being channels h·C/heads to (h+1)·C/heads of each. `None` when it
+/// does not apply (a graph to record, or not f32 on the CPU): the caller then
+/// takes the composed path (`attention_probs`, a matmul, the heads merged).
+///
+/// The composed path splits the heads into copies, writes every head's
+/// probabilities to memory and reads them back, and merges the heads with
+/// another copy; each step is a parallel op of its own. Here each task takes
+/// a block of query rows through every head: the scores of the block stay in
+/// cache from the product to the softmax to the product with v, and the
+/// result is written in place in the token layout. The products and the
+/// softmax are the composed path's, so the values are the same bits.
+pub(crate) fn attention_context(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+) -> Result<Option<Tensor>> {
+    if !use_cpu_kernels(q, &[k, v]) || q.track_op() || k.track_op() || v.track_op() {
+        return Ok(None);
+    }
+    let ctx = q.contiguous()?.apply_op3_no_bwd(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        &AttentionContext { heads },
+    )?;
+    Ok(Some(ctx))
+}
+
+struct AttentionContext {
+    heads: usize,
+}
+
+impl CustomOp3 for AttentionContext {
+    fn name(&self) -> &'static str {
+        "attention-context"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = f32_data(s1, l1, "attention q")?;
+        let k = f32_data(s2, l2, "attention k")?;
+        let v = f32_data(s3, l3, "attention v")?;
+        let (&[b, n, c], &[bk, m, ck], true) = (l1.dims(), l2.dims(), l2.dims() == l3.dims())
+        else {
+            bail!(
+                "attention: expected q (B, N, C) and k, v (B, M, C), got {:?}, {:?}, {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        };
+        let heads = self.heads;
+        if (bk, ck) != (b, c) || heads == 0 || c % heads != 0 || m == 0 {
+            bail!(
+                "attention: q {:?} and k, v {:?} do not fit {heads} heads",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let dh = c / heads;
+        // Query rows per task: a block of scores of about 64 KB.
+        let rows = rows_per_task(m);
+        let out = par_fill(b * n * c, rows * c, |start, block| {
+            let mut scores = vec![0f32; rows * m];
+            // The block's rows, split where a batch element ends.
+            let (mut r, end) = (start / c, start / c + block.len() / c);
+            while r < end {
+                let (bi, i0) = (r / n, r % n);
+                let len = (n - i0).min(end - r);
+                let scores = &mut scores[..len * m];
+                let dst = &mut block[(r - start / c) * c..(r - start / c + len) * c];
+                let (kb, vb) = (&k[bi * m * c..], &v[bi * m * c..]);
+                for h in 0..heads {
+                    // scores (len × M) = q rows (len × dh) · k_hᵀ (dh × M).
+                    gemm_into_on(
+                        Parallelism::None,
+                        len,
+                        m,
+                        dh,
+                        scores,
+                        m,
+                        false,
+                        &q[r * c + h * dh..],
+                        c as isize,
+                        1,
+                        &kb[h * dh..],
+                        1,
+                        c as isize,
+                    );
+                    wide(
+                        #[inline(always)]
+                        || {
+                            for row in scores.chunks_mut(m) {
+                                softmax_row_in_place(row);
+                            }
+                        },
+                    );
+                    // out rows, head h (len × dh) = probabilities (len × M) · v_h (M × dh).
+                    gemm_into_on(
+                        Parallelism::None,
+                        len,
+                        dh,
+                        m,
+                        &mut dst[h * dh..],
+                        c,
+                        false,
+                        scores,
+                        m as isize,
+                        1,
+                        &vb[h * dh..],
+                        c as isize,
+                        1,
+                    );
+                }
+                r += len;
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, n, c))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{close, f32, f64, randn};
+    use super::super::test_util::{bits, close, f32, f64, randn};
     use super::*;
     use candle_core::Var;
+
+    /// The graph-free context equals the composed path (heads split, fused
+    /// probabilities, matmul, heads merged) bit for bit: one and several heads,
+    /// query blocks that end inside a batch element, keys longer than a block.
+    #[test]
+    fn graph_free_context_is_the_composed_path() {
+        for (b, n, m, c, heads) in [(2, 37, 11, 8, 1), (2, 300, 64, 32, 2), (1, 50, 700, 20, 5)] {
+            let (q, k, v) = (randn(&[b, n, c]), randn(&[b, m, c]), randn(&[b, m, c]));
+            let split = |x: &Tensor, len: usize| {
+                x.reshape((b, len, heads, c / heads))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            };
+            let probs = attention_probs(&split(&q, n), &split(&k, m)).unwrap();
+            let composed = probs
+                .matmul(&split(&v, m))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .reshape((b, n, c))
+                .unwrap();
+            let fused = attention_context(&q, &k, &v, heads).unwrap().unwrap();
+            assert_eq!(fused.dims(), &[b, n, c]);
+            assert!(
+                bits(&fused) == bits(&composed),
+                "b{b} n{n} m{m} c{c} heads {heads}: values differ, largest {}",
+                super::super::max_rel_diff(&fused, &composed).unwrap()
+            );
+        }
+        // With a graph to record it does not apply.
+        let q = Var::from_tensor(&randn(&[1, 4, 8])).unwrap();
+        let k = randn(&[1, 3, 8]);
+        assert!(attention_context(q.as_tensor(), &k, &k, 2)
+            .unwrap()
+            .is_none());
+    }
 
     /// Values and both gradients of the fused op against the composed ops
     /// (f32 and the f64 fallback), with heads and with a single group.

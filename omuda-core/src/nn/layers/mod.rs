@@ -49,6 +49,7 @@ mod pool;
 pub use activation::{gelu, relu, softmax_last_dim};
 pub use add::add;
 pub(crate) use add::add_owned;
+pub(crate) use attention::attention_context;
 pub use attention::{attention_probs, attention_probs_composed};
 pub use batch_norm::{batch_norm_train_composed, BatchNorm2d};
 pub use bias::add_bias;
