@@ -11,7 +11,9 @@ use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
 use super::activation::{relu, relu_backward};
-use super::cpu::{centered_dot, f32_data, split_at_axis, sq_dev_sum, sum_f32, use_cpu_kernels};
+use super::cpu::{
+    centered_dot, f32_data, par_fill, split_at_axis, sq_dev_sum, sum_f32, use_cpu_kernels,
+};
 use crate::nn::ForwardCtx;
 use crate::simd::wide;
 
@@ -47,6 +49,72 @@ impl CustomOp1 for ChannelStats {
             (mean, var)
         });
         Ok((CpuStorage::F32(out), Shape::from((2, c))))
+    }
+}
+
+/// Evaluation-mode BatchNorm without a graph: (x (B,C,H,W), scale (C),
+/// shift (C)) → x·scale + shift per channel, followed by a ReLU when `relu`.
+struct ChannelScaleShift {
+    relu: bool,
+}
+
+impl CustomOp3 for ChannelScaleShift {
+    fn name(&self) -> &'static str {
+        "channel-scale-shift"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1, "batch_norm input")?;
+        let scale = f32_data(s2, l2, "batch_norm scale")?;
+        let shift = f32_data(s3, l3, "batch_norm shift")?;
+        if l1.dims().len() < 2 {
+            bail!(
+                "batch_norm: expected a (B, C, …) input, got {:?}",
+                l1.dims()
+            );
+        }
+        let (_, c, hw) = split_at_axis(l1.dims(), 1);
+        if scale.len() != c || shift.len() != c {
+            bail!(
+                "batch_norm: input {:?} does not fit {} scales and {} shifts",
+                l1.dims(),
+                scale.len(),
+                shift.len()
+            );
+        }
+        let hw = hw.max(1);
+        // Whole planes per task, about 16 K values.
+        let planes = (16 * 1024 / hw).max(1);
+        let out = par_fill(x.len(), planes * hw, |start, o| {
+            wide(
+                #[inline(always)]
+                || {
+                    for (pi, op) in o.chunks_mut(hw).enumerate() {
+                        let plane = start / hw + pi;
+                        let (sc, sh) = (scale[plane % c], shift[plane % c]);
+                        let xp = &x[plane * hw..plane * hw + op.len()];
+                        if self.relu {
+                            for (ov, xv) in op.iter_mut().zip(xp) {
+                                *ov = (xv * sc + sh).max(0.0);
+                            }
+                        } else {
+                            for (ov, xv) in op.iter_mut().zip(xp) {
+                                *ov = xv * sc + sh;
+                            }
+                        }
+                    }
+                },
+            )
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -321,8 +389,7 @@ impl BatchNorm2d {
             );
         }
         if !ctx.bn_train {
-            let y = self.forward_eval(x)?;
-            return if with_relu { relu(&y) } else { Ok(y) };
+            return self.forward_eval(x, with_relu);
         }
         let n = b * h * w;
         if n < 2 {
@@ -358,7 +425,7 @@ impl BatchNorm2d {
         Ok(y)
     }
 
-    fn forward_eval(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward_eval(&self, x: &Tensor, with_relu: bool) -> Result<Tensor> {
         let c = self.weight.elem_count();
         // Running statistics are state, not parameters: detached so that no
         // gradient is computed for them.
@@ -367,8 +434,28 @@ impl BatchNorm2d {
             .recip()?;
         let scale = (&self.weight * rstd)?;
         let shift = (&self.bias - (self.running_mean.as_detached_tensor() * &scale)?)?;
-        x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&shift.reshape((1, c, 1, 1))?)
+        // Without a graph (evaluation on graph-free weights): one pass over
+        // the map instead of a broadcast multiply, a broadcast add and a ReLU,
+        // each allocating a map; the same two roundings, so the same bits.
+        if use_cpu_kernels(x, &[&scale, &shift])
+            && !x.track_op()
+            && !scale.track_op()
+            && !shift.track_op()
+        {
+            return x.contiguous()?.apply_op3_no_bwd(
+                &scale,
+                &shift,
+                &ChannelScaleShift { relu: with_relu },
+            );
+        }
+        let y = x
+            .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1, 1))?)?;
+        if with_relu {
+            relu(&y)
+        } else {
+            Ok(y)
+        }
     }
 
     fn update_running_stats(&self, stats: &Tensor, n: usize) -> Result<()> {
@@ -420,6 +507,53 @@ mod tests {
 
     /// The fused BatchNorm + ReLU equals ReLU after BatchNorm in value (bit for
     /// bit) and in the gradients of the input, weight and bias.
+    /// Evaluation mode on graph-free statistics and weights (one fused pass)
+    /// gives the bits of the composed path (multiply, add, ReLU), which the
+    /// same layer takes when its weights are variables.
+    #[test]
+    fn eval_without_graph_is_the_composed_path() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let x = randn(&[2, 3, 5, 4]);
+        let vm = VarMap::new();
+        let vars =
+            BatchNorm2d::new(3, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+        let mut plain = std::collections::HashMap::new();
+        for name in ["weight", "bias", "running_mean"] {
+            plain.insert(name.to_string(), randn(&[3]));
+        }
+        plain.insert("running_var".to_string(), randn(&[3]).abs().unwrap());
+        plain.insert(
+            "num_batches_tracked".to_string(),
+            Tensor::new(0f32, &Device::Cpu).unwrap(),
+        );
+        {
+            let data = vm.data().lock().unwrap();
+            for (name, var) in data.iter() {
+                var.set(&plain[name.as_str()]).unwrap();
+            }
+        }
+        let graph_free =
+            BatchNorm2d::new(3, VarBuilder::from_tensors(plain, DType::F32, &Device::Cpu)).unwrap();
+        assert!(!graph_free.weight.track_op() && vars.weight.track_op());
+        for relu in [false, true] {
+            let mut run = |bn: &BatchNorm2d| {
+                let mut ctx = ForwardCtx::eval(&mut rng);
+                let y = if relu {
+                    bn.forward_relu(&x, &mut ctx)
+                } else {
+                    bn.forward(&x, &mut ctx)
+                };
+                y.unwrap()
+            };
+            let (fused, composed) = (run(&graph_free), run(&vars));
+            assert_eq!(fused.dims(), x.dims());
+            assert!(
+                super::super::test_util::bits(&fused) == super::super::test_util::bits(&composed),
+                "relu {relu}: values differ"
+            );
+        }
+    }
+
     #[test]
     fn fused_relu_matches_separate_relu() {
         let x = candle_core::Var::from_tensor(&randn(&[2, 3, 5, 4])).unwrap();
