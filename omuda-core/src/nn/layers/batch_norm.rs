@@ -52,6 +52,21 @@ impl CustomOp1 for ChannelStats {
     }
 }
 
+/// One plane of a normalised map: `o = x·scale + shift` (a multiply and an
+/// add, two roundings), then the ReLU when `relu`.
+#[inline(always)]
+fn scale_shift_plane(o: &mut [f32], x: &[f32], scale: f32, shift: f32, relu: bool) {
+    if relu {
+        for (ov, xv) in o.iter_mut().zip(x) {
+            *ov = (xv * scale + shift).max(0.0);
+        }
+    } else {
+        for (ov, xv) in o.iter_mut().zip(x) {
+            *ov = xv * scale + shift;
+        }
+    }
+}
+
 /// Evaluation-mode BatchNorm without a graph: (x (B,C,H,W), scale (C),
 /// shift (C)) → x·scale + shift per channel, followed by a ReLU when `relu`.
 struct ChannelScaleShift {
@@ -99,17 +114,8 @@ impl CustomOp3 for ChannelScaleShift {
                 || {
                     for (pi, op) in o.chunks_mut(hw).enumerate() {
                         let plane = start / hw + pi;
-                        let (sc, sh) = (scale[plane % c], shift[plane % c]);
                         let xp = &x[plane * hw..plane * hw + op.len()];
-                        if self.relu {
-                            for (ov, xv) in op.iter_mut().zip(xp) {
-                                *ov = (xv * sc + sh).max(0.0);
-                            }
-                        } else {
-                            for (ov, xv) in op.iter_mut().zip(xp) {
-                                *ov = xv * sc + sh;
-                            }
-                        }
+                        scale_shift_plane(op, xp, scale[plane % c], shift[plane % c], self.relu);
                     }
                 },
             )
@@ -154,15 +160,7 @@ impl CustomOp3 for BatchNormTrainOp {
                         let ci = plane % c;
                         let scale = wb[ci] / (st[c + ci] + self.eps).sqrt();
                         let shift = wb[c + ci] - st[ci] * scale;
-                        if self.relu {
-                            for (ov, xv) in o.iter_mut().zip(xp.iter()) {
-                                *ov = (xv * scale + shift).max(0.0);
-                            }
-                        } else {
-                            for (ov, xv) in o.iter_mut().zip(xp.iter()) {
-                                *ov = xv * scale + shift;
-                            }
-                        }
+                        scale_shift_plane(o, xp, scale, shift, self.relu);
                     },
                 )
             });
