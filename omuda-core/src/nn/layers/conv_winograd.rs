@@ -57,7 +57,7 @@ impl Geom {
     fn new(x: (usize, usize, usize, usize), o: usize, cfg: ConvCfg) -> Result<Self> {
         let (b, c, h, w) = x;
         let p = cfg.padding;
-        if h + 2 * p < 3 || w + 2 * p < 3 {
+        if h == 0 || w == 0 || h + 2 * p < 3 || w + 2 * p < 3 {
             bail!("conv2d: input {h}x{w} too small for a 3x3 kernel with {cfg:?}");
         }
         let (ho, wo) = (h + 2 * p - 2, w + 2 * p - 2);
@@ -358,6 +358,25 @@ mod tests {
                     &format!("{what}: d{name}"),
                 );
             }
+        }
+    }
+
+    /// An empty or too small map is an error naming the sizes, not a panic.
+    #[test]
+    fn too_small_input_is_an_error() {
+        let cfg = ConvCfg {
+            stride: 1,
+            padding: 2,
+            dilation: 1,
+        };
+        for (h, w) in [(0, 5), (5, 0)] {
+            let x = Tensor::zeros((1, 32, h, w), DType::F32, &candle_core::Device::Cpu).unwrap();
+            let wt = randn(&[32, 32, 3, 3]);
+            let err = x
+                .apply_op2(&wt, ConvWinograd { cfg })
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{h}x{w}")), "{err}");
         }
     }
 
