@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 use super::activation::{softmax_last_dim, softmax_row_in_place, SoftmaxBwd};
 use super::cpu::{
-    f32_data, gemm_into, gemm_into_on, par_fill, rows_per_task, use_cpu_kernels, Parallelism,
+    f32_data, gemm_into, gemm_into_on, graph_free_cpu, par_fill, rows_per_task, use_cpu_kernels,
+    Parallelism,
 };
 use crate::simd::wide;
 
@@ -129,7 +130,7 @@ pub(crate) fn attention_context(
     v: &Tensor,
     heads: usize,
 ) -> Result<Option<Tensor>> {
-    if !use_cpu_kernels(q, &[k, v]) || q.track_op() || k.track_op() || v.track_op() {
+    if !graph_free_cpu(q, &[k, v]) {
         return Ok(None);
     }
     let ctx = q.contiguous()?.apply_op3_no_bwd(

@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 use super::activation::{relu, relu_backward};
 use super::cpu::{
-    centered_dot, f32_data, par_fill, split_at_axis, sq_dev_sum, sum_f32, use_cpu_kernels,
+    centered_dot, f32_data, graph_free_cpu, par_fill, split_at_axis, sq_dev_sum, sum_f32,
+    use_cpu_kernels,
 };
 use crate::nn::ForwardCtx;
 use crate::simd::wide;
@@ -435,11 +436,7 @@ impl BatchNorm2d {
         // Without a graph (evaluation on graph-free weights): one pass over
         // the map instead of a broadcast multiply, a broadcast add and a ReLU,
         // each allocating a map; the same two roundings, so the same bits.
-        if use_cpu_kernels(x, &[&scale, &shift])
-            && !x.track_op()
-            && !scale.track_op()
-            && !shift.track_op()
-        {
+        if graph_free_cpu(x, &[&scale, &shift]) {
             return x.contiguous()?.apply_op3_no_bwd(
                 &scale,
                 &shift,

@@ -17,15 +17,18 @@ pub(super) fn use_cpu_kernels(x: &Tensor, others: &[&Tensor]) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32 && others.iter().all(|t| t.dtype() == DType::F32)
 }
 
+/// True when the fused CPU kernels apply (see [`use_cpu_kernels`]) and neither
+/// `x` nor any of `others` is part of an autograd graph: an evaluation or
+/// teacher forward on graph-free weights, where ops need no backward.
+pub(super) fn graph_free_cpu(x: &Tensor, others: &[&Tensor]) -> bool {
+    use_cpu_kernels(x, others) && !x.track_op() && others.iter().all(|t| !t.track_op())
+}
+
 /// True when `y`, a tensor the caller owns and no other tensor shares, can be
-/// overwritten by a fused op instead of allocating the result: the CPU kernels
-/// apply, `y` is contiguous, and neither `y` nor any of `others` is part of an
-/// autograd graph (an evaluation or teacher forward on graph-free weights).
+/// overwritten by a fused op instead of allocating the result: `y` is
+/// contiguous and [`graph_free_cpu`].
 pub(crate) fn may_overwrite(y: &Tensor, others: &[&Tensor]) -> bool {
-    use_cpu_kernels(y, others)
-        && y.is_contiguous()
-        && !y.track_op()
-        && others.iter().all(|t| !t.track_op())
+    y.is_contiguous() && graph_free_cpu(y, others)
 }
 
 /// The contiguous `f32` data of a CPU storage, or an error naming the operand.

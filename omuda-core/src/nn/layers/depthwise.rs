@@ -9,7 +9,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::activation::gelu_owned;
 use super::bias::{add_optional_bias, zero_bias};
-use super::cpu::{f32_data, use_cpu_kernels, MapOrder};
+use super::cpu::{f32_data, graph_free_cpu, use_cpu_kernels, MapOrder};
 use super::depthwise_geom::DwGeom;
 use super::{depthwise_nchw, depthwise_nhwc};
 
@@ -340,8 +340,7 @@ impl DepthwiseConv2d {
         let (_, _, _, c) = x.dims4()?;
         let geom = depthwise_geom(&self.weight, c, self.padding, self.dilation)?;
         if let (Some(geom), Some(b)) = (geom, &self.bias) {
-            let graph_free = !x.track_op() && !self.weight.track_op() && !b.track_op();
-            if graph_free && use_cpu_kernels(x, &[&self.weight, b]) && b.dims() == [c] {
+            if graph_free_cpu(x, &[&self.weight, b]) && b.dims() == [c] {
                 let wt = nhwc_weight(&self.weight, c, geom)?;
                 return x.contiguous()?.apply_op3_no_bwd(
                     &wt,
