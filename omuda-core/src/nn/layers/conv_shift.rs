@@ -111,6 +111,31 @@ fn taps_first(g: &Geom, w: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Dims of a 4-d operand.
+type Dims4 = (usize, usize, usize, usize);
+
+/// The data and dims of a dense convolution's input (B, C, H, W) and weight
+/// (O, C, kh, kw), or an error when either is not a contiguous f32 4-d tensor
+/// or the weight's input channels are not the input's.
+pub(super) fn dense_operands<'a>(
+    xs: &'a CpuStorage,
+    xl: &Layout,
+    ws: &'a CpuStorage,
+    wl: &Layout,
+) -> Result<(&'a [f32], &'a [f32], Dims4, Dims4)> {
+    let x = f32_data(xs, xl, "conv2d input")?;
+    let w = f32_data(ws, wl, "conv2d weight")?;
+    let (x_dims, w_dims) = (dims4(xl, "conv2d input")?, dims4(wl, "conv2d weight")?);
+    if w_dims.1 != x_dims.1 {
+        bail!(
+            "conv2d: weight {:?} does not fit input {:?}",
+            wl.dims(),
+            xl.dims()
+        );
+    }
+    Ok((x, w, x_dims, w_dims))
+}
+
 /// Forward: (B, C, H, W) ⊛ (O, C, k, k) → (B, O, Ho, Wo).
 pub(super) struct ConvShift {
     pub(super) cfg: ConvCfg,
@@ -128,17 +153,8 @@ impl CustomOp2 for ConvShift {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(xs, xl, "conv2d input")?;
-        let w = f32_data(ws, wl, "conv2d weight")?;
-        let (o, wc, k, _) = dims4(wl, "conv2d weight")?;
-        let g = Geom::new(dims4(xl, "conv2d input")?, o, k, self.cfg)?;
-        if wc != g.c {
-            bail!(
-                "conv2d: weight {:?} does not fit input {:?}",
-                wl.dims(),
-                xl.dims()
-            );
-        }
+        let (x, w, x_dims, (o, _, k, _)) = dense_operands(xs, xl, ws, wl)?;
+        let g = Geom::new(x_dims, o, k, self.cfg)?;
         let xp = pad_input(&g, x);
         let wt = taps_first(&g, w);
         let (plane, run) = (g.plane(), g.run());

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::conv_cfg::ConvCfg;
 use super::conv_shift;
-use super::cpu::{dims4, f32_data, gemm_into_on, par_fill, Parallelism};
+use super::cpu::{gemm_into_on, par_fill, Parallelism};
 use crate::simd::wide;
 
 /// Transformed positions per tile (6 × 6).
@@ -231,9 +231,7 @@ impl CustomOp2 for ConvWinograd {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(xs, xl, "conv2d input")?;
-        let w = f32_data(ws, wl, "conv2d weight")?;
-        let (o, wc, k, k2) = dims4(wl, "conv2d weight")?;
+        let (x, w, x_dims, (o, _, k, k2)) = conv_shift::dense_operands(xs, xl, ws, wl)?;
         if self.cfg.stride != 1 || self.cfg.dilation != 1 || (k, k2) != (3, 3) {
             bail!(
                 "conv2d-winograd: needs a 3x3 kernel at stride 1 without dilation, got weight {:?} with {:?}",
@@ -241,14 +239,7 @@ impl CustomOp2 for ConvWinograd {
                 self.cfg
             );
         }
-        let g = Geom::new(dims4(xl, "conv2d input")?, o, self.cfg)?;
-        if wc != g.c {
-            bail!(
-                "conv2d: weight {:?} does not fit input {:?}",
-                wl.dims(),
-                xl.dims()
-            );
-        }
+        let g = Geom::new(x_dims, o, self.cfg)?;
         let u = transform_weight(&g, w);
         let rows_per_block = g.rows_per_block();
         let block = rows_per_block * g.tw;
