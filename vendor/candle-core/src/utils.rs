@@ -379,7 +379,15 @@ pub fn init_global_threadpool() {
         .build_global();
 }
 
+/// Counted once per process (omuda's patch, vendor/README.md): upstream counts
+/// again at every call, and every CPU matmul calls, which on Linux without
+/// `RAYON_NUM_THREADS` reads and parses `/proc/cpuinfo` each time.
 fn default_num_threads() -> usize {
+    static DEFAULT_NUM_THREADS: OnceLock<usize> = OnceLock::new();
+    *DEFAULT_NUM_THREADS.get_or_init(count_default_num_threads)
+}
+
+fn count_default_num_threads() -> usize {
     let physical = {
         #[cfg(target_os = "macos")]
         {
