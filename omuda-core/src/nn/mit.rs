@@ -11,8 +11,8 @@ use candle_core::{bail, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{
-    add_owned, attention_context, attention_probs, Conv2d, ConvCfg, DepthwiseConv2d, DropPath,
-    LayerNorm, Linear,
+    add_owned, attention_context, attention_probs, transpose_last2, Conv2d, ConvCfg,
+    DepthwiseConv2d, DropPath, LayerNorm, Linear,
 };
 use super::ForwardCtx;
 
@@ -218,7 +218,7 @@ fn tokens_to_nchw(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     if n != h * w {
         bail!("MiT: {n} tokens do not form a {h}x{w} map");
     }
-    x.transpose(1, 2)?.contiguous()?.reshape((b, c, h, w))
+    transpose_last2(x)?.reshape((b, c, h, w))
 }
 
 /// Multi-head attention whose keys and values come from a spatially reduced
@@ -489,7 +489,8 @@ impl MixTransformer {
         }
         let mut feats = Vec::with_capacity(4);
         // The image is the only NCHW → channels-last copy (3 channels, no gradient).
-        let mut cur = x.permute((0, 2, 3, 1))?.contiguous()?;
+        let (b, _, h, w) = x.dims4()?;
+        let mut cur = transpose_last2(&x.reshape((b, c, h * w))?)?.reshape((b, h, w, c))?;
         for stage in &self.stages {
             let (nhwc, nchw) = stage.forward(&cur, ctx)?;
             feats.push(nchw);

@@ -14,6 +14,7 @@ use super::conv_winograd;
 use super::cpu::{use_cpu_kernels, MapOrder};
 use super::im2col::{ColGeom, Im2Col};
 use super::linear::channels_first_affine;
+use super::transpose::transpose_last2;
 
 /// Dense 2-D convolution on (B, C, H, W): `weight` (out, in, k, k), optional `bias` (out).
 /// 1x1 convolutions run as a matmul, whose backward is far cheaper than Candle's
@@ -167,10 +168,7 @@ pub fn conv2d_nhwc(x: &Tensor, weight: &Tensor, cfg: ConvCfg) -> Result<Tensor> 
         order: MapOrder::Nhwc,
     })?;
     // Weight in (O, ki, kj, C) order to match the column layout (a small copy).
-    let wr = weight
-        .permute((0, 2, 3, 1))?
-        .contiguous()?
-        .reshape((o, k * k * c))?;
+    let wr = transpose_last2(&weight.reshape((o, c, k * k))?)?.reshape((o, k * k * c))?;
     cols.matmul(&wr.t()?)?.reshape((b, geom.ho, geom.wo, o))
 }
 

@@ -11,6 +11,7 @@ use super::activation::gelu_owned;
 use super::bias::{add_optional_bias, zero_bias};
 use super::cpu::{f32_data, graph_free_cpu, use_cpu_kernels, MapOrder};
 use super::depthwise_geom::DwGeom;
+use super::transpose::transpose_last2;
 use super::{depthwise_nchw, depthwise_nhwc};
 
 /// `f32_data` labels of (input, weight, output gradient) for the layout.
@@ -212,7 +213,7 @@ pub fn depthwise_conv2d(
 /// A depthwise weight (C, 1, k, k) as (k·k, C): a tiny transpose that keeps
 /// the channels-last kernels' inner loop over channels.
 fn nhwc_weight(weight: &Tensor, c: usize, geom: DwGeom) -> Result<Tensor> {
-    weight.reshape((c, geom.k * geom.k))?.t()?.contiguous()
+    transpose_last2(&weight.reshape((c, geom.k * geom.k))?)
 }
 
 /// Stride-1 depthwise convolution of a channels-last map (B, H, W, C) with

@@ -23,7 +23,8 @@
 //!   `depthwise_nchw` and `depthwise_nhwc` (kernels): stride-1 depthwise convolution;
 //! - `activation`: GELU, ReLU and softmax;
 //! - `attention`: the attention probabilities softmax(q·kᵀ), without keeping the scores;
-//! - `pool`: max-pooling with padding and a backward pass.
+//! - `pool`: max-pooling with padding and a backward pass;
+//! - `transpose`: the tiled transposed copy of the last two dimensions.
 
 mod activation;
 mod add;
@@ -45,6 +46,7 @@ mod layer_norm;
 mod linear;
 mod math;
 mod pool;
+mod transpose;
 
 pub use activation::{gelu, relu, softmax_last_dim};
 pub use add::add;
@@ -62,6 +64,7 @@ pub use layer_norm::{layer_norm, layer_norm_composed, LayerNorm};
 pub use linear::{channels_first_affine, Linear};
 pub use math::exp_f32;
 pub use pool::{max_pool2d, max_pool2d_composed};
+pub use transpose::transpose_last2;
 
 use candle_core::{DType, Result, Tensor};
 
