@@ -150,21 +150,17 @@ impl CustomOp3 for BatchNormTrainOp {
         let st = f32_data(s2, l2, "batch_norm statistics")?;
         let wb = f32_data(s3, l3, "batch_norm weight/bias")?;
         let (_, c, hw) = split_at_axis(l1.dims(), 1);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(hw.max(1))
-            .zip(x.par_chunks(hw.max(1)))
-            .enumerate()
-            .for_each(|(plane, (o, xp))| {
-                wide(
-                    #[inline(always)]
-                    || {
-                        let ci = plane % c;
-                        let scale = wb[ci] / (st[c + ci] + self.eps).sqrt();
-                        let shift = wb[c + ci] - st[ci] * scale;
-                        scale_shift_plane(o, xp, scale, shift, self.relu);
-                    },
-                )
-            });
+        let out = par_fill(x.len(), hw, |start, o| {
+            wide(
+                #[inline(always)]
+                || {
+                    let ci = (start / hw) % c;
+                    let scale = wb[ci] / (st[c + ci] + self.eps).sqrt();
+                    let shift = wb[c + ci] - st[ci] * scale;
+                    scale_shift_plane(o, &x[start..start + hw], scale, shift, self.relu);
+                },
+            )
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -258,28 +254,24 @@ impl CustomOp3 for BatchNormBwdInput {
         let p = f32_data(s3, l3, "batch_norm backward parameters")?;
         let (b, c, hw) = split_at_axis(l1.dims(), 1);
         let n = (b * hw) as f32;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(hw.max(1))
-            .enumerate()
-            .for_each(|(plane, o)| {
-                wide(
-                    #[inline(always)]
-                    || {
-                        let ci = plane % c;
-                        let mean = p[ci];
-                        let rstd = 1.0 / (p[c + ci] + self.eps).sqrt();
-                        let w = p[2 * c + ci];
-                        let (mgx, mg) = (p[4 * c + ci] / n, p[5 * c + ci] / n);
-                        let r = plane * hw..(plane + 1) * hw;
-                        // dx = w·rstd·(g − mean(g) − x̂·mean(g·x̂)).
-                        for ((ov, xv), gv) in o.iter_mut().zip(x[r.clone()].iter()).zip(g[r].iter())
-                        {
-                            let xh = (xv - mean) * rstd;
-                            *ov = w * rstd * (gv - mg - xh * mgx);
-                        }
-                    },
-                )
-            });
+        let out = par_fill(x.len(), hw, |start, o| {
+            wide(
+                #[inline(always)]
+                || {
+                    let ci = (start / hw) % c;
+                    let mean = p[ci];
+                    let rstd = 1.0 / (p[c + ci] + self.eps).sqrt();
+                    let w = p[2 * c + ci];
+                    let (mgx, mg) = (p[4 * c + ci] / n, p[5 * c + ci] / n);
+                    let r = start..start + hw;
+                    // dx = w·rstd·(g − mean(g) − x̂·mean(g·x̂)).
+                    for ((ov, xv), gv) in o.iter_mut().zip(x[r.clone()].iter()).zip(g[r].iter()) {
+                        let xh = (xv - mean) * rstd;
+                        *ov = w * rstd * (gv - mg - xh * mgx);
+                    }
+                },
+            )
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

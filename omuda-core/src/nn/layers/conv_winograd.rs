@@ -140,11 +140,54 @@ fn transform_weight(g: &Geom, w: &[f32]) -> Vec<f32> {
     })
 }
 
+/// Tiles transformed together, side by side in the lanes of one vector: the
+/// transforms' arithmetic runs on 16 tiles at once, and each transformed value
+/// is stored for 16 consecutive tiles with one contiguous write.
+const LANES: usize = 16;
+
+/// One value of `LANES` consecutive tiles.
+type Lanes = [f32; LANES];
+
+/// [`input_1d`] of every lane (the same operations, lane by lane).
+#[inline(always)]
+fn input_lanes(v: [&Lanes; 6], out: &mut [Lanes; 6]) {
+    for l in 0..LANES {
+        let r = input_1d(std::array::from_fn(|a| v[a][l]));
+        for (o, rv) in out.iter_mut().zip(r) {
+            o[l] = rv;
+        }
+    }
+}
+
+/// [`output_1d`] of every lane.
+#[inline(always)]
+fn output_lanes(m: [&Lanes; 6], out: &mut [Lanes; 4]) {
+    for l in 0..LANES {
+        let r = output_1d(std::array::from_fn(|a| m[a][l]));
+        for (o, rv) in out.iter_mut().zip(r) {
+            o[l] = rv;
+        }
+    }
+}
+
+/// `dst[..n] = src[..n]` for `n` ≤ `N`: a copy of the constant length `N`
+/// (inlined vector moves) when `n` is `N`, as it is for all but a row's last
+/// group of tiles; a variable-length copy is a `memmove` call.
+#[inline(always)]
+fn copy_prefix<const N: usize>(dst: &mut [f32], src: &[f32], n: usize) {
+    if n == N {
+        dst[..N].copy_from_slice(&src[..N]);
+    } else {
+        dst[..n].copy_from_slice(&src[..n]);
+    }
+}
+
 /// Input tiles of tile rows `rows` of image `x` (C, H, W) → V laid out
 /// (C, ξ, tiles): `V[ξ]` is the (C × tiles) matrix with row stride 36·tiles.
 fn transform_input(g: &Geom, x: &[f32], rows: std::ops::Range<usize>, v: &mut [f32]) {
     let nt = rows.len() * g.tw;
-    let sw = 4 * g.tw + 2;
+    // Padded to whole groups of LANES tiles, so that every group reads in range.
+    let sw = 4 * g.tw.next_multiple_of(LANES) + 2;
     v.par_chunks_mut(XI * nt)
         .zip(x.par_chunks(g.h * g.w))
         .for_each(|(vc, xc)| {
@@ -159,25 +202,33 @@ fn transform_input(g: &Geom, x: &[f32], rows: std::ops::Range<usize>, v: &mut [f
                         };
                         // Padded column s holds image column s − p.
                         let src = &xc[r * g.w..(r + 1) * g.w];
-                        let dst = &mut strip[a * sw..(a + 1) * sw];
-                        let end = (g.p + g.w).min(sw);
-                        dst[g.p..end].copy_from_slice(&src[..end - g.p]);
+                        strip[a * sw + g.p..a * sw + g.p + g.w].copy_from_slice(src);
                     }
-                    for tj in 0..g.tw {
-                        let d = |a: usize| -> [f32; 6] {
-                            let s = a * sw + 4 * tj;
-                            std::array::from_fn(|e| strip[s + e])
-                        };
+                    for tj0 in (0..g.tw).step_by(LANES) {
+                        let n = LANES.min(g.tw - tj0);
+                        // d[a][e][l]: row a, column e of the patch of tile tj0 + l.
+                        let mut d = [[[0f32; LANES]; 6]; 6];
+                        for (a, da) in d.iter_mut().enumerate() {
+                            let row = &strip[a * sw + 4 * tj0..];
+                            for (e, dae) in da.iter_mut().enumerate() {
+                                for (l, v) in dae.iter_mut().enumerate() {
+                                    *v = row[4 * l + e];
+                                }
+                            }
+                        }
                         // Bᵀ d: transform the columns, then (Bᵀ d) B the rows.
-                        let rows_t: [[f32; 6]; 6] = [d(0), d(1), d(2), d(3), d(4), d(5)];
-                        let cols: [[f32; 6]; 6] = std::array::from_fn(|e| {
-                            input_1d(std::array::from_fn(|a| rows_t[a][e]))
-                        });
-                        let t = bi * g.tw + tj;
+                        // (Arrays written in place: returned by value, they are
+                        // copied with `memmove` calls.)
+                        let mut cols = [[[0f32; LANES]; 6]; 6];
+                        for (e, col) in cols.iter_mut().enumerate() {
+                            input_lanes(std::array::from_fn(|a| &d[a][e]), col);
+                        }
+                        let t0 = bi * g.tw + tj0;
+                        let mut out = [[0f32; LANES]; 6];
                         for r in 0..6 {
-                            let out = input_1d(std::array::from_fn(|e| cols[e][r]));
-                            for (s, val) in out.into_iter().enumerate() {
-                                vc[(r * 6 + s) * nt + t] = val;
+                            input_lanes(std::array::from_fn(|e| &cols[e][r]), &mut out);
+                            for (s, lanes) in out.iter().enumerate() {
+                                copy_prefix::<LANES>(&mut vc[(r * 6 + s) * nt + t0..], lanes, n);
                             }
                         }
                     }
@@ -195,18 +246,31 @@ fn transform_output(g: &Geom, m: &[f32], rows: std::ops::Range<usize>, y: &mut [
         .for_each(|(oi, yo)| {
             wide(|| {
                 for (bi, ti) in rows.clone().enumerate() {
-                    for tj in 0..g.tw {
-                        let t = bi * g.tw + tj;
-                        let at = |xi: usize| m[(xi * g.o + oi) * nt + t];
+                    for tj0 in (0..g.tw).step_by(LANES) {
+                        let n = LANES.min(g.tw - tj0);
+                        let t0 = bi * g.tw + tj0;
+                        let mut mv = [[0f32; LANES]; XI];
+                        for (xi, lanes) in mv.iter_mut().enumerate() {
+                            copy_prefix::<LANES>(lanes, &m[(xi * g.o + oi) * nt + t0..], n);
+                        }
                         // Aᵀ M: 4 × 6, then (Aᵀ M) A: 4 × 4.
-                        let cols: [[f32; 4]; 6] = std::array::from_fn(|s| {
-                            output_1d(std::array::from_fn(|r| at(r * 6 + s)))
-                        });
+                        let mut cols = [[[0f32; LANES]; 4]; 6];
+                        for (s, col) in cols.iter_mut().enumerate() {
+                            output_lanes(std::array::from_fn(|r| &mv[r * 6 + s]), col);
+                        }
+                        let mut out = [[0f32; LANES]; 4];
+                        let x0 = 4 * tj0;
+                        let len = (g.wo - x0).min(4 * LANES);
                         for (i, yr) in (4 * ti..g.ho.min(4 * ti + 4)).enumerate() {
-                            let out = output_1d(std::array::from_fn(|s| cols[s][i]));
-                            let x0 = 4 * tj;
-                            let n = (g.wo - x0).min(4);
-                            yo[yr * g.wo + x0..yr * g.wo + x0 + n].copy_from_slice(&out[..n]);
+                            output_lanes(std::array::from_fn(|s| &cols[s][i]), &mut out);
+                            // Tile l's four values are columns 4·(tj0 + l) + 0..4.
+                            let mut row = [0f32; 4 * LANES];
+                            for (l, quad) in row.chunks_exact_mut(4).enumerate() {
+                                for (k, v) in quad.iter_mut().enumerate() {
+                                    *v = out[k][l];
+                                }
+                            }
+                            copy_prefix::<{ 4 * LANES }>(&mut yo[yr * g.wo + x0..], &row, len);
                         }
                     }
                 }
