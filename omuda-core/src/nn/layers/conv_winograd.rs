@@ -148,22 +148,16 @@ const LANES: usize = 16;
 /// One value of `LANES` consecutive tiles.
 type Lanes = [f32; LANES];
 
-/// [`input_1d`] of every lane (the same operations, lane by lane).
+/// `f` (a 1-d transform, [`input_1d`] or [`output_1d`]) of every lane: the
+/// same operations as on one tile, lane by lane.
 #[inline(always)]
-fn input_lanes(v: [&Lanes; 6], out: &mut [Lanes; 6]) {
+fn per_lane<const K: usize>(
+    v: [&Lanes; 6],
+    f: impl Fn([f32; 6]) -> [f32; K],
+    out: &mut [Lanes; K],
+) {
     for l in 0..LANES {
-        let r = input_1d(std::array::from_fn(|a| v[a][l]));
-        for (o, rv) in out.iter_mut().zip(r) {
-            o[l] = rv;
-        }
-    }
-}
-
-/// [`output_1d`] of every lane.
-#[inline(always)]
-fn output_lanes(m: [&Lanes; 6], out: &mut [Lanes; 4]) {
-    for l in 0..LANES {
-        let r = output_1d(std::array::from_fn(|a| m[a][l]));
+        let r = f(std::array::from_fn(|a| v[a][l]));
         for (o, rv) in out.iter_mut().zip(r) {
             o[l] = rv;
         }
@@ -221,12 +215,12 @@ fn transform_input(g: &Geom, x: &[f32], rows: std::ops::Range<usize>, v: &mut [f
                         // copied with `memmove` calls.)
                         let mut cols = [[[0f32; LANES]; 6]; 6];
                         for (e, col) in cols.iter_mut().enumerate() {
-                            input_lanes(std::array::from_fn(|a| &d[a][e]), col);
+                            per_lane(std::array::from_fn(|a| &d[a][e]), input_1d, col);
                         }
                         let t0 = bi * g.tw + tj0;
                         let mut out = [[0f32; LANES]; 6];
                         for r in 0..6 {
-                            input_lanes(std::array::from_fn(|e| &cols[e][r]), &mut out);
+                            per_lane(std::array::from_fn(|e| &cols[e][r]), input_1d, &mut out);
                             for (s, lanes) in out.iter().enumerate() {
                                 copy_prefix::<LANES>(&mut vc[(r * 6 + s) * nt + t0..], lanes, n);
                             }
@@ -256,13 +250,13 @@ fn transform_output(g: &Geom, m: &[f32], rows: std::ops::Range<usize>, y: &mut [
                         // Aᵀ M: 4 × 6, then (Aᵀ M) A: 4 × 4.
                         let mut cols = [[[0f32; LANES]; 4]; 6];
                         for (s, col) in cols.iter_mut().enumerate() {
-                            output_lanes(std::array::from_fn(|r| &mv[r * 6 + s]), col);
+                            per_lane(std::array::from_fn(|r| &mv[r * 6 + s]), output_1d, col);
                         }
                         let mut out = [[0f32; LANES]; 4];
                         let x0 = 4 * tj0;
                         let len = (g.wo - x0).min(4 * LANES);
                         for (i, yr) in (4 * ti..g.ho.min(4 * ti + 4)).enumerate() {
-                            output_lanes(std::array::from_fn(|s| &cols[s][i]), &mut out);
+                            per_lane(std::array::from_fn(|s| &cols[s][i]), output_1d, &mut out);
                             // Tile l's four values are columns 4·(tj0 + l) + 0..4.
                             let mut row = [0f32; 4 * LANES];
                             for (l, quad) in row.chunks_exact_mut(4).enumerate() {
