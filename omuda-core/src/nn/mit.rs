@@ -479,7 +479,7 @@ impl MixTransformer {
 
     /// (B, 3, H, W) → four maps (B, C_i, H/s_i, W/s_i), finest first.
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Vec<Tensor>> {
-        let (_, c, _, _) = x.dims4()?;
+        let (b, c, h, w) = x.dims4()?;
         if c != self.cfg.in_channels {
             bail!(
                 "MixTransformer: expected {} input channels, got input {:?}",
@@ -489,7 +489,6 @@ impl MixTransformer {
         }
         let mut feats = Vec::with_capacity(4);
         // The image is the only NCHW → channels-last copy (3 channels, no gradient).
-        let (b, _, h, w) = x.dims4()?;
         let mut cur = transpose_last2(&x.reshape((b, c, h * w))?)?.reshape((b, h, w, c))?;
         for stage in &self.stages {
             let (nhwc, nchw) = stage.forward(&cur, ctx)?;
