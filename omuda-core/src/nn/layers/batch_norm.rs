@@ -12,11 +12,10 @@ use rayon::prelude::*;
 
 use super::activation::{relu, relu_backward};
 use super::cpu::{
-    centered_dot, f32_data, graph_free_cpu, par_fill, split_at_axis, sq_dev_sum, sum_f32,
+    centered_dot, f32_data, graph_free_cpu, par_planes, split_at_axis, sq_dev_sum, sum_f32,
     use_cpu_kernels,
 };
 use crate::nn::ForwardCtx;
-use crate::simd::wide;
 
 /// Two values per channel for `c` channels, computed in parallel by `f(channel)`
 /// and laid out as (2, C) = [first values; second values].
@@ -106,21 +105,15 @@ impl CustomOp3 for ChannelScaleShift {
                 shift.len()
             );
         }
-        let hw = hw.max(1);
-        // Whole planes per task, about 16 K values.
-        let planes = (16 * 1024 / hw).max(1);
-        let out = par_fill(x.len(), planes * hw, |start, o| {
-            wide(
-                #[inline(always)]
-                || {
-                    for (pi, op) in o.chunks_mut(hw).enumerate() {
-                        let plane = start / hw + pi;
-                        let xp = &x[plane * hw..plane * hw + op.len()];
-                        scale_shift_plane(op, xp, scale[plane % c], shift[plane % c], self.relu);
-                    }
-                },
-            )
-        });
+        let out = par_planes(
+            x.len() / hw.max(1),
+            hw,
+            #[inline(always)]
+            |plane, op| {
+                let xp = &x[plane * hw..(plane + 1) * hw];
+                scale_shift_plane(op, xp, scale[plane % c], shift[plane % c], self.relu);
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -150,17 +143,17 @@ impl CustomOp3 for BatchNormTrainOp {
         let st = f32_data(s2, l2, "batch_norm statistics")?;
         let wb = f32_data(s3, l3, "batch_norm weight/bias")?;
         let (_, c, hw) = split_at_axis(l1.dims(), 1);
-        let out = par_fill(x.len(), hw, |start, o| {
-            wide(
-                #[inline(always)]
-                || {
-                    let ci = (start / hw) % c;
-                    let scale = wb[ci] / (st[c + ci] + self.eps).sqrt();
-                    let shift = wb[c + ci] - st[ci] * scale;
-                    scale_shift_plane(o, &x[start..start + hw], scale, shift, self.relu);
-                },
-            )
-        });
+        let out = par_planes(
+            x.len() / hw.max(1),
+            hw,
+            #[inline(always)]
+            |plane, o| {
+                let ci = plane % c;
+                let scale = wb[ci] / (st[c + ci] + self.eps).sqrt();
+                let shift = wb[c + ci] - st[ci] * scale;
+                scale_shift_plane(o, &x[plane * hw..(plane + 1) * hw], scale, shift, self.relu);
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -254,24 +247,24 @@ impl CustomOp3 for BatchNormBwdInput {
         let p = f32_data(s3, l3, "batch_norm backward parameters")?;
         let (b, c, hw) = split_at_axis(l1.dims(), 1);
         let n = (b * hw) as f32;
-        let out = par_fill(x.len(), hw, |start, o| {
-            wide(
-                #[inline(always)]
-                || {
-                    let ci = (start / hw) % c;
-                    let mean = p[ci];
-                    let rstd = 1.0 / (p[c + ci] + self.eps).sqrt();
-                    let w = p[2 * c + ci];
-                    let (mgx, mg) = (p[4 * c + ci] / n, p[5 * c + ci] / n);
-                    let r = start..start + hw;
-                    // dx = w·rstd·(g − mean(g) − x̂·mean(g·x̂)).
-                    for ((ov, xv), gv) in o.iter_mut().zip(x[r.clone()].iter()).zip(g[r].iter()) {
-                        let xh = (xv - mean) * rstd;
-                        *ov = w * rstd * (gv - mg - xh * mgx);
-                    }
-                },
-            )
-        });
+        let out = par_planes(
+            x.len() / hw.max(1),
+            hw,
+            #[inline(always)]
+            |plane, o| {
+                let ci = plane % c;
+                let mean = p[ci];
+                let rstd = 1.0 / (p[c + ci] + self.eps).sqrt();
+                let w = p[2 * c + ci];
+                let (mgx, mg) = (p[4 * c + ci] / n, p[5 * c + ci] / n);
+                let r = plane * hw..(plane + 1) * hw;
+                // dx = w·rstd·(g − mean(g) − x̂·mean(g·x̂)).
+                for ((ov, xv), gv) in o.iter_mut().zip(x[r.clone()].iter()).zip(g[r].iter()) {
+                    let xh = (xv - mean) * rstd;
+                    *ov = w * rstd * (gv - mg - xh * mgx);
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

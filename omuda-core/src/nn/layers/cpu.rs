@@ -224,6 +224,28 @@ pub(super) fn par_fill(len: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) +
     out
 }
 
+/// A vector of `planes` planes of `plane_len` values each (the (sample,
+/// channel) planes of an NCHW map), written plane by plane:
+/// `f(plane, out_plane)`, which must write every value of it. Whole planes per
+/// rayon task, about 16 K values; each zeroed by its task ([`par_fill`]).
+pub(super) fn par_planes(
+    planes: usize,
+    plane_len: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let task = plane_len * rows_per_task(plane_len);
+    par_fill(planes * plane_len, task, |start, o| {
+        wide(
+            #[inline(always)]
+            || {
+                for (i, op) in o.chunks_mut(plane_len).enumerate() {
+                    f(start / plane_len + i, op);
+                }
+            },
+        )
+    })
+}
+
 /// In-place element-wise kernel over `x` in parallel chunks: `f(chunk)`.
 pub(super) fn par_update(x: &mut [f32], f: impl Fn(&mut [f32]) + Sync) {
     x.par_chunks_mut(ELEMWISE_CHUNK).for_each(|c| {

@@ -5,7 +5,7 @@
 use candle_core::{Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::cpu::{dims4, dot_f32, par_fill};
+use super::cpu::{dims4, dot_f32, par_planes};
 use super::depthwise_geom::DwGeom;
 use crate::simd::wide;
 
@@ -14,26 +14,24 @@ pub(super) fn forward(g: DwGeom, x: &[f32], lx: &Layout, wt: &[f32]) -> Result<(
     let (b, c, h, w) = dims4(lx, "depthwise conv")?;
     let (ho, wo) = (g.out_size(h)?, g.out_size(w)?);
     let kk = g.k * g.k;
-    // Each plane is zeroed by the task that then accumulates into it.
-    let out = par_fill(b * c * ho * wo, ho * wo, |start, y| {
-        wide(
-            #[inline(always)]
-            || {
-                let plane = start / (ho * wo).max(1);
-                let ci = plane % c;
-                let xp = &x[plane * h * w..(plane + 1) * h * w];
-                let wk = &wt[ci * kk..(ci + 1) * kk];
-                g.for_each_tap(h, w, ho, wo, |win| {
-                    let wv = wk[win.tap];
-                    for (src, dst) in win.rows() {
-                        for (yv, xv) in y[dst].iter_mut().zip(&xp[src]) {
-                            *yv += wv * xv;
-                        }
+    let out = par_planes(
+        b * c,
+        ho * wo,
+        #[inline(always)]
+        |plane, y| {
+            let ci = plane % c;
+            let xp = &x[plane * h * w..(plane + 1) * h * w];
+            let wk = &wt[ci * kk..(ci + 1) * kk];
+            g.for_each_tap(h, w, ho, wo, |win| {
+                let wv = wk[win.tap];
+                for (src, dst) in win.rows() {
+                    for (yv, xv) in y[dst].iter_mut().zip(&xp[src]) {
+                        *yv += wv * xv;
                     }
-                });
-            },
-        )
-    });
+                }
+            });
+        },
+    );
     Ok((out, Shape::from((b, c, ho, wo))))
 }
 
@@ -47,25 +45,24 @@ pub(super) fn backward_input(
 ) -> Result<(Vec<f32>, Shape)> {
     let (b, c, ho, wo) = dims4(lgy, "depthwise conv")?;
     let kk = g.k * g.k;
-    let out = par_fill(b * c * h * w, h * w, |start, dx| {
-        wide(
-            #[inline(always)]
-            || {
-                let plane = start / (h * w).max(1);
-                let ci = plane % c;
-                let gp = &gy[plane * ho * wo..(plane + 1) * ho * wo];
-                let wk = &wt[ci * kk..(ci + 1) * kk];
-                g.for_each_tap(h, w, ho, wo, |win| {
-                    let wv = wk[win.tap];
-                    for (src, dst) in win.rows() {
-                        for (dv, gv) in dx[src].iter_mut().zip(&gp[dst]) {
-                            *dv += wv * gv;
-                        }
+    let out = par_planes(
+        b * c,
+        h * w,
+        #[inline(always)]
+        |plane, dx| {
+            let ci = plane % c;
+            let gp = &gy[plane * ho * wo..(plane + 1) * ho * wo];
+            let wk = &wt[ci * kk..(ci + 1) * kk];
+            g.for_each_tap(h, w, ho, wo, |win| {
+                let wv = wk[win.tap];
+                for (src, dst) in win.rows() {
+                    for (dv, gv) in dx[src].iter_mut().zip(&gp[dst]) {
+                        *dv += wv * gv;
                     }
-                });
-            },
-        )
-    });
+                }
+            });
+        },
+    );
     Ok((out, Shape::from((b, c, h, w))))
 }
 
